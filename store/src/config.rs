@@ -1,0 +1,236 @@
+//! Store configuration with etcd's flag names and meanings, and its validation.
+//!
+//! The binary (`skiff store`) maps command-line flags onto [`StoreConfig`]; everything a
+//! flag means is decided here, so the library can be started from tests the same way.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `--initial-cluster-state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// Why a configuration was refused (printed as one line by the binary).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Everything a store member needs to start.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// name → peer URLs, from `--initial-cluster`.
+    pub initial_cluster: BTreeMap<String, Vec<String>>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    /// Entries applied between two Raft snapshots (`--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept after a snapshot for slow followers (`--snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
+    /// Largest client request accepted (`--max-request-bytes`, etcd default 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// Largest number of operations in one Txn branch (`--max-txn-ops`).
+    pub max_txn_ops: usize,
+    /// Extra plain-HTTP listeners for `/metrics`, `/health`, `/version`.
+    pub listen_metrics_urls: Vec<String>,
+}
+
+/// etcd's defaults.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 3 * 512 * 1024;
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+
+impl StoreConfig {
+    /// A single member named `name` with etcd's defaults (loopback, ports 2379/2380).
+    pub fn single(name: &str) -> StoreConfig {
+        let peer = "http://127.0.0.1:2380".to_string();
+        StoreConfig {
+            name: name.to_string(),
+            data_dir: PathBuf::from(format!("{name}.skiff")),
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
+            listen_peer_urls: vec![peer.clone()],
+            initial_advertise_peer_urls: vec![peer.clone()],
+            initial_cluster: BTreeMap::from([(name.to_string(), vec![peer])]),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "etcd-cluster".into(),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_count: 10_000,
+            snapshot_catchup_entries: 5_000,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+            listen_metrics_urls: Vec::new(),
+        }
+    }
+
+    /// Check the configuration the way etcd does before starting anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError("--name must not be empty".into()));
+        }
+        for (flag, urls) in [
+            ("--listen-client-urls", &self.listen_client_urls),
+            ("--advertise-client-urls", &self.advertise_client_urls),
+            ("--listen-peer-urls", &self.listen_peer_urls),
+            (
+                "--initial-advertise-peer-urls",
+                &self.initial_advertise_peer_urls,
+            ),
+        ] {
+            if urls.is_empty() {
+                return Err(ConfigError(format!("{flag} must name at least one URL")));
+            }
+            for url in urls {
+                socket_addr(url).map_err(|e| ConfigError(format!("{flag}: {e}")))?;
+            }
+        }
+        for url in &self.listen_metrics_urls {
+            socket_addr(url).map_err(|e| ConfigError(format!("--listen-metrics-urls: {e}")))?;
+        }
+        if self.initial_cluster_state == ClusterState::New {
+            let Some(mine) = self.initial_cluster.get(&self.name) else {
+                return Err(ConfigError(format!(
+                    "couldn't find local name {:?} in the initial cluster configuration",
+                    self.name
+                )));
+            };
+            let mut mine = mine.clone();
+            let mut advertised = self.initial_advertise_peer_urls.clone();
+            mine.sort();
+            advertised.sort();
+            if mine != advertised {
+                return Err(ConfigError(format!(
+                    "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} (the URLs must match)",
+                    self.name,
+                    mine.join(","),
+                    advertised.join(",")
+                )));
+            }
+        }
+        if self.heartbeat_interval.is_zero() || self.election_timeout < self.heartbeat_interval * 5
+        {
+            return Err(ConfigError(
+                "--election-timeout should be at least 5 times --heartbeat-interval".into(),
+            ));
+        }
+        if self.max_txn_ops == 0 {
+            return Err(ConfigError("--max-txn-ops must be > 0".into()));
+        }
+        if self.snapshot_count == 0 {
+            return Err(ConfigError("--snapshot-count must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Parse a comma-separated URL list flag.
+pub fn parse_urls(value: &str) -> Result<Vec<String>, ConfigError> {
+    let urls: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('/').to_string())
+        .collect();
+    for url in &urls {
+        socket_addr(url)?;
+    }
+    Ok(urls)
+}
+
+/// Parse `--initial-cluster` (`name1=url1,name2=url2`; a name may repeat for several URLs).
+pub fn parse_initial_cluster(value: &str) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
+    let mut cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for part in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((name, url)) = part.split_once('=') else {
+            return Err(ConfigError(format!(
+                "--initial-cluster: {part:?} is not of the form name=url"
+            )));
+        };
+        let url = url.trim_end_matches('/').to_string();
+        socket_addr(&url).map_err(|e| ConfigError(format!("--initial-cluster: {e}")))?;
+        let urls = cluster.entry(name.to_string()).or_default();
+        if urls.contains(&url) {
+            return Err(ConfigError(format!(
+                "--initial-cluster: duplicate URL {url}"
+            )));
+        }
+        urls.push(url);
+    }
+    if cluster.is_empty() {
+        return Err(ConfigError("--initial-cluster must not be empty".into()));
+    }
+    Ok(cluster)
+}
+
+/// The socket address an `http://host:port` URL names.
+pub fn socket_addr(url: &str) -> Result<SocketAddr, ConfigError> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") || url.starts_with("unixs://") {
+        return Err(ConfigError(format!(
+            "{url}: TLS listeners are not supported yet; use http://"
+        )));
+    } else {
+        return Err(ConfigError(format!(
+            "{url}: URL scheme must be http:// (e.g. http://127.0.0.1:2379)"
+        )));
+    };
+    let host_port = rest.split('/').next().unwrap_or_default();
+    if !host_port.contains(':') {
+        return Err(ConfigError(format!("{url}: missing port in address")));
+    }
+    host_port
+        .to_socket_addrs()
+        .map_err(|e| ConfigError(format!("{url}: {e}")))?
+        .next()
+        .ok_or_else(|| ConfigError(format!("{url}: address does not resolve")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_etcd_style_flags() {
+        let cluster = parse_initial_cluster("a=http://127.0.0.1:1,b=http://127.0.0.1:2").unwrap();
+        assert_eq!(cluster["a"], vec!["http://127.0.0.1:1"]);
+        assert!(parse_initial_cluster("a").is_err());
+        assert!(parse_urls("ftp://x:1").is_err());
+        assert!(parse_urls("http://127.0.0.1").is_err());
+        assert_eq!(
+            parse_urls("http://127.0.0.1:5,http://127.0.0.1:6")
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn default_single_member_validates_and_mismatch_is_refused() {
+        let config = StoreConfig::single("default");
+        config.validate().unwrap();
+        let mut bad = config.clone();
+        bad.name = "other".into();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .0
+                .contains("couldn't find local name")
+        );
+        let mut bad = config;
+        bad.initial_advertise_peer_urls = vec!["http://127.0.0.1:9999".into()];
+        assert!(bad.validate().is_err());
+    }
+}

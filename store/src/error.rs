@@ -1,0 +1,142 @@
+//! The store's one error type and the one table that maps it onto the etcd v3 wire.
+//!
+//! etcd clients match on the gRPC code *and* the exact message string (clientv3's
+//! `rpctypes.errStringToError`), so the strings below are etcd's, byte for byte.
+//! Transient conditions map to `Unavailable` so that clients retry them.
+
+use serde::{Deserialize, Serialize};
+
+/// Every failure the store can report. It is serde-serialisable because errors raised
+/// while applying a command on the leader travel back to the member that forwarded it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Error {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: ID removed")]
+    MemberIdRemoved,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: invalid peer URL: {0}")]
+    BadPeerUrl(String),
+    /// The storage engine failed; the member cannot safely continue serving writes.
+    #[error("etcdserver: storage failure: {0}")]
+    Storage(String),
+    /// The configuration or the data directory cannot be used.
+    #[error("{0}")]
+    Config(String),
+    /// A bug or an impossible state; reported instead of panicking.
+    #[error("etcdserver: internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The wire table: etcd's gRPC code for each error.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Error::EmptyKey
+            | Error::KeyNotFound
+            | Error::ValueProvided
+            | Error::LeaseProvided
+            | Error::TooManyOps
+            | Error::DuplicateKey
+            | Error::InvalidSortOption
+            | Error::RequestTooLarge
+            | Error::BadPeerUrl(_) => Code::InvalidArgument,
+            Error::Compacted | Error::FutureRev => Code::OutOfRange,
+            Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
+            Error::NoLeader
+            | Error::LeaderChanged
+            | Error::Timeout
+            | Error::Stopped
+            | Error::NotEnoughStartedMembers => Code::Unavailable,
+            Error::PeerUrlExists
+            | Error::MemberIdRemoved
+            | Error::MemberNotLearner
+            | Error::LearnerNotReady
+            | Error::TooManyLearners
+            | Error::NotSupportedForLearner => Code::FailedPrecondition,
+            Error::Storage(_) => Code::DataLoss,
+            Error::Internal(_) | Error::Config(_) => Code::Internal,
+        }
+    }
+
+    /// Whether a client may safely retry: the request certainly was not applied.
+    pub fn is_transient(&self) -> bool {
+        self.code() == tonic::Code::Unavailable
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        tonic::Status::new(err.code(), err.to_string())
+    }
+}
+
+impl From<crate::engine::EngineError> for Error {
+    fn from(err: crate::engine::EngineError) -> Self {
+        Error::Storage(err.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_strings_match_etcd() {
+        let status: tonic::Status = Error::Compacted.into();
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
+        assert_eq!(
+            status.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let status: tonic::Status = Error::NoLeader.into();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "etcdserver: no leader");
+        assert!(Error::Timeout.is_transient());
+        assert!(!Error::DuplicateKey.is_transient());
+    }
+}

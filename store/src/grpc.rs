@@ -1,0 +1,657 @@
+//! The etcd v3 gRPC front end (KV, Cluster, Maintenance) and the member-to-member `Peer`
+//! service. Handlers validate requests the way etcd's `v3rpc` layer does, then either read
+//! the local state machine (after a read-index barrier unless serializable) or replicate a
+//! command through [`StoreNode::write`].
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use prost::Message;
+use skiff_proto::etcdserverpb::{
+    self as pb, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    cluster_server::Cluster, kv_server::Kv, maintenance_server::Maintenance, request_op,
+};
+use skiff_proto::skiffpeer::{Blob, peer_server::Peer};
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::mvcc::txn_has_writes;
+use crate::network::{AdminReply, AdminRequest, Forwarded, from_blob, to_blob};
+use crate::node::{MemberView, StoreNode};
+use crate::types::{Command, Reply};
+
+/// The etcd version skiff reports: an etcd-style semver at or above 3.5.13, so clients'
+/// and kube-apiserver's version gates accept it.
+pub const ETCD_VERSION: &str = "3.5.21";
+/// The cluster version reported next to it.
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
+/// Metadata key etcd clients set to require a leader (`clientv3.WithRequireLeader`).
+const REQUIRE_LEADER_KEY: &str = "hasleader";
+
+fn requires_leader<T>(request: &Request<T>) -> bool {
+    request
+        .metadata()
+        .get(REQUIRE_LEADER_KEY)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "true")
+}
+
+/// KV, Cluster and Maintenance services share one handle on the member.
+#[derive(Clone)]
+pub struct EtcdApi {
+    pub node: Arc<StoreNode>,
+}
+
+impl EtcdApi {
+    fn check_leader<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if requires_leader(request) && self.node.current_leader().is_none() {
+            return Err(Error::NoLeader.into());
+        }
+        Ok(())
+    }
+
+    fn check_size(&self, len: usize) -> Result<(), Status> {
+        if len > self.node.config.max_request_bytes {
+            return Err(Error::RequestTooLarge.into());
+        }
+        Ok(())
+    }
+
+    fn check_not_learner(&self) -> Result<(), Status> {
+        if self.node.is_learner() {
+            return Err(Error::NotSupportedForLearner.into());
+        }
+        Ok(())
+    }
+
+    async fn replicate<T: Message + Default + HasHeaderMut>(
+        &self,
+        command: Command,
+        require_leader: bool,
+    ) -> Result<T, Status> {
+        match self.node.write(command, require_leader).await? {
+            Reply::Response(bytes) => {
+                let mut response = T::decode(bytes.as_slice())
+                    .map_err(|e| Status::internal(format!("decode reply: {e}")))?;
+                let revision = response.header_mut().revision;
+                *response.header_mut() = self.node.header(revision);
+                Ok(response)
+            }
+            Reply::Failed(err) => Err(err.into()),
+            Reply::Done => Err(Status::internal("unexpected empty reply")),
+        }
+    }
+
+    fn member_pb(view: &MemberView) -> pb::Member {
+        pb::Member {
+            id: view.id,
+            name: view.name.clone(),
+            peer_ur_ls: view.peer_urls.clone(),
+            client_ur_ls: view.client_urls.clone(),
+            is_learner: view.is_learner,
+        }
+    }
+
+    fn members_pb(&self) -> Vec<pb::Member> {
+        self.node.members().iter().map(Self::member_pb).collect()
+    }
+
+    fn current_header(&self) -> pb::ResponseHeader {
+        let revision = self.node.sm.read().mvcc.current_revision();
+        self.node.header(revision)
+    }
+}
+
+/// Lets the generic replicate path fix up response headers.
+trait HasHeaderMut {
+    fn header_mut(&mut self) -> &mut pb::ResponseHeader;
+}
+
+macro_rules! header_mut {
+    ($($t:ty),*) => {$(
+        impl HasHeaderMut for $t {
+            fn header_mut(&mut self) -> &mut pb::ResponseHeader {
+                self.header.get_or_insert_with(Default::default)
+            }
+        }
+    )*};
+}
+header_mut!(
+    PutResponse,
+    DeleteRangeResponse,
+    TxnResponse,
+    CompactionResponse
+);
+
+/// etcd's `checkPutRequest`.
+fn check_put(req: &PutRequest) -> Result<(), Error> {
+    if req.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    if req.ignore_value && !req.value.is_empty() {
+        return Err(Error::ValueProvided);
+    }
+    if req.ignore_lease && req.lease != 0 {
+        return Err(Error::LeaseProvided);
+    }
+    Ok(())
+}
+
+fn check_range(req: &RangeRequest) -> Result<(), Error> {
+    if req.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    if pb::range_request::SortOrder::try_from(req.sort_order).is_err()
+        || pb::range_request::SortTarget::try_from(req.sort_target).is_err()
+    {
+        return Err(Error::InvalidSortOption);
+    }
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest`: the op limit is per branch, nested txns draw on what is left.
+pub fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<(), Error> {
+    let count = req
+        .compare
+        .len()
+        .max(req.success.len())
+        .max(req.failure.len());
+    if count > max_ops {
+        return Err(Error::TooManyOps);
+    }
+    if req.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(Error::EmptyKey);
+    }
+    for op in req.success.iter().chain(req.failure.iter()) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) => check_range(r)?,
+            Some(request_op::Request::RequestPut(p)) => check_put(p)?,
+            Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
+                return Err(Error::EmptyKey);
+            }
+            Some(request_op::Request::RequestDeleteRange(_)) => {}
+            Some(request_op::Request::RequestTxn(t)) => check_txn(t, max_ops - count)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// An interval a delete covers: `end == None` is a single key, `Some(empty)` unbounded.
+#[derive(Clone, Debug)]
+pub struct DeleteInterval {
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+}
+
+impl DeleteInterval {
+    fn covers(&self, key: &[u8]) -> bool {
+        match &self.end {
+            None => key == self.start.as_slice(),
+            Some(end) if end.is_empty() || end.as_slice() == [0] => key >= self.start.as_slice(),
+            Some(end) => key >= self.start.as_slice() && key < end.as_slice(),
+        }
+    }
+}
+
+/// etcd's `checkIntervals`: within one branch (nested txns included) a key may not be put
+/// twice, nor put and deleted.
+pub fn check_intervals(
+    ops: &[RequestOp],
+) -> Result<(BTreeSet<Vec<u8>>, Vec<DeleteInterval>), Error> {
+    let mut dels: Vec<DeleteInterval> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(request_op::Request::RequestDeleteRange(d)) => Some(DeleteInterval {
+                start: d.key.clone(),
+                end: (!d.range_end.is_empty()).then(|| d.range_end.clone()),
+            }),
+            _ => None,
+        })
+        .collect();
+    let mut puts: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for op in ops {
+        let Some(request_op::Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        for key in puts_then.iter().chain(puts_else.iter()) {
+            if puts.contains(key) && !(puts_then.contains(key) && puts_else.contains(key)) {
+                return Err(Error::DuplicateKey);
+            }
+            if dels.iter().any(|d| d.covers(key)) {
+                return Err(Error::DuplicateKey);
+            }
+        }
+        puts.extend(puts_then);
+        puts.extend(puts_else);
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
+        if puts.contains(&p.key) || dels.iter().any(|d| d.covers(&p.key)) {
+            return Err(Error::DuplicateKey);
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+#[tonic::async_trait]
+impl Kv for EtcdApi {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        self.check_leader(&request)?;
+        let req = request.into_inner();
+        check_range(&req)?;
+        if !req.serializable {
+            self.check_not_learner()?;
+            self.node.linearizable_barrier().await?;
+        }
+        let mut response = self.node.sm.read().mvcc.range(&req)?;
+        let revision = response
+            .header
+            .as_ref()
+            .map(|h| h.revision)
+            .unwrap_or_default();
+        response.header = Some(self.node.header(revision));
+        Ok(Response::new(response))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.check_leader(&request)?;
+        let require_leader = requires_leader(&request);
+        let req = request.into_inner();
+        check_put(&req)?;
+        let raw = req.encode_to_vec();
+        self.check_size(raw.len())?;
+        Ok(Response::new(
+            self.replicate(Command::Put(raw), require_leader).await?,
+        ))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.check_leader(&request)?;
+        let require_leader = requires_leader(&request);
+        let req = request.into_inner();
+        if req.key.is_empty() {
+            return Err(Error::EmptyKey.into());
+        }
+        let raw = req.encode_to_vec();
+        self.check_size(raw.len())?;
+        Ok(Response::new(
+            self.replicate(Command::DeleteRange(raw), require_leader)
+                .await?,
+        ))
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.check_leader(&request)?;
+        let require_leader = requires_leader(&request);
+        let req = request.into_inner();
+        check_txn(&req, self.node.config.max_txn_ops)?;
+        check_intervals(&req.success)?;
+        check_intervals(&req.failure)?;
+        if !txn_has_writes(&req) {
+            self.check_not_learner()?;
+            self.node.linearizable_barrier().await?;
+            let mut response = self.node.sm.read().mvcc.read_only_txn(&req)?;
+            let revision = response
+                .header
+                .as_ref()
+                .map(|h| h.revision)
+                .unwrap_or_default();
+            response.header = Some(self.node.header(revision));
+            return Ok(Response::new(response));
+        }
+        let raw = req.encode_to_vec();
+        self.check_size(raw.len())?;
+        Ok(Response::new(
+            self.replicate(Command::Txn(raw), require_leader).await?,
+        ))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        self.check_leader(&request)?;
+        let require_leader = requires_leader(&request);
+        let req = request.into_inner();
+        let physical = req.physical;
+        let response: CompactionResponse = self
+            .replicate(Command::Compact(req.encode_to_vec()), require_leader)
+            .await?;
+        if physical {
+            // The compaction is applied on the leader already; make sure it is applied here.
+            self.node.linearizable_barrier().await?;
+        }
+        Ok(Response::new(response))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for EtcdApi {
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.check_leader(&request)?;
+        let req = request.into_inner();
+        let peer_urls: Vec<String> = req
+            .peer_ur_ls
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect();
+        if peer_urls.is_empty() {
+            return Err(Error::BadPeerUrl("no peer URL given".into()).into());
+        }
+        let reply = self
+            .node
+            .admin(AdminRequest::AddMember {
+                peer_urls: peer_urls.clone(),
+                learner: req.is_learner,
+            })
+            .await?;
+        let AdminReply::Added { id } = reply else {
+            return Err(Status::internal("unexpected reply to member add"));
+        };
+        // Wait until the new configuration is visible locally so the list includes it.
+        let _ = self
+            .node
+            .raft
+            .wait(Some(self.node.request_timeout()))
+            .metrics(
+                |m| m.membership_config.membership().get_node(&id).is_some(),
+                "member add visible",
+            )
+            .await;
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.current_header()),
+            member: Some(pb::Member {
+                id,
+                name: String::new(),
+                peer_ur_ls: peer_urls,
+                client_ur_ls: Vec::new(),
+                is_learner: req.is_learner,
+            }),
+            members: self.members_pb(),
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.check_leader(&request)?;
+        let id = request.into_inner().id;
+        self.node.admin(AdminRequest::RemoveMember { id }).await?;
+        let _ = self
+            .node
+            .raft
+            .wait(Some(self.node.request_timeout()))
+            .metrics(
+                |m| m.membership_config.membership().get_node(&id).is_none(),
+                "member remove visible",
+            )
+            .await;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: Some(self.current_header()),
+            members: self.members_pb(),
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.check_leader(&request)?;
+        let req = request.into_inner();
+        let peer_urls = req
+            .peer_ur_ls
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect();
+        self.node
+            .admin(AdminRequest::UpdateMember {
+                id: req.id,
+                peer_urls,
+            })
+            .await?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: Some(self.current_header()),
+            members: self.members_pb(),
+        }))
+    }
+
+    async fn member_list(
+        &self,
+        request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.check_leader(&request)?;
+        if request.get_ref().linearizable {
+            self.node.linearizable_barrier().await?;
+        }
+        Ok(Response::new(pb::MemberListResponse {
+            header: Some(self.current_header()),
+            members: self.members_pb(),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.check_leader(&request)?;
+        let id = request.into_inner().id;
+        self.node.admin(AdminRequest::PromoteMember { id }).await?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: Some(self.current_header()),
+            members: self.members_pb(),
+        }))
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for EtcdApi {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        self.check_leader(&request)?;
+        // No alarm can be raised yet (quotas arrive with the maintenance work).
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(self.current_header()),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.check_leader(&request)?;
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let engine = self.node.sm.engine();
+        let db_size = engine.size_bytes().max(1) as i64;
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.current_header()),
+            version: ETCD_VERSION.to_string(),
+            db_size,
+            leader: metrics.current_leader.unwrap_or(0),
+            raft_index: metrics.last_log_index.unwrap_or(0),
+            raft_term: metrics.current_term,
+            raft_applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
+            errors: Vec::new(),
+            db_size_in_use: (engine.size_in_use_bytes() as i64).clamp(1, db_size),
+            is_learner: metrics.state == openraft::ServerState::Learner,
+            storage_version: ETCD_CLUSTER_VERSION.to_string(),
+            db_size_quota: 0,
+            downgrade_info: None,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        Err(Status::unimplemented(
+            "skiff: defragment is not implemented yet",
+        ))
+    }
+
+    async fn hash(
+        &self,
+        _request: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        Err(Status::unimplemented("skiff: hash is not implemented yet"))
+    }
+
+    async fn hash_kv(
+        &self,
+        _request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        Err(Status::unimplemented(
+            "skiff: hashkv is not implemented yet",
+        ))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented(
+            "skiff: snapshot is not implemented yet",
+        ))
+    }
+
+    async fn move_leader(
+        &self,
+        _request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented(
+            "skiff: move-leader is not implemented yet",
+        ))
+    }
+
+    async fn downgrade(
+        &self,
+        _request: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(Status::unimplemented("skiff: downgrade is not supported"))
+    }
+}
+
+/// The member-to-member service.
+#[derive(Clone)]
+pub struct PeerApi {
+    pub node: Arc<StoreNode>,
+}
+
+#[tonic::async_trait]
+impl Peer for PeerApi {
+    async fn append_entries(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc = from_blob(request.get_ref())?;
+        let result = self.node.raft.append_entries(rpc).await;
+        Ok(Response::new(to_blob(&result)?))
+    }
+
+    async fn vote(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc = from_blob(request.get_ref())?;
+        let result = self.node.raft.vote(rpc).await;
+        Ok(Response::new(to_blob(&result)?))
+    }
+
+    async fn install_snapshot(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc = from_blob(request.get_ref())?;
+        let result = self.node.raft.install_snapshot(rpc).await;
+        Ok(Response::new(to_blob(&result)?))
+    }
+
+    async fn forward(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let forwarded: Forwarded = from_blob(request.get_ref())?;
+        let outcome = self.node.handle_forward(forwarded).await;
+        Ok(Response::new(to_blob(&outcome)?))
+    }
+
+    async fn read_index(&self, _request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let result = self.node.handle_read_index().await;
+        Ok(Response::new(to_blob(&result)?))
+    }
+
+    async fn members(&self, _request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        Ok(Response::new(to_blob(&self.node.cluster_info())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn del(key: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: key.into(),
+                    range_end: end.into(),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
+    #[test]
+    fn duplicate_puts_and_put_delete_overlap_are_refused() {
+        assert!(check_intervals(&[put("a"), put("b")]).is_ok());
+        assert_eq!(
+            check_intervals(&[put("a"), put("a")]).unwrap_err(),
+            Error::DuplicateKey
+        );
+        assert_eq!(
+            check_intervals(&[del("a", "c"), put("b")]).unwrap_err(),
+            Error::DuplicateKey
+        );
+        assert!(check_intervals(&[del("a", "c"), put("c")]).is_ok());
+        assert!(check_intervals(&[del("a", ""), del("a", "z")]).is_ok());
+    }
+
+    #[test]
+    fn txn_op_limit_is_per_branch() {
+        let ops: Vec<RequestOp> = (0..128).map(|i| put(&format!("k{i}"))).collect();
+        let txn = TxnRequest {
+            compare: vec![],
+            success: ops.clone(),
+            failure: ops,
+        };
+        assert!(check_txn(&txn, 128).is_ok());
+        let mut big = txn.clone();
+        big.success.push(put("extra"));
+        assert_eq!(check_txn(&big, 128).unwrap_err(), Error::TooManyOps);
+    }
+}

@@ -1,0 +1,26 @@
+//! skiff's store: a Raft-replicated MVCC key-value store that speaks the etcd v3 API.
+//!
+//! Layers, bottom up: [`engine`] (atomic batches on redb or memory), [`mvcc`] (etcd's
+//! revision semantics, pure), [`raft_log`] and [`state_machine`] (openraft storage on the
+//! engine), [`network`] (member-to-member RPC), [`node`] (write forwarding, read index,
+//! membership), [`grpc`] and [`http`] (the etcd wire), and [`server`] (start and stop).
+
+// openraft's StorageError is large and is the return type its traits dictate.
+#![allow(clippy::result_large_err)]
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod mvcc;
+pub mod network;
+pub mod node;
+pub mod raft_log;
+pub mod server;
+pub mod state_machine;
+pub mod types;
+
+pub use config::StoreConfig;
+pub use error::Error;
+pub use server::{RunningStore, run, start};

@@ -1,0 +1,272 @@
+//! Member-to-member transport: openraft RPCs, write forwarding, read-index requests and
+//! membership discovery, carried as postcard blobs over the `skiffpeer.Peer` gRPC service.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use skiff_proto::skiffpeer::Blob;
+use skiff_proto::skiffpeer::peer_client::PeerClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::Error;
+use crate::types::{Command, Member, MemberId, Reply, TypeConfig};
+
+/// Largest message a peer accepts (log batches and snapshot chunks are bounded below it).
+pub const PEER_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// A request a follower hands to the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Forwarded {
+    Write(Command),
+    Admin(AdminRequest),
+}
+
+/// Membership changes; they run on the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AdminRequest {
+    AddMember {
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
+    RemoveMember {
+        id: MemberId,
+    },
+    PromoteMember {
+        id: MemberId,
+    },
+    UpdateMember {
+        id: MemberId,
+        peer_urls: Vec<String>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AdminReply {
+    Added { id: MemberId },
+    Done,
+}
+
+/// The leader's answer to a forwarded request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardOutcome {
+    Write(Reply),
+    Admin(AdminReply),
+    /// The receiver is not the leader: the request was NOT proposed, so it may be retried.
+    NotLeader,
+    Failed(Error),
+}
+
+/// What a joining member learns from an existing one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub cluster_id: u64,
+    pub members: BTreeMap<MemberId, Member>,
+}
+
+pub(crate) fn to_blob<T: Serialize>(value: &T) -> Result<Blob, tonic::Status> {
+    postcard::to_stdvec(value)
+        .map(|data| Blob { data })
+        .map_err(|e| tonic::Status::internal(format!("encode: {e}")))
+}
+
+pub(crate) fn from_blob<T: DeserializeOwned>(blob: &Blob) -> Result<T, tonic::Status> {
+    postcard::from_bytes(&blob.data)
+        .map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
+}
+
+/// Cached channels to peers, by URL (channels reconnect by themselves).
+#[derive(Clone, Default)]
+pub struct PeerChannels {
+    channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+}
+
+impl PeerChannels {
+    pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(url) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(url.to_string())
+                    .map_err(|e| Error::BadPeerUrl(format!("{url}: {e}")))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                channels.insert(url.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES))
+    }
+
+    /// Send a write or admin request to the member at `url` (the leader).
+    pub async fn forward(
+        &self,
+        url: &str,
+        request: &Forwarded,
+        timeout: Duration,
+    ) -> Result<ForwardOutcome, Error> {
+        let mut client = self.client(url)?;
+        let blob = to_blob(request).map_err(|e| Error::Internal(e.message().to_string()))?;
+        let mut req = tonic::Request::new(blob);
+        req.set_timeout(timeout);
+        match client.forward(req).await {
+            Ok(resp) => {
+                from_blob(resp.get_ref()).map_err(|e| Error::Internal(e.message().to_string()))
+            }
+            // The leader may or may not have applied it: the outcome is unknown.
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Ask the leader for a read index.
+    pub async fn read_index(&self, url: &str, timeout: Duration) -> Result<Option<u64>, Error> {
+        let mut client = self.client(url)?;
+        let mut req = tonic::Request::new(Blob { data: Vec::new() });
+        req.set_timeout(timeout);
+        match client.read_index(req).await {
+            Ok(resp) => {
+                let outcome: Result<Option<u64>, Error> = from_blob(resp.get_ref())
+                    .map_err(|e| Error::Internal(e.message().to_string()))?;
+                outcome
+            }
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Ask a member for the cluster's membership (used by joining members).
+    pub async fn cluster_info(&self, url: &str, timeout: Duration) -> Result<ClusterInfo, Error> {
+        let mut client = self.client(url)?;
+        let mut req = tonic::Request::new(Blob { data: Vec::new() });
+        req.set_timeout(timeout);
+        match client.members(req).await {
+            Ok(resp) => {
+                from_blob(resp.get_ref()).map_err(|e| Error::Internal(e.message().to_string()))
+            }
+            Err(status) => Err(Error::Internal(format!("{url}: {}", status.message()))),
+        }
+    }
+}
+
+/// openraft's network factory: one connection object per target member.
+#[derive(Clone)]
+pub struct Network {
+    pub channels: PeerChannels,
+}
+
+pub struct PeerConnection {
+    target: MemberId,
+    url: Option<String>,
+    channels: PeerChannels,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: MemberId, node: &Member) -> Self::Network {
+        PeerConnection {
+            target,
+            url: node.peer_urls.first().cloned(),
+            channels: self.channels.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &self,
+        method: &'static str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<MemberId, Member, RaftError<MemberId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let unreachable =
+            |msg: String| RPCError::Unreachable(Unreachable::new(&TransportError(msg)));
+        let url = self
+            .url
+            .as_deref()
+            .ok_or_else(|| unreachable(format!("member {:x} has no peer URL", self.target)))?;
+        let mut client = self
+            .channels
+            .client(url)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let blob = to_blob(request).map_err(|e| {
+            RPCError::Network(NetworkError::new(&TransportError(e.message().into())))
+        })?;
+        let mut req = tonic::Request::new(blob);
+        req.set_timeout(option.hard_ttl());
+        let resp = match method {
+            "append" => client.append_entries(req).await,
+            "vote" => client.vote(req).await,
+            _ => client.install_snapshot(req).await,
+        };
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                return Err(unreachable(status.message().to_string()));
+            }
+            Err(status) => {
+                return Err(RPCError::Network(NetworkError::new(&TransportError(
+                    status.message().to_string(),
+                ))));
+            }
+        };
+        let decoded: Result<Resp, RaftError<MemberId, E>> =
+            from_blob(resp.get_ref()).map_err(|e| {
+                RPCError::Network(NetworkError::new(&TransportError(e.message().into())))
+            })?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>>
+    {
+        self.call("append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<MemberId>,
+        RPCError<MemberId, Member, RaftError<MemberId, InstallSnapshotError>>,
+    > {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<MemberId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>> {
+        self.call("vote", &rpc, &option).await
+    }
+}

@@ -1,0 +1,407 @@
+//! One store member: its Raft instance, state machine, and the request paths every
+//! protocol front end shares — propose-or-forward for writes, read-index barriers for
+//! linearizable reads, and membership administration on the leader.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use sha2::{Digest, Sha256};
+use skiff_proto::etcdserverpb::ResponseHeader;
+use tokio::time::Instant;
+
+use crate::config::StoreConfig;
+use crate::error::Error;
+use crate::network::{
+    AdminReply, AdminRequest, ClusterInfo, ForwardOutcome, Forwarded, PeerChannels,
+};
+use crate::state_machine::StateMachineStore;
+use crate::types::{Command, Member, MemberId, Raft, Reply};
+
+/// etcd's default `--max-learners`.
+pub const MAX_LEARNERS: usize = 1;
+
+/// One member of the store cluster.
+pub struct StoreNode {
+    pub id: MemberId,
+    pub cluster_id: u64,
+    pub raft: Raft,
+    pub sm: StateMachineStore,
+    pub config: Arc<StoreConfig>,
+    pub channels: PeerChannels,
+}
+
+/// A member as the Cluster API lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub id: MemberId,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// A stable 64-bit ID from a hash of its parts (like etcd's member and cluster IDs).
+pub fn hash_id(parts: &[&[u8]]) -> u64 {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes).max(1)
+}
+
+/// The ID of an initial-cluster member: hash of its sorted peer URLs and the cluster token.
+pub fn initial_member_id(peer_urls: &[String], token: &str) -> MemberId {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let joined = urls.join(",");
+    hash_id(&[joined.as_bytes(), token.as_bytes()])
+}
+
+impl StoreNode {
+    /// How long a client request may take before it fails with "request timed out"
+    /// (etcd: 5 s plus two election timeouts).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + self.config.election_timeout * 2
+    }
+
+    pub fn current_leader(&self) -> Option<MemberId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_learner(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Learner
+    }
+
+    /// The response header etcd puts on every reply.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.id,
+            revision,
+            raft_term: self.raft.metrics().borrow().current_term,
+        }
+    }
+
+    fn leader_url(&self, leader: MemberId) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .and_then(|node| node.peer_urls.first().cloned())
+    }
+
+    /// Replicate a command through the leader and return the state machine's reply.
+    /// Only requests that were certainly not proposed are retried.
+    pub async fn write(&self, command: Command, require_leader: bool) -> Result<Reply, Error> {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::Timeout);
+            }
+            let attempt =
+                tokio::time::timeout(remaining, self.raft.client_write(command.clone())).await;
+            let leader = match attempt {
+                Err(_) => return Err(Error::Timeout),
+                Ok(Ok(response)) => return Ok(response.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                    forward.leader_id
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    return Err(Error::Internal(e.to_string()));
+                }
+                Ok(Err(RaftError::Fatal(_))) => return Err(Error::Stopped),
+            };
+            match leader.and_then(|id| self.leader_url(id)) {
+                Some(url) => {
+                    match self
+                        .channels
+                        .forward(&url, &Forwarded::Write(command.clone()), remaining)
+                        .await?
+                    {
+                        ForwardOutcome::Write(reply) => return Ok(reply),
+                        ForwardOutcome::Failed(err) => return Err(err),
+                        ForwardOutcome::NotLeader | ForwardOutcome::Admin(_) => {}
+                    }
+                }
+                None if require_leader => return Err(Error::NoLeader),
+                None => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Handle a request forwarded by a follower (we are, or were, the leader).
+    pub async fn handle_forward(&self, request: Forwarded) -> ForwardOutcome {
+        match request {
+            Forwarded::Write(command) => match self.raft.client_write(command).await {
+                Ok(response) => ForwardOutcome::Write(response.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    ForwardOutcome::NotLeader
+                }
+                Err(RaftError::APIError(e)) => {
+                    ForwardOutcome::Failed(Error::Internal(e.to_string()))
+                }
+                Err(RaftError::Fatal(_)) => ForwardOutcome::Failed(Error::Stopped),
+            },
+            Forwarded::Admin(admin) => {
+                if self.raft.metrics().borrow().state != ServerState::Leader {
+                    return ForwardOutcome::NotLeader;
+                }
+                match self.admin_on_leader(admin).await {
+                    Ok(reply) => ForwardOutcome::Admin(reply),
+                    Err(err) => ForwardOutcome::Failed(err),
+                }
+            }
+        }
+    }
+
+    /// Wait until this member's state machine reflects every write committed before the
+    /// call (read index through the leader), so a local read is linearizable.
+    pub async fn linearizable_barrier(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::Timeout);
+            }
+            let read_index =
+                match tokio::time::timeout(remaining, self.raft.get_read_log_id()).await {
+                    Err(_) => return Err(Error::Timeout),
+                    Ok(Ok((read_log_id, _))) => Some(read_log_id.map(|id| id.index)),
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                        match forward.leader_id.and_then(|id| self.leader_url(id)) {
+                            Some(url) => self.channels.read_index(&url, remaining).await.ok(),
+                            None => None,
+                        }
+                    }
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => None,
+                    Ok(Err(RaftError::Fatal(_))) => return Err(Error::Stopped),
+                };
+            if let Some(index) = read_index {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                return match self
+                    .raft
+                    .wait(Some(remaining))
+                    .applied_index_at_least(index, "linearizable read")
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(Error::Timeout),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The leader's half of a follower's read index request.
+    pub async fn handle_read_index(&self) -> Result<Option<u64>, Error> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => Ok(read_log_id.map(|id| id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(Error::LeaderChanged)
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(Error::Timeout),
+            Err(RaftError::Fatal(_)) => Err(Error::Stopped),
+        }
+    }
+
+    /// Cluster info for a joining member.
+    pub fn cluster_info(&self) -> ClusterInfo {
+        let metrics = self.raft.metrics().borrow().clone();
+        ClusterInfo {
+            cluster_id: self.cluster_id,
+            members: metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.clone()))
+                .collect(),
+        }
+    }
+
+    /// Run a membership change on the leader (forwarding it there if needed).
+    pub async fn admin(&self, request: AdminRequest) -> Result<AdminReply, Error> {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::Timeout);
+            }
+            let (state, leader) = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                (metrics.state, metrics.current_leader)
+            };
+            if state == ServerState::Leader {
+                return self.admin_on_leader(request).await;
+            }
+            if let Some(url) = leader.and_then(|id| self.leader_url(id)) {
+                match self
+                    .channels
+                    .forward(&url, &Forwarded::Admin(request.clone()), remaining)
+                    .await?
+                {
+                    ForwardOutcome::Admin(reply) => return Ok(reply),
+                    ForwardOutcome::Failed(err) => return Err(err),
+                    ForwardOutcome::NotLeader | ForwardOutcome::Write(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn admin_on_leader(&self, request: AdminRequest) -> Result<AdminReply, Error> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<MemberId> = membership.voter_ids().collect();
+        let learners: BTreeSet<MemberId> = membership.learner_ids().collect();
+        let timeout = self.request_timeout();
+        let change = |changes: ChangeMembers<MemberId, Member>| async move {
+            match tokio::time::timeout(timeout, self.raft.change_membership(changes, false)).await {
+                Err(_) => Err(Error::Timeout),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                    Err(Error::LeaderChanged)
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    Err(Error::Internal(e.to_string()))
+                }
+                Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
+            }
+        };
+        match request {
+            AdminRequest::AddMember { peer_urls, learner } => {
+                for url in &peer_urls {
+                    crate::config::socket_addr(url).map_err(|e| Error::BadPeerUrl(e.0))?;
+                }
+                if membership
+                    .nodes()
+                    .any(|(_, node)| node.peer_urls.iter().any(|u| peer_urls.contains(u)))
+                {
+                    return Err(Error::PeerUrlExists);
+                }
+                if learner && learners.len() >= MAX_LEARNERS {
+                    return Err(Error::TooManyLearners);
+                }
+                let removed = self.sm.read().removed.clone();
+                let mut salt: u64 = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or_default();
+                let id = loop {
+                    let mut urls = peer_urls.clone();
+                    urls.sort();
+                    let joined = urls.join(",");
+                    let candidate = hash_id(&[
+                        joined.as_bytes(),
+                        self.config.initial_cluster_token.as_bytes(),
+                        &salt.to_be_bytes(),
+                    ]);
+                    if !removed.contains(&candidate) && membership.get_node(&candidate).is_none() {
+                        break candidate;
+                    }
+                    salt = salt.wrapping_add(1);
+                };
+                let node = Member {
+                    name: String::new(),
+                    peer_urls,
+                };
+                match tokio::time::timeout(timeout, self.raft.add_learner(id, node, false)).await {
+                    Err(_) => return Err(Error::Timeout),
+                    Ok(Err(e)) => return Err(Error::Internal(e.to_string())),
+                    Ok(Ok(_)) => {}
+                }
+                if !learner {
+                    change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+                }
+                Ok(AdminReply::Added { id })
+            }
+            AdminRequest::RemoveMember { id } => {
+                if self.sm.read().removed.contains(&id) {
+                    return Err(Error::MemberIdRemoved);
+                }
+                if voters.contains(&id) {
+                    change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
+                } else if learners.contains(&id) {
+                    change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
+                } else {
+                    return Err(Error::MemberNotFound);
+                }
+                Ok(AdminReply::Done)
+            }
+            AdminRequest::PromoteMember { id } => {
+                if voters.contains(&id) {
+                    return Err(Error::MemberNotLearner);
+                }
+                if !learners.contains(&id) {
+                    return Err(Error::MemberNotFound);
+                }
+                // etcd: a learner is ready once it has 90% of the leader's log.
+                let last = metrics.last_log_index.unwrap_or(0);
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|log_id| log_id.index)
+                    .unwrap_or(0);
+                if (matched as f64) < (last as f64) * 0.9 {
+                    return Err(Error::LearnerNotReady);
+                }
+                change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+                Ok(AdminReply::Done)
+            }
+            AdminRequest::UpdateMember { id, peer_urls } => {
+                for url in &peer_urls {
+                    crate::config::socket_addr(url).map_err(|e| Error::BadPeerUrl(e.0))?;
+                }
+                let Some(existing) = membership.get_node(&id).cloned() else {
+                    return Err(Error::MemberNotFound);
+                };
+                if membership.nodes().any(|(other, node)| {
+                    *other != id && node.peer_urls.iter().any(|u| peer_urls.contains(u))
+                }) {
+                    return Err(Error::PeerUrlExists);
+                }
+                let node = Member {
+                    name: existing.name,
+                    peer_urls,
+                };
+                change(ChangeMembers::SetNodes(BTreeMap::from([(id, node)]))).await?;
+                Ok(AdminReply::Done)
+            }
+        }
+    }
+
+    /// Members as the Cluster API shows them: the applied configuration plus the names
+    /// and client URLs members published when they started.
+    pub fn members(&self) -> Vec<MemberView> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<MemberId> = membership.voter_ids().collect();
+        let state = self.sm.read();
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let attrs = state.attrs.get(id);
+                MemberView {
+                    id: *id,
+                    name: attrs
+                        .map(|a| a.name.clone())
+                        .unwrap_or_else(|| node.name.clone()),
+                    peer_urls: node.peer_urls.clone(),
+                    client_urls: attrs.map(|a| a.client_urls.clone()).unwrap_or_default(),
+                    is_learner: !voters.contains(id),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,365 @@
+//! Starting a store member: open the data directory, find out who we are (restart, new
+//! cluster or joining an existing one), start Raft, serve peers and clients, and stop
+//! cleanly when the shutdown future completes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use skiff_proto::etcdserverpb::cluster_server::ClusterServer;
+use skiff_proto::etcdserverpb::kv_server::KvServer;
+use skiff_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use skiff_proto::skiffpeer::peer_server::PeerServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+
+use crate::config::{ClusterState, StoreConfig, socket_addr};
+use crate::engine::{Durability, Engine, RedbEngine, Table, WriteBatch};
+use crate::error::Error;
+use crate::grpc::{EtcdApi, PeerApi};
+use crate::network::{Network, PEER_MAX_MESSAGE_BYTES, PeerChannels};
+use crate::node::{StoreNode, hash_id, initial_member_id};
+use crate::raft_log::{LogStore, decode, encode};
+use crate::state_machine::StateMachineStore;
+use crate::types::{Command, Member, MemberAttrs, MemberId, Raft};
+
+const KEY_IDENTITY: &[u8] = b"identity";
+/// gRPC receive limit: the request limit plus etcd's 512 KiB of slack.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Who this member is; written once, before Raft starts, and never changed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Identity {
+    member_id: MemberId,
+    cluster_id: u64,
+    name: String,
+}
+
+/// A started member: its handle plus the tasks serving it.
+pub struct RunningStore {
+    pub node: Arc<StoreNode>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl RunningStore {
+    /// Stop serving and shut Raft down.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = self.node.raft.shutdown().await;
+    }
+}
+
+/// Run a member until `shutdown` completes.
+pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let running = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>, Error> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        let addr = socket_addr(url).map_err(|e| Error::Config(e.0))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Config(format!("listen on {url}: {e}")))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn read_identity(engine: &dyn Engine) -> Result<Option<Identity>, Error> {
+    let view = engine.read()?;
+    match view.get(Table::RaftMeta, KEY_IDENTITY)? {
+        Some(raw) => Ok(Some(decode(&raw)?)),
+        None => Ok(None),
+    }
+}
+
+fn raft_config(config: &StoreConfig) -> Result<openraft::Config, Error> {
+    let heartbeat = config.heartbeat_interval.as_millis() as u64;
+    let election = config.election_timeout.as_millis() as u64;
+    let raft_config = openraft::Config {
+        cluster_name: config.initial_cluster_token.clone(),
+        heartbeat_interval: heartbeat,
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+        max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
+        // Bounded queues: at most this many entries per AppendEntries, chunks of 4 MiB.
+        max_payload_entries: 64,
+        snapshot_max_chunk_size: 4 * 1024 * 1024,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    raft_config
+        .validate()
+        .map_err(|e| Error::Config(format!("raft configuration: {e}")))
+}
+
+/// Find our member ID in an existing cluster by asking the peers we were told about.
+async fn join_existing(config: &StoreConfig, channels: &PeerChannels) -> Result<Identity, Error> {
+    let mut own_urls = config.initial_advertise_peer_urls.clone();
+    own_urls.sort();
+    let peers: Vec<String> = config
+        .initial_cluster
+        .values()
+        .flatten()
+        .filter(|url| !own_urls.contains(url))
+        .cloned()
+        .collect();
+    if peers.is_empty() {
+        return Err(Error::Config(
+            "--initial-cluster-state=existing needs at least one other member in --initial-cluster"
+                .into(),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        for url in &peers {
+            let Ok(info) = channels.cluster_info(url, Duration::from_secs(2)).await else {
+                continue;
+            };
+            let found = info.members.iter().find(|(_, member)| {
+                let mut urls = member.peer_urls.clone();
+                urls.sort();
+                urls == own_urls
+            });
+            return match found {
+                Some((id, _)) => Ok(Identity {
+                    member_id: *id,
+                    cluster_id: info.cluster_id,
+                    name: config.name.clone(),
+                }),
+                None => Err(Error::Config(format!(
+                    "member with peer URLs {} is not in the cluster; add it first with `etcdctl member add`",
+                    own_urls.join(",")
+                ))),
+            };
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Config(format!(
+                "could not reach any existing member ({})",
+                peers.join(",")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Start a member and return once it serves peers and clients.
+pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
+    config.validate().map_err(|e| Error::Config(e.0))?;
+    let member_dir = config.data_dir.join("member");
+    std::fs::create_dir_all(&member_dir).map_err(|e| {
+        Error::Config(format!(
+            "cannot create data dir {}: {e}",
+            member_dir.display()
+        ))
+    })?;
+    let engine: Arc<dyn Engine> = Arc::new(open_engine(&member_dir)?);
+    let channels = PeerChannels::default();
+    // Peers must be reachable before we initialise or join.
+    let peer_listeners = bind_all(&config.listen_peer_urls).await?;
+    let client_listeners = bind_all(&config.listen_client_urls).await?;
+    let metrics_listeners = bind_all(&config.listen_metrics_urls).await?;
+
+    let (identity, bootstrap) = match read_identity(engine.as_ref())? {
+        Some(identity) => {
+            tracing::info!(member_id = %format!("{:x}", identity.member_id), "restarting member from its data dir");
+            (identity, None)
+        }
+        None => {
+            let identity = match config.initial_cluster_state {
+                ClusterState::New => {
+                    let mut members = BTreeMap::new();
+                    for (name, urls) in &config.initial_cluster {
+                        members.insert(
+                            initial_member_id(urls, &config.initial_cluster_token),
+                            Member {
+                                name: name.clone(),
+                                peer_urls: urls.clone(),
+                            },
+                        );
+                    }
+                    let own = initial_member_id(
+                        &config.initial_advertise_peer_urls,
+                        &config.initial_cluster_token,
+                    );
+                    let mut id_bytes = Vec::new();
+                    for id in members.keys() {
+                        id_bytes.extend(id.to_be_bytes());
+                    }
+                    let identity = Identity {
+                        member_id: own,
+                        cluster_id: hash_id(&[&id_bytes, config.initial_cluster_token.as_bytes()]),
+                        name: config.name.clone(),
+                    };
+                    (identity, Some(members))
+                }
+                ClusterState::Existing => (join_existing(&config, &channels).await?, None),
+            };
+            let (identity, members) = identity;
+            let mut batch = WriteBatch::new();
+            batch.put(Table::RaftMeta, KEY_IDENTITY, encode(&identity));
+            engine.write(batch, Durability::Durable)?;
+            tracing::info!(member_id = %format!("{:x}", identity.member_id), cluster_id = %format!("{:x}", identity.cluster_id), "new member");
+            (identity, members)
+        }
+    };
+
+    let raft_config = Arc::new(raft_config(&config)?);
+    let sm = StateMachineStore::open(engine.clone())?;
+    let log = LogStore::new(engine.clone());
+    let network = Network {
+        channels: channels.clone(),
+    };
+    let raft = Raft::new(identity.member_id, raft_config, network, log, sm.clone())
+        .await
+        .map_err(|e| Error::Internal(format!("start raft: {e}")))?;
+    if let Some(members) = bootstrap {
+        // Every member of a new cluster initialises with the same membership; openraft
+        // treats that as one and the same initial configuration.
+        if let Err(e) = raft.initialize(members).await {
+            tracing::debug!("initialize: {e}");
+        }
+    }
+    let config = Arc::new(config);
+    let node = Arc::new(StoreNode {
+        id: identity.member_id,
+        cluster_id: identity.cluster_id,
+        raft,
+        sm,
+        config: config.clone(),
+        channels,
+    });
+
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for listener in peer_listeners {
+        tasks.push(tokio::spawn(serve_peer(
+            node.clone(),
+            listener,
+            stop_rx.clone(),
+        )));
+    }
+    for listener in client_listeners {
+        tasks.push(tokio::spawn(serve_client(
+            node.clone(),
+            listener,
+            stop_rx.clone(),
+        )));
+    }
+    for listener in metrics_listeners {
+        let router = crate::http::routes(node.clone());
+        let mut stop_rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                })
+                .await;
+        }));
+    }
+    tasks.push(tokio::spawn(publish_attributes(node.clone(), stop_rx)));
+    tracing::info!(
+        name = %config.name,
+        client_urls = %config.advertise_client_urls.join(","),
+        "ready to serve client requests"
+    );
+    Ok(RunningStore { node, tasks, stop })
+}
+
+fn open_engine(member_dir: &Path) -> Result<RedbEngine, Error> {
+    RedbEngine::open(&member_dir.join("store.redb"))
+        .map_err(|e| Error::Config(format!("open data dir: {e}")))
+}
+
+async fn serve_peer(
+    node: Arc<StoreNode>,
+    listener: TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let service = PeerServer::new(PeerApi { node })
+        .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
+    let result = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!("peer server: {e}");
+    }
+}
+
+async fn serve_client(
+    node: Arc<StoreNode>,
+    listener: TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let api = EtcdApi { node: node.clone() };
+    let limit = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let routes = Routes::new(KvServer::new(api.clone()).max_decoding_message_size(limit))
+        .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(limit))
+        .add_service(MaintenanceServer::new(api).max_decoding_message_size(limit))
+        .add_service(health_service);
+    let router = routes.into_axum_router().merge(crate::http::routes(node));
+    let result = Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .add_routes(Routes::from(router))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!("client server: {e}");
+    }
+}
+
+/// Publish our name and client URLs through Raft once a leader exists (like etcd).
+async fn publish_attributes(node: Arc<StoreNode>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let attrs = MemberAttrs {
+        name: node.config.name.clone(),
+        client_urls: node.config.advertise_client_urls.clone(),
+    };
+    loop {
+        if node.sm.read().attrs.get(&node.id) == Some(&attrs) {
+            return;
+        }
+        let command = Command::PublishMember {
+            id: node.id,
+            attrs: attrs.clone(),
+        };
+        let attempt = tokio::select! {
+            result = node.write(command, true) => result,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        if attempt.is_ok() && node.sm.read().attrs.get(&node.id) == Some(&attrs) {
+            tracing::info!("published member attributes");
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! openraft's state machine (storage-v2 `RaftStateMachine`): applies committed commands to
+//! the MVCC store and persists them in the engine.
+//!
+//! Invariants:
+//! - one `apply` call writes the MVCC records of all its entries, `last_applied` and the
+//!   membership in ONE engine batch, so after a crash the engine holds a prefix of the log;
+//! - that batch is `Buffered`: the log entries are already fsynced on a quorum, so a lost
+//!   apply is re-applied from the log on restart. Every durable log write (append, vote,
+//!   purge) makes earlier buffered writes durable, and logs are purged only after a
+//!   snapshot at an index the state machine has applied, so a purged entry is never needed;
+//! - readers (gRPC handlers) see the in-memory [`SmState`] through a `RwLock`, updated only
+//!   after the batch is written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use skiff_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, PutRequest, ResponseHeader,
+    TxnRequest,
+};
+
+use crate::engine::{Durability, Engine, EngineError, ReadView, Table, WriteBatch};
+use crate::error::Error;
+use crate::mvcc::Mvcc;
+use crate::raft_log::{decode, encode, io_error};
+use crate::types::{
+    Command, LogId, Member, MemberAttrs, MemberId, Reply, StorageError, StoredMembership,
+    TypeConfig,
+};
+
+const KEY_APPLIED: &[u8] = b"sm/last_applied";
+const KEY_MEMBERSHIP: &[u8] = b"sm/membership";
+const KEY_ATTRS: &[u8] = b"sm/member_attrs";
+const KEY_REMOVED: &[u8] = b"sm/removed_members";
+
+/// Everything the state machine holds, as readers see it.
+#[derive(Debug, Default)]
+pub struct SmState {
+    pub mvcc: Mvcc,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    /// Names and client URLs published by started members.
+    pub attrs: BTreeMap<MemberId, MemberAttrs>,
+    /// Every member ever removed: IDs are never reused.
+    pub removed: BTreeSet<MemberId>,
+}
+
+impl SmState {
+    fn load(view: &dyn ReadView) -> Result<SmState, EngineError> {
+        let get = |key: &[u8]| view.get(Table::Meta, key);
+        Ok(SmState {
+            mvcc: Mvcc::load(view)?,
+            last_applied: get(KEY_APPLIED)?.map(|raw| decode(&raw)).transpose()?,
+            membership: get(KEY_MEMBERSHIP)?
+                .map(|raw| decode(&raw))
+                .transpose()?
+                .unwrap_or_default(),
+            attrs: get(KEY_ATTRS)?
+                .map(|raw| decode(&raw))
+                .transpose()?
+                .unwrap_or_default(),
+            removed: get(KEY_REMOVED)?
+                .map(|raw| decode(&raw))
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// The serialised form of a snapshot: the whole `Kv` and `Meta` tables.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBlob {
+    kv: Vec<(Vec<u8>, Vec<u8>)>,
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Clone)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<MemberId, Member>,
+    data: Vec<u8>,
+}
+
+/// Shared handle on the state machine: openraft drives it, gRPC handlers read from it.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    engine: Arc<dyn Engine>,
+    state: Arc<RwLock<SmState>>,
+    snapshot: Arc<std::sync::Mutex<Option<StoredSnapshot>>>,
+    snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StateMachineStore {
+    /// Open the state machine persisted in `engine`.
+    pub fn open(engine: Arc<dyn Engine>) -> Result<Self, Error> {
+        let view = engine.read()?;
+        let state = SmState::load(view.as_ref())?;
+        drop(view);
+        Ok(StateMachineStore {
+            engine,
+            state: Arc::new(RwLock::new(state)),
+            snapshot: Arc::new(std::sync::Mutex::new(None)),
+            snapshot_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        })
+    }
+
+    /// Read access for request handlers.
+    pub fn read(&self) -> RwLockReadGuard<'_, SmState> {
+        // A poisoned lock means a writer panicked mid-update; the data it guards is still
+        // the last consistent state because the engine batch is written first.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    fn apply_command(state: &mut SmState, command: &Command, batch: &mut WriteBatch) -> Reply {
+        let result: Result<Vec<u8>, Error> = match command {
+            Command::Put(raw) => PutRequest::decode(raw.as_slice())
+                .map_err(|e| Error::Internal(format!("decode put: {e}")))
+                .and_then(|req| state.mvcc.put(&req, batch))
+                .map(|applied| applied.response.encode_to_vec()),
+            Command::DeleteRange(raw) => DeleteRangeRequest::decode(raw.as_slice())
+                .map_err(|e| Error::Internal(format!("decode delete: {e}")))
+                .and_then(|req| state.mvcc.delete_range(&req, batch))
+                .map(|applied| applied.response.encode_to_vec()),
+            Command::Txn(raw) => TxnRequest::decode(raw.as_slice())
+                .map_err(|e| Error::Internal(format!("decode txn: {e}")))
+                .and_then(|req| state.mvcc.txn(&req, batch))
+                .map(|applied| applied.response.encode_to_vec()),
+            Command::Compact(raw) => CompactionRequest::decode(raw.as_slice())
+                .map_err(|e| Error::Internal(format!("decode compact: {e}")))
+                .and_then(|req| state.mvcc.compact(req.revision, batch))
+                .map(|()| {
+                    CompactionResponse {
+                        header: Some(ResponseHeader {
+                            revision: state.mvcc.current_revision(),
+                            ..Default::default()
+                        }),
+                    }
+                    .encode_to_vec()
+                }),
+            Command::PublishMember { id, attrs } => {
+                state.attrs.insert(*id, attrs.clone());
+                batch.put(Table::Meta, KEY_ATTRS, encode(&state.attrs));
+                return Reply::Done;
+            }
+        };
+        match result {
+            Ok(bytes) => Reply::Response(bytes),
+            Err(err) => Reply::Failed(err),
+        }
+    }
+
+    fn build(&self) -> Result<StoredSnapshot, StorageError> {
+        let sm_err = |e: &EngineError| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e);
+        // The engine view and the in-memory state are taken under the same lock so the
+        // snapshot's metadata matches its data exactly.
+        let (view, last_applied, membership) = {
+            let state = self.read();
+            let view = self.engine.read().map_err(|e| sm_err(&e))?;
+            (view, state.last_applied, state.membership.clone())
+        };
+        let mut blob = SnapshotBlob {
+            kv: Vec::new(),
+            meta: Vec::new(),
+        };
+        view.scan(Table::Kv, &[], None, &mut |k, v| {
+            blob.kv.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .map_err(|e| sm_err(&e))?;
+        view.scan(Table::Meta, &[], None, &mut |k, v| {
+            blob.meta.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .map_err(|e| sm_err(&e))?;
+        let data = encode(&blob);
+        let seq = self
+            .snapshot_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let snapshot_id = match last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, seq),
+            None => format!("0-0-{seq}"),
+        };
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            },
+            data,
+        };
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
+        Ok(stored)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let this = self.clone();
+        let stored = tokio::task::spawn_blocking(move || this.build())
+            .await
+            .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))??;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let state = self.read();
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    where
+        I: IntoIterator<Item = crate::types::Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut replies = Vec::new();
+        let mut batch = WriteBatch::new();
+        {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            for entry in entries {
+                state.last_applied = Some(entry.log_id);
+                let reply = match &entry.payload {
+                    EntryPayload::Blank => Reply::Done,
+                    EntryPayload::Normal(command) => {
+                        Self::apply_command(&mut state, command, &mut batch)
+                    }
+                    EntryPayload::Membership(membership) => {
+                        let before: BTreeSet<MemberId> =
+                            state.membership.nodes().map(|(id, _)| *id).collect();
+                        let after: BTreeSet<MemberId> =
+                            membership.nodes().map(|(id, _)| *id).collect();
+                        let removed: Vec<MemberId> = before.difference(&after).copied().collect();
+                        if !removed.is_empty() {
+                            for id in removed {
+                                state.removed.insert(id);
+                                state.attrs.remove(&id);
+                            }
+                            batch.put(Table::Meta, KEY_REMOVED, encode(&state.removed));
+                            batch.put(Table::Meta, KEY_ATTRS, encode(&state.attrs));
+                        }
+                        state.membership =
+                            StoredMembership::new(Some(entry.log_id), membership.clone());
+                        batch.put(Table::Meta, KEY_MEMBERSHIP, encode(&state.membership));
+                        Reply::Done
+                    }
+                };
+                replies.push(reply);
+            }
+            batch.put(Table::Meta, KEY_APPLIED, encode(&state.last_applied));
+            // Written while holding the lock so readers never see state the engine lacks
+            // for longer than this write takes, and two applies never interleave.
+            self.engine
+                .write(batch, Durability::Buffered)
+                .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<MemberId, Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let snap_err = |e: &EngineError| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        };
+        let data = snapshot.into_inner();
+        let blob: SnapshotBlob = decode(&data).map_err(|e| snap_err(&e))?;
+        let mut batch = WriteBatch::new();
+        batch.clear(Table::Kv);
+        batch.clear(Table::Meta);
+        for (k, v) in blob.kv {
+            batch.put(Table::Kv, k, v);
+        }
+        for (k, v) in blob.meta {
+            batch.put(Table::Meta, k, v);
+        }
+        // The snapshot's own metadata wins over whatever the blob carried.
+        batch.put(Table::Meta, KEY_APPLIED, encode(&meta.last_log_id));
+        batch.put(Table::Meta, KEY_MEMBERSHIP, encode(&meta.last_membership));
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        self.engine
+            .write(batch, Durability::Durable)
+            .map_err(|e| snap_err(&e))?;
+        let view = self.engine.read().map_err(|e| snap_err(&e))?;
+        *state = SmState::load(view.as_ref()).map_err(|e| snap_err(&e))?;
+        drop(state);
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let existing = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let stored = match existing {
+            Some(stored) => stored,
+            // None kept (e.g. after a restart): a snapshot of the current state is valid.
+            None => {
+                if self.read().last_applied.is_none() {
+                    return Ok(None);
+                }
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || this.build())
+                    .await
+                    .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))??
+            }
+        };
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
