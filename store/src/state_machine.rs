@@ -55,7 +55,10 @@ impl SmState {
         let get = |key: &[u8]| view.get(Table::Meta, key);
         Ok(SmState {
             mvcc: Mvcc::load(view)?,
-            last_applied: get(KEY_APPLIED)?.map(|raw| decode(&raw)).transpose()?,
+            last_applied: get(KEY_APPLIED)?
+                .map(|raw| decode::<Option<LogId>>(&raw))
+                .transpose()?
+                .flatten(),
             membership: get(KEY_MEMBERSHIP)?
                 .map(|raw| decode(&raw))
                 .transpose()?

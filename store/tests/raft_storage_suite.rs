@@ -1,0 +1,42 @@
+//! openraft's own storage test suite, run against our log store and state machine on
+//! every engine backend (in-memory and redb).
+
+use std::sync::Arc;
+
+use openraft::testing::{StoreBuilder, Suite};
+use skiff_store::engine::{Engine, MemEngine, RedbEngine};
+use skiff_store::raft_log::LogStore;
+use skiff_store::state_machine::StateMachineStore;
+use skiff_store::types::{StorageError, TypeConfig};
+
+struct MemBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemBuilder {
+    async fn build(&self) -> Result<((), LogStore, StateMachineStore), StorageError> {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let sm = StateMachineStore::open(engine.clone()).expect("open state machine");
+        Ok(((), LogStore::new(engine), sm))
+    }
+}
+
+struct RedbBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine: Arc<dyn Engine> =
+            Arc::new(RedbEngine::open(&dir.path().join("store.redb")).expect("open redb"));
+        let sm = StateMachineStore::open(engine.clone()).expect("open state machine");
+        Ok((dir, LogStore::new(engine), sm))
+    }
+}
+
+#[test]
+fn openraft_suite_on_memory_engine() {
+    Suite::test_all(MemBuilder).expect("openraft storage suite (memory)");
+}
+
+#[test]
+fn openraft_suite_on_redb_engine() {
+    Suite::test_all(RedbBuilder).expect("openraft storage suite (redb)");
+}
