@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The one test command: installs the system packages the tests drive (real etcd and
+# etcdctl from Debian, protoc for the etcd-client crate the tests use), then runs the
+# format check, clippy and every test in the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+if ((${#need[@]})); then
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo=sudo
+  echo "installing: ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# Debian's etcd-server package may start a system etcd on 2379; tests use their own ports.
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
