@@ -1,7 +1,7 @@
 //! A three-member cluster starts and serves etcdctl put/get on every member.
 mod common;
 
-use common::{etcdctl_ok, Cluster};
+use common::{Cluster, etcdctl_ok};
 
 #[test]
 fn three_members_serve_put_and_get_everywhere() {

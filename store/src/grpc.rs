@@ -82,7 +82,7 @@ impl EtcdApi {
                 Ok(response)
             }
             Reply::Failed(err) => Err(err.into()),
-            Reply::Done => Err(Status::internal("unexpected empty reply")),
+            Reply::Done | Reply::Batch(_) => Err(Status::internal("unexpected reply kind")),
         }
     }
 

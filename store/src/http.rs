@@ -129,6 +129,17 @@ async fn metrics(State(node): State<Arc<StoreNode>>) -> impl IntoResponse {
         "Backend bytes in use.",
         engine.size_in_use_bytes() as f64,
     );
+    let writes = engine.write_counts();
+    gauge(
+        "skiff_engine_durable_writes_total",
+        "Engine writes fsynced before returning (log appends, votes, purges).",
+        writes.durable as f64,
+    );
+    gauge(
+        "skiff_engine_buffered_writes_total",
+        "Engine writes made durable by a later fsync (state machine applies).",
+        writes.buffered as f64,
+    );
     gauge(
         "process_resident_memory_bytes",
         "Resident memory size in bytes.",

@@ -16,6 +16,7 @@ pub mod http;
 pub mod mvcc;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod raft_log;
 pub mod server;
 pub mod state_machine;

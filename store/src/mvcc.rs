@@ -274,8 +274,10 @@ impl Mvcc {
             || req.max_create_revision != 0;
         let sorted = sort_order != range_request::SortOrder::None
             || sort_target != range_request::SortTarget::Key;
-        // Like etcd: with sorting or filters, fetch everything and cut afterwards.
-        let fetch_limit = if sorted || filtered || req.limit <= 0 {
+        // Like etcd: with a sort order or filters, fetch everything and cut afterwards. A
+        // target without an order sorts only the first `limit + 1` keys (etcd does the same).
+        let fetch_all = sort_order != range_request::SortOrder::None || filtered;
+        let fetch_limit = if fetch_all || req.limit <= 0 {
             usize::MAX
         } else {
             req.limit as usize + 1
@@ -317,9 +319,11 @@ impl Mvcc {
                     range_request::SortTarget::Value => SortKey::Bytes(kv.value.clone()),
                 }
             };
-            kvs.sort_by_cached_key(key_of);
+            // Stable in both directions: ties keep key order, as etcd's sort does.
             if order == range_request::SortOrder::Descend {
-                kvs.reverse();
+                kvs.sort_by_cached_key(|kv| std::cmp::Reverse(key_of(kv)));
+            } else {
+                kvs.sort_by_cached_key(key_of);
             }
         }
         let mut more = false;

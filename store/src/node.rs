@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::network::{
     AdminReply, AdminRequest, ClusterInfo, ForwardOutcome, Forwarded, PeerChannels,
 };
+use crate::proposer::{Proposed, Proposer};
 use crate::state_machine::StateMachineStore;
 use crate::types::{Command, Member, MemberId, Raft, Reply};
 
@@ -31,6 +32,8 @@ pub struct StoreNode {
     pub sm: StateMachineStore,
     pub config: Arc<StoreConfig>,
     pub channels: PeerChannels,
+    /// Batches concurrent writes into shared log entries.
+    pub proposer: Proposer,
 }
 
 /// A member as the Cluster API lists it.
@@ -108,17 +111,12 @@ impl StoreNode {
                 return Err(Error::Timeout);
             }
             let attempt =
-                tokio::time::timeout(remaining, self.raft.client_write(command.clone())).await;
+                tokio::time::timeout(remaining, self.proposer.propose(command.clone())).await;
             let leader = match attempt {
                 Err(_) => return Err(Error::Timeout),
-                Ok(Ok(response)) => return Ok(response.data),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                    forward.leader_id
-                }
-                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                    return Err(Error::Internal(e.to_string()));
-                }
-                Ok(Err(RaftError::Fatal(_))) => return Err(Error::Stopped),
+                Ok(Proposed::Applied(reply)) => return Ok(reply),
+                Ok(Proposed::Failed(err)) => return Err(err),
+                Ok(Proposed::NotLeader(leader)) => leader,
             };
             match leader.and_then(|id| self.leader_url(id)) {
                 Some(url) => {
@@ -142,15 +140,10 @@ impl StoreNode {
     /// Handle a request forwarded by a follower (we are, or were, the leader).
     pub async fn handle_forward(&self, request: Forwarded) -> ForwardOutcome {
         match request {
-            Forwarded::Write(command) => match self.raft.client_write(command).await {
-                Ok(response) => ForwardOutcome::Write(response.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    ForwardOutcome::NotLeader
-                }
-                Err(RaftError::APIError(e)) => {
-                    ForwardOutcome::Failed(Error::Internal(e.to_string()))
-                }
-                Err(RaftError::Fatal(_)) => ForwardOutcome::Failed(Error::Stopped),
+            Forwarded::Write(command) => match self.proposer.propose(command).await {
+                Proposed::Applied(reply) => ForwardOutcome::Write(reply),
+                Proposed::NotLeader(_) => ForwardOutcome::NotLeader,
+                Proposed::Failed(err) => ForwardOutcome::Failed(err),
             },
             Forwarded::Admin(admin) => {
                 if self.raft.metrics().borrow().state != ServerState::Leader {
@@ -327,7 +320,8 @@ impl StoreNode {
             }
             AdminRequest::RemoveMember { id } => {
                 if self.sm.read().removed.contains(&id) {
-                    return Err(Error::MemberIdRemoved);
+                    // etcd's v3rpc maps membership.ErrIDRemoved to "member not found".
+                    return Err(Error::MemberNotFound);
                 }
                 if voters.contains(&id) {
                     change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;

@@ -2,9 +2,10 @@
 //!
 //! Invariants:
 //! - the vote is fsynced before `save_vote` returns;
-//! - `append` writes all entries of one call in one durable batch and only then reports
-//!   them flushed: openraft hands us every proposal queued since the last call, so many
-//!   client writes share one fsync (group commit);
+//! - `append` writes the entries as a buffered batch (readable at once) and hands the
+//!   flush callback to the *flusher* task, which waits for whatever appends queue up
+//!   meanwhile, makes them all durable with ONE fsync, and only then reports them flushed
+//!   to openraft (group commit: many proposals share one fsync);
 //! - `purge` records the purged id in the same batch that deletes the entries, so the log
 //!   never has a hole.
 
@@ -23,15 +24,22 @@ const KEY_PURGED: &[u8] = b"last_purged";
 const KEY_COMMITTED: &[u8] = b"committed";
 const FORMAT: u8 = 1;
 
+/// Appends waiting for the flusher's next fsync; a full queue makes `append` wait.
+pub const LOG_FLUSH_QUEUE: usize = 4096;
+
 /// The Raft log, vote and purge marker, kept in the engine's `RaftLog`/`RaftMeta` tables.
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<dyn Engine>,
+    flusher: tokio::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
+    /// Open the log on `engine` and start its flusher task (needs a tokio runtime).
     pub fn new(engine: Arc<dyn Engine>) -> Self {
-        LogStore { engine }
+        let (flusher, queue) = tokio::sync::mpsc::channel(LOG_FLUSH_QUEUE);
+        tokio::spawn(flush_loop(engine.clone(), queue));
+        LogStore { engine, flusher }
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -62,6 +70,29 @@ impl LogStore {
         write_async(&self.engine, batch, durability)
             .await
             .map_err(|e| io_error(subject, ErrorVerb::Write, &e))
+    }
+}
+
+/// Group commit: one fsync for every append queued since the previous one.
+async fn flush_loop(
+    engine: Arc<dyn Engine>,
+    mut queue: tokio::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+) {
+    let mut pending = Vec::new();
+    while let Some(first) = queue.recv().await {
+        pending.push(first);
+        while let Ok(next) = queue.try_recv() {
+            pending.push(next);
+        }
+        // An empty durable batch commits every buffered write before it.
+        let result = write_async(&engine, WriteBatch::new(), Durability::Durable).await;
+        for callback in pending.drain(..) {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            callback.log_io_completed(outcome);
+        }
     }
 }
 
@@ -229,14 +260,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry),
             );
         }
-        let result = self
-            .write(batch, Durability::Durable, ErrorSubject::Logs)
-            .await;
-        match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        // Readable now; durable (and reported so) once the flusher's next fsync is done.
+        self.write(batch, Durability::Buffered, ErrorSubject::Logs)
+            .await?;
+        if let Err(returned) = self.flusher.send(callback).await {
+            // The flusher is gone (shutting down): flush inline instead.
+            let result = self
+                .write(WriteBatch::new(), Durability::Durable, ErrorSubject::Logs)
+                .await;
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            returned.0.log_io_completed(outcome);
+            return result;
         }
-        result
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

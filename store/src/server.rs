@@ -19,7 +19,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 
 use crate::config::{ClusterState, StoreConfig, socket_addr};
-use crate::engine::{Durability, Engine, RedbEngine, Table, WriteBatch};
+use crate::engine::{CountingEngine, Durability, Engine, RedbEngine, Table, WriteBatch};
 use crate::error::Error;
 use crate::grpc::{EtcdApi, PeerApi};
 use crate::network::{Network, PEER_MAX_MESSAGE_BYTES, PeerChannels};
@@ -126,29 +126,38 @@ async fn join_existing(config: &StoreConfig, channels: &PeerChannels) -> Result<
         ));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // A peer may not list us yet (it has not applied the `member add`) or any more (it
+    // was itself removed and still runs): ask every peer, and give up on "not a member"
+    // only after no reachable peer has listed us for a while.
+    let mut refused_since: Option<tokio::time::Instant> = None;
     loop {
+        let mut answered = false;
         for url in &peers {
             let Ok(info) = channels.cluster_info(url, Duration::from_secs(2)).await else {
                 continue;
             };
+            answered = true;
             let found = info.members.iter().find(|(_, member)| {
                 let mut urls = member.peer_urls.clone();
                 urls.sort();
                 urls == own_urls
             });
-            return match found {
-                Some((id, _)) => Ok(Identity {
+            if let Some((id, _)) = found {
+                return Ok(Identity {
                     member_id: *id,
                     cluster_id: info.cluster_id,
                     name: config.name.clone(),
-                }),
-                None => Err(Error::Config(format!(
-                    "member with peer URLs {} is not in the cluster; add it first with `etcdctl member add`",
-                    own_urls.join(",")
-                ))),
-            };
+                });
+            }
         }
-        if tokio::time::Instant::now() > deadline {
+        let now = tokio::time::Instant::now();
+        if answered && now > *refused_since.get_or_insert(now) + Duration::from_secs(5) {
+            return Err(Error::Config(format!(
+                "member with peer URLs {} is not in the cluster; add it first with `etcdctl member add`",
+                own_urls.join(",")
+            )));
+        }
+        if now > deadline {
             return Err(Error::Config(format!(
                 "could not reach any existing member ({})",
                 peers.join(",")
@@ -168,7 +177,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
             member_dir.display()
         ))
     })?;
-    let engine: Arc<dyn Engine> = Arc::new(open_engine(&member_dir)?);
+    let engine: Arc<dyn Engine> = Arc::new(CountingEngine::new(open_engine(&member_dir)?));
     let channels = PeerChannels::default();
     // Peers must be reachable before we initialise or join.
     let peer_listeners = bind_all(&config.listen_peer_urls).await?;
@@ -239,6 +248,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
     let node = Arc::new(StoreNode {
         id: identity.member_id,
         cluster_id: identity.cluster_id,
+        proposer: crate::proposer::Proposer::start(raft.clone()),
         raft,
         sm,
         config: config.clone(),

@@ -148,6 +148,14 @@ impl StateMachineStore {
                     }
                     .encode_to_vec()
                 }),
+            Command::Batch(commands) => {
+                return Reply::Batch(
+                    commands
+                        .iter()
+                        .map(|command| Self::apply_command(state, command, batch))
+                        .collect(),
+                );
+            }
             Command::PublishMember { id, attrs } => {
                 state.attrs.insert(*id, attrs.clone());
                 batch.put(Table::Meta, KEY_ATTRS, encode(&state.attrs));

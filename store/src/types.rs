@@ -40,7 +40,30 @@ pub enum Command {
     DeleteRange(Vec<u8>),
     Txn(Vec<u8>),
     Compact(Vec<u8>),
-    PublishMember { id: MemberId, attrs: MemberAttrs },
+    PublishMember {
+        id: MemberId,
+        attrs: MemberAttrs,
+    },
+    /// Several client commands proposed together (one log entry, one fsync); applied in
+    /// order, each with its own revision.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// Approximate encoded size, for batch limits.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Command::Put(b) | Command::DeleteRange(b) | Command::Txn(b) | Command::Compact(b) => {
+                b.len() + 8
+            }
+            Command::PublishMember { attrs, .. } => {
+                64 + attrs.name.len() + attrs.client_urls.iter().map(String::len).sum::<usize>()
+            }
+            Command::Batch(commands) => {
+                commands.iter().map(Command::encoded_len).sum::<usize>() + 8
+            }
+        }
+    }
 }
 
 /// The state machine's answer to one command: an encoded etcd response or an etcd error.
@@ -48,6 +71,8 @@ pub enum Command {
 pub enum Reply {
     Response(Vec<u8>),
     Failed(Error),
+    /// One reply per command of a `Command::Batch`, in order.
+    Batch(Vec<Reply>),
     #[default]
     Done,
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use skiff_proto::etcdserverpb::{
-    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, compare,
+    request_op,
 };
 use skiff_store::engine::{Durability, Engine, MemEngine, RedbEngine, WriteBatch};
 use skiff_store::error::Error;
@@ -105,7 +105,12 @@ fn check_all_revisions(mvcc: &Mvcc, model: &Model) -> Result<(), TestCaseError> 
         let got: ModelState = resp
             .kvs
             .into_iter()
-            .map(|kv| (kv.key, (kv.value, kv.create_revision, kv.mod_revision, kv.version)))
+            .map(|kv| {
+                (
+                    kv.key,
+                    (kv.value, kv.create_revision, kv.mod_revision, kv.version),
+                )
+            })
             .collect();
         prop_assert_eq!(&got, expected, "state at revision {}", rev);
     }
@@ -176,10 +181,12 @@ fn run_ops(ops: &[Op], engine: &dyn Engine) -> Result<(), TestCaseError> {
                         request: Some(request_op::Request::RequestPut(put_req(*b, *x))),
                     }],
                     failure: vec![RequestOp {
-                        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                            key: key(*b),
-                            ..Default::default()
-                        })),
+                        request: Some(request_op::Request::RequestDeleteRange(
+                            DeleteRangeRequest {
+                                key: key(*b),
+                                ..Default::default()
+                            },
+                        )),
                     }],
                 };
                 let applied = mvcc.txn(&req, &mut batch).unwrap();
@@ -214,7 +221,9 @@ fn run_ops(ops: &[Op], engine: &dyn Engine) -> Result<(), TestCaseError> {
         check_all_revisions(&mvcc, &model)?;
     }
     // The persisted records rebuild an identical index.
-    let view = engine.read().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let view = engine
+        .read()
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let reloaded = Mvcc::load(view.as_ref()).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(reloaded.compact_revision(), model.compacted.max(0));
     check_all_revisions(&reloaded, &model)?;

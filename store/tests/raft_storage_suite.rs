@@ -22,7 +22,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemBuilder {
 struct RedbBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine: Arc<dyn Engine> =
             Arc::new(RedbEngine::open(&dir.path().join("store.redb")).expect("open redb"));

@@ -211,7 +211,10 @@ impl Cluster {
             if let Some(i) = self.leader() {
                 return i;
             }
-            assert!(Instant::now() < deadline, "no leader elected in {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no leader elected in {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -238,7 +241,11 @@ pub fn etcdctl_stdin(endpoints: &str, args: &[&str], input: Option<&str>) -> Out
         .arg(endpoints)
         .arg("--command-timeout=10s")
         .args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd
@@ -264,7 +271,10 @@ pub fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
 
 /// A client from the `etcd-client` crate connected to `endpoints`.
 pub async fn client(endpoints: &str) -> etcd_client::Client {
-    let eps: Vec<String> = endpoints.split(',').map(|e| format!("http://{e}")).collect();
+    let eps: Vec<String> = endpoints
+        .split(',')
+        .map(|e| format!("http://{e}"))
+        .collect();
     etcd_client::Client::connect(eps, None)
         .await
         .expect("connect etcd-client")
@@ -295,14 +305,20 @@ impl RealEtcd {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("etcd not found: install Debian's etcd-server (the README's test command does)");
+            .expect(
+                "etcd not found: install Debian's etcd-server (the README's test command does)",
+            );
         let endpoint = client.trim_start_matches("http://").to_string();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !etcdctl(&endpoint, &["endpoint", "health"]).status.success() {
             assert!(Instant::now() < deadline, "real etcd did not start");
             std::thread::sleep(Duration::from_millis(200));
         }
-        RealEtcd { dir, child, endpoint }
+        RealEtcd {
+            dir,
+            child,
+            endpoint,
+        }
     }
 }
 
@@ -311,4 +327,49 @@ impl Drop for RealEtcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// GET an HTTP path from a member's client port (plain HTTP/1.1), returning the body.
+pub fn http_get(endpoint: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(endpoint).expect("connect for HTTP");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send HTTP request");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read HTTP response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        // De-chunk: size line, data, CRLF, ... 0.
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        return out;
+    }
+    body.to_string()
+}
+
+/// The value of a Prometheus gauge/counter in a member's `/metrics`.
+pub fn metric(endpoint: &str, name: &str) -> f64 {
+    let body = http_get(endpoint, "/metrics");
+    body.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name)
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("metric {name} missing from /metrics:\n{body}"))
 }

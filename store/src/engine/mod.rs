@@ -16,9 +16,11 @@
 //! [`conformance`] holds the behavioural test suite every backend must pass.
 
 pub mod conformance;
+mod counting;
 mod mem;
 mod redb_engine;
 
+pub use counting::{CountingEngine, WriteCounts};
 pub use mem::MemEngine;
 pub use redb_engine::RedbEngine;
 
@@ -204,6 +206,11 @@ pub trait Engine: Send + Sync + 'static {
     fn size_bytes(&self) -> u64;
     /// Bytes in use by live data (<= size_bytes).
     fn size_in_use_bytes(&self) -> u64;
+
+    /// Writes done so far by durability, for engines that count them (see [`CountingEngine`]).
+    fn write_counts(&self) -> WriteCounts {
+        WriteCounts::default()
+    }
 }
 
 /// Whether `[start, end)` contains no key at all.
