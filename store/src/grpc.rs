@@ -104,6 +104,11 @@ impl EtcdApi {
         let revision = self.node.sm.read().mvcc.current_revision();
         self.node.header(revision)
     }
+
+    /// etcd's Cluster service header carries no revision (`clusterServer.header()`).
+    fn cluster_header(&self) -> pb::ResponseHeader {
+        self.node.header(0)
+    }
 }
 
 /// Lets the generic replicate path fix up response headers.
@@ -270,6 +275,7 @@ impl Kv for EtcdApi {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         self.check_leader(&request)?;
+        self.check_not_learner()?;
         let require_leader = requires_leader(&request);
         let req = request.into_inner();
         check_put(&req)?;
@@ -285,6 +291,7 @@ impl Kv for EtcdApi {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         self.check_leader(&request)?;
+        self.check_not_learner()?;
         let require_leader = requires_leader(&request);
         let req = request.into_inner();
         if req.key.is_empty() {
@@ -300,6 +307,7 @@ impl Kv for EtcdApi {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         self.check_leader(&request)?;
+        self.check_not_learner()?;
         let require_leader = requires_leader(&request);
         let req = request.into_inner();
         check_txn(&req, self.node.config.max_txn_ops)?;
@@ -329,6 +337,7 @@ impl Kv for EtcdApi {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         self.check_leader(&request)?;
+        self.check_not_learner()?;
         let require_leader = requires_leader(&request);
         let req = request.into_inner();
         let physical = req.physical;
@@ -380,7 +389,7 @@ impl Cluster for EtcdApi {
             )
             .await;
         Ok(Response::new(pb::MemberAddResponse {
-            header: Some(self.current_header()),
+            header: Some(self.cluster_header()),
             member: Some(pb::Member {
                 id,
                 name: String::new(),
@@ -409,7 +418,7 @@ impl Cluster for EtcdApi {
             )
             .await;
         Ok(Response::new(pb::MemberRemoveResponse {
-            header: Some(self.current_header()),
+            header: Some(self.cluster_header()),
             members: self.members_pb(),
         }))
     }
@@ -432,7 +441,7 @@ impl Cluster for EtcdApi {
             })
             .await?;
         Ok(Response::new(pb::MemberUpdateResponse {
-            header: Some(self.current_header()),
+            header: Some(self.cluster_header()),
             members: self.members_pb(),
         }))
     }
@@ -446,7 +455,7 @@ impl Cluster for EtcdApi {
             self.node.linearizable_barrier().await?;
         }
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.current_header()),
+            header: Some(self.cluster_header()),
             members: self.members_pb(),
         }))
     }
@@ -459,7 +468,7 @@ impl Cluster for EtcdApi {
         let id = request.into_inner().id;
         self.node.admin(AdminRequest::PromoteMember { id }).await?;
         Ok(Response::new(pb::MemberPromoteResponse {
-            header: Some(self.current_header()),
+            header: Some(self.cluster_header()),
             members: self.members_pb(),
         }))
     }
