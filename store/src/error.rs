@@ -56,7 +56,8 @@ pub enum Error {
     NotEnoughStartedMembers,
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
-    #[error("etcdserver: invalid peer URL: {0}")]
+    /// etcd's `ErrGRPCMemberBadURLs`; the payload (why the URL is bad) shows in `Debug`.
+    #[error("etcdserver: given member URLs are invalid")]
     BadPeerUrl(String),
     /// The storage engine failed; the member cannot safely continue serving writes.
     #[error("etcdserver: storage failure: {0}")]

@@ -74,6 +74,9 @@ pub fn record_key(revision: Revision, sub: i64) -> [u8; 16] {
 pub struct Mvcc {
     index: BTreeMap<Vec<u8>, Vec<KeyVersion>>,
     current: Revision,
+    /// etcd's `compactMainRev`: -1 until the first compaction, so that, as in etcd, a
+    /// fresh store accepts a compaction at revision 0 (once) and a txn's range at revision
+    /// -1 passes `checkRange` only until then.
     compacted: Revision,
 }
 
@@ -82,7 +85,7 @@ impl Default for Mvcc {
         Mvcc {
             index: BTreeMap::new(),
             current: 1,
-            compacted: 0,
+            compacted: -1,
         }
     }
 }
@@ -175,7 +178,7 @@ impl Mvcc {
 
     /// The revision at or below which history has been compacted (0: never).
     pub fn compact_revision(&self) -> Revision {
-        self.compacted
+        self.compacted.max(0)
     }
 
     /// Number of live keys at the current revision.
@@ -350,6 +353,11 @@ impl Mvcc {
         req: &PutRequest,
         batch: &mut WriteBatch,
     ) -> Result<Applied<PutResponse>> {
+        // A plain Put looks the lease up before anything else (etcd's applier `Put`); in a
+        // txn, `checkPut` tests ignore_value/ignore_lease first (see `check_put`).
+        if req.lease != 0 {
+            return Err(Error::LeaseNotFound);
+        }
         self.check_put(req)?;
         let mut ctx = self.begin(batch);
         let response = self.put_in(&mut ctx, req);
@@ -376,14 +384,21 @@ impl Mvcc {
         // Like etcd's pre-check: every op of the branch that will run is validated against
         // the state before the txn, so a failing txn changes nothing.
         self.check_txn(req, self.current)?;
+        let path = self.compare_path(req, self.current);
         let mut ctx = self.begin(batch);
-        let response = self.txn_in(&mut ctx, req);
+        let response = self.txn_in(&mut ctx, req, &mut path.into_iter());
         Ok(self.finish(ctx, response))
     }
 
     /// Execute a Txn without any write (read-only), outside Raft.
     pub fn read_only_txn(&self, req: &TxnRequest) -> Result<TxnResponse> {
         self.check_txn(req, self.current)?;
+        let mut response = self.read_only_txn_in(req)?;
+        response.header = header(self.current);
+        Ok(response)
+    }
+
+    fn read_only_txn_in(&self, req: &TxnRequest) -> Result<TxnResponse> {
         let succeeded = self.compares_hold(&req.compare, self.current);
         let ops = if succeeded {
             &req.success
@@ -397,7 +412,7 @@ impl Mvcc {
                     response_op::Response::ResponseRange(self.range_at(r, self.current)?)
                 }
                 Some(request_op::Request::RequestTxn(t)) => {
-                    response_op::Response::ResponseTxn(self.read_only_txn(t)?)
+                    response_op::Response::ResponseTxn(self.read_only_txn_in(t)?)
                 }
                 _ => return Err(Error::Internal("write op in a read-only txn".into())),
             };
@@ -405,11 +420,35 @@ impl Mvcc {
                 response: Some(response),
             });
         }
+        // Like etcd, a nested txn's header stays empty; the caller fills the outer one.
         Ok(TxnResponse {
-            header: header(self.current),
+            header: Some(ResponseHeader::default()),
             succeeded,
             responses,
         })
+    }
+
+    /// etcd's `compareToPath`: the outcome of every compare in the txn tree that will run,
+    /// in pre-order, all evaluated against the state *before* the txn (a nested txn does
+    /// not see the writes of the ops before it when choosing its branch).
+    fn compare_path(&self, req: &TxnRequest, revision: Revision) -> Vec<bool> {
+        fn walk(mvcc: &Mvcc, req: &TxnRequest, revision: Revision, path: &mut Vec<bool>) {
+            let succeeded = mvcc.compares_hold(&req.compare, revision);
+            path.push(succeeded);
+            let ops = if succeeded {
+                &req.success
+            } else {
+                &req.failure
+            };
+            for op in ops {
+                if let Some(request_op::Request::RequestTxn(t)) = &op.request {
+                    walk(mvcc, t, revision, path);
+                }
+            }
+        }
+        let mut path = Vec::new();
+        walk(self, req, revision, &mut path);
+        path
     }
 
     fn begin<'a>(&self, batch: &'a mut WriteBatch) -> WriteCtx<'a> {
@@ -445,7 +484,43 @@ impl Mvcc {
         Ok(())
     }
 
+    /// etcd's `checkRequests`, run twice over the ops that will execute (nested txns
+    /// included): first every Put (`checkPut`), then every Range (`checkRange`), so a
+    /// missing key for ignore_value is reported before a compacted read revision.
     fn check_txn(&self, req: &TxnRequest, current: Revision) -> Result<()> {
+        self.for_each_op_on_path(req, current, &mut |op| match &op.request {
+            Some(request_op::Request::RequestPut(p)) => self.check_put(p),
+            _ => Ok(()),
+        })?;
+        self.for_each_op_on_path(req, current, &mut |op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => self.check_txn_range(r, current),
+            _ => Ok(()),
+        })
+    }
+
+    /// etcd's `checkRange`. Unlike a plain Range, where a negative revision means "current",
+    /// only 0 is exempt here: a negative revision fails as compacted once anything was
+    /// compacted (etcd compares it with `compactMainRev`, -1 before the first compaction).
+    fn check_txn_range(&self, req: &RangeRequest, current: Revision) -> Result<()> {
+        if req.revision == 0 {
+            return Ok(());
+        }
+        if req.revision > current {
+            return Err(Error::FutureRev);
+        }
+        if req.revision < self.compacted {
+            return Err(Error::Compacted);
+        }
+        Ok(())
+    }
+
+    /// Visit, in order, every non-txn op of the branches the txn tree will take.
+    fn for_each_op_on_path(
+        &self,
+        req: &TxnRequest,
+        current: Revision,
+        f: &mut dyn FnMut(&RequestOp) -> Result<()>,
+    ) -> Result<()> {
         let succeeded = self.compares_hold(&req.compare, current);
         let ops = if succeeded {
             &req.success
@@ -454,12 +529,10 @@ impl Mvcc {
         };
         for op in ops {
             match &op.request {
-                Some(request_op::Request::RequestRange(r)) => {
-                    self.check_read_revision(r.revision, current)?;
+                Some(request_op::Request::RequestTxn(t)) => {
+                    self.for_each_op_on_path(t, current, f)?
                 }
-                Some(request_op::Request::RequestPut(p)) => self.check_put(p)?,
-                Some(request_op::Request::RequestTxn(t)) => self.check_txn(t, current)?,
-                Some(request_op::Request::RequestDeleteRange(_)) | None => {}
+                _ => f(op)?,
             }
         }
         Ok(())
@@ -489,8 +562,17 @@ impl Mvcc {
         matched.iter().all(|kv| compare_kv(cmp, kv))
     }
 
-    fn txn_in(&mut self, ctx: &mut WriteCtx<'_>, req: &TxnRequest) -> TxnResponse {
-        let succeeded = self.compares_hold(&req.compare, ctx.read_revision());
+    /// Execute a txn whose branches were chosen beforehand (`path`, see `compare_path`).
+    fn txn_in(
+        &mut self,
+        ctx: &mut WriteCtx<'_>,
+        req: &TxnRequest,
+        path: &mut std::vec::IntoIter<bool>,
+    ) -> TxnResponse {
+        let succeeded = match path.next() {
+            Some(succeeded) => succeeded,
+            None => self.compares_hold(&req.compare, ctx.begin),
+        };
         let ops = if succeeded {
             &req.success
         } else {
@@ -498,17 +580,23 @@ impl Mvcc {
         };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
-            let response = self.op_in(ctx, op);
+            let response = self.op_in(ctx, op, path);
             responses.push(ResponseOp { response });
         }
+        // Like etcd, a nested txn's header stays empty; `finish` fills the outer one.
         TxnResponse {
-            header: header(ctx.read_revision()),
+            header: Some(ResponseHeader::default()),
             succeeded,
             responses,
         }
     }
 
-    fn op_in(&mut self, ctx: &mut WriteCtx<'_>, op: &RequestOp) -> Option<response_op::Response> {
+    fn op_in(
+        &mut self,
+        ctx: &mut WriteCtx<'_>,
+        op: &RequestOp,
+        path: &mut std::vec::IntoIter<bool>,
+    ) -> Option<response_op::Response> {
         Some(match op.request.as_ref()? {
             request_op::Request::RequestRange(r) => {
                 let current = ctx.read_revision();
@@ -527,7 +615,7 @@ impl Mvcc {
                 response_op::Response::ResponseDeleteRange(self.delete_in(ctx, d))
             }
             request_op::Request::RequestTxn(t) => {
-                response_op::Response::ResponseTxn(self.txn_in(ctx, t))
+                response_op::Response::ResponseTxn(self.txn_in(ctx, t, path))
             }
         })
     }
@@ -733,14 +821,16 @@ fn compare_kv(cmp: &Compare, kv: &KeyValue) -> bool {
             };
             actual.cmp(&wanted)
         }
-        Err(_) => return false,
+        // etcd's `compareKV` leaves the comparison at "equal" for an unknown target...
+        Err(_) => std::cmp::Ordering::Equal,
     };
     match compare::CompareResult::try_from(cmp.result) {
         Ok(compare::CompareResult::Equal) => ordering.is_eq(),
         Ok(compare::CompareResult::NotEqual) => ordering.is_ne(),
         Ok(compare::CompareResult::Greater) => ordering.is_gt(),
         Ok(compare::CompareResult::Less) => ordering.is_lt(),
-        Err(_) => false,
+        // ...and lets an unknown result hold.
+        Err(_) => true,
     }
 }
 
