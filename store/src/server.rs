@@ -331,7 +331,10 @@ async fn serve_client(
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(MaintenanceServer::new(api).max_decoding_message_size(limit))
         .add_service(health_service);
-    let router = routes.into_axum_router().merge(crate::http::routes(node));
+    let router = routes
+        .into_axum_router()
+        .merge(crate::http::routes(node))
+        .layer(axum::middleware::map_response(etcd_receive_limit_status));
     let result = Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
@@ -343,6 +346,34 @@ async fn serve_client(
     if let Err(e) = result {
         tracing::error!("client server: {e}");
     }
+}
+
+/// A request over the gRPC receive limit: tonic answers `OutOfRange` "Error, decoded message
+/// length too large: found N bytes, the limit is: M bytes"; etcd (grpc-go) answers
+/// `ResourceExhausted` "grpc: received message larger than max (N vs. M)". Rewrite tonic's
+/// trailers-only error into etcd's.
+async fn etcd_receive_limit_status(
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    let Some(status) = tonic::Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() != tonic::Code::OutOfRange {
+        return response;
+    }
+    let Some((found, limit)) = status
+        .message()
+        .strip_prefix("Error, decoded message length too large: found ")
+        .and_then(|rest| rest.strip_suffix(" bytes"))
+        .and_then(|rest| rest.split_once(" bytes, the limit is: "))
+    else {
+        return response;
+    };
+    let etcd = tonic::Status::resource_exhausted(format!(
+        "grpc: received message larger than max ({found} vs. {limit})"
+    ));
+    let _ = etcd.add_header(response.headers_mut());
+    response
 }
 
 /// Publish our name and client URLs through Raft once a leader exists (like etcd).
