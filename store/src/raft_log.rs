@@ -1,7 +1,8 @@
 //! openraft's log storage (storage-v2 `RaftLogStorage`) on a storage [`Engine`].
 //!
 //! Invariants:
-//! - the vote is fsynced before `save_vote` returns;
+//! - the vote is fsynced before `save_vote` returns, the committed log id before
+//!   `save_committed` returns (openraft applies up to it right after);
 //! - `append` writes the entries as a buffered batch (readable at once) and hands the
 //!   flush callback to the *flusher* task, which waits for whatever appends queue up
 //!   meanwhile, makes them all durable with ONE fsync, and only then reports them flushed
@@ -233,9 +234,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         batch.put(Table::RaftMeta, KEY_COMMITTED, encode(&committed));
-        // The committed index is only a hint for faster restart; it becomes durable with
-        // the next log append or vote.
-        self.write(batch, Durability::Buffered, ErrorSubject::Store)
+        // Durable before openraft applies up to it: on restart the state machine is
+        // re-applied up to this index, and a leader restored from its vote serves
+        // linearizable reads at max(its first log of the term, this index). A lost
+        // (buffered) value made both go back to before writes already acknowledged.
+        self.write(batch, Durability::Durable, ErrorSubject::Store)
             .await
     }
 
