@@ -82,6 +82,9 @@ struct StoreArgs {
     /// Extra URLs serving /metrics and /health over plain HTTP.
     #[arg(long, default_value = "")]
     listen_metrics_urls: String,
+    /// Interval of watch progress notifications, e.g. `10m`, `5s`, `500ms`.
+    #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
+    watch_progress_notify_interval: Duration,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `skiff_store=debug`.
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     log_level: String,
@@ -119,11 +122,31 @@ impl StoreArgs {
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
             listen_metrics_urls: parse_urls(&self.listen_metrics_urls)?,
+            watch_progress_notify_interval: self.watch_progress_notify_interval,
             name: self.name,
         };
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Parse a Go-style duration: `500ms`, `5s`, `10m`, `1h`.
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let split = value
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("{value:?}: missing unit (ms, s, m, h)"))?;
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{value:?}: not a duration"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("{value:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Exit code for bad flags or configuration (like etcd).

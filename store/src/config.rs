@@ -45,6 +45,9 @@ pub struct StoreConfig {
     pub max_txn_ops: usize,
     /// Extra plain-HTTP listeners for `/metrics`, `/health`, `/version`.
     pub listen_metrics_urls: Vec<String>,
+    /// Interval of progress notifications to watchers that asked for them
+    /// (`--experimental-watch-progress-notify-interval`).
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// etcd's defaults.
@@ -72,6 +75,7 @@ impl StoreConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             listen_metrics_urls: Vec::new(),
+            watch_progress_notify_interval: Duration::from_secs(600),
         }
     }
 
@@ -123,6 +127,11 @@ impl StoreConfig {
         {
             return Err(ConfigError(
                 "--election-timeout should be at least 5 times --heartbeat-interval".into(),
+            ));
+        }
+        if self.watch_progress_notify_interval < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "--experimental-watch-progress-notify-interval must be at least 100ms".into(),
             ));
         }
         if self.max_txn_ops == 0 {

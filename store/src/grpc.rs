@@ -32,7 +32,7 @@ pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 /// Metadata key etcd clients set to require a leader (`clientv3.WithRequireLeader`).
 const REQUIRE_LEADER_KEY: &str = "hasleader";
 
-fn requires_leader<T>(request: &Request<T>) -> bool {
+pub(crate) fn requires_leader<T>(request: &Request<T>) -> bool {
     request
         .metadata()
         .get(REQUIRE_LEADER_KEY)

@@ -21,6 +21,7 @@ pub mod raft_log;
 pub mod server;
 pub mod state_machine;
 pub mod types;
+pub mod watch;
 
 pub use config::StoreConfig;
 pub use error::Error;

@@ -728,11 +728,14 @@ impl Mvcc {
             let Some(keep) = versions.iter().rposition(|v| v.revision <= revision) else {
                 continue;
             };
-            let drop_through = if versions[keep].value.is_none() {
-                keep + 1
-            } else {
-                keep
-            };
+            // A tombstone exactly at the compaction revision stays (until the next
+            // compaction) so a watch resuming at that revision still sees the delete.
+            let drop_through =
+                if versions[keep].value.is_none() && versions[keep].revision < revision {
+                    keep + 1
+                } else {
+                    keep
+                };
             if drop_through == 0 {
                 continue;
             }
@@ -861,6 +864,107 @@ fn decode_record(
         _ => Err(EngineError::Corrupt(format!(
             "record at revision {revision}: unknown format"
         ))),
+    }
+}
+
+/// One change in the history, as watchers see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub revision: Revision,
+    /// The key's value after the change; for a delete only `key` and `mod_revision`.
+    pub kv: KeyValue,
+    pub deleted: bool,
+}
+
+impl Change {
+    /// Approximate wire size, for response budgets.
+    pub fn size(&self) -> usize {
+        self.kv.key.len() + self.kv.value.len() + 48
+    }
+}
+
+/// Visit the changes with revision in `[from, to]` in revision order, from the persisted
+/// records of a consistent engine view, until `f` returns false.
+pub fn read_changes(
+    view: &dyn ReadView,
+    from: Revision,
+    to: Revision,
+    f: &mut dyn FnMut(Change) -> bool,
+) -> std::result::Result<(), EngineError> {
+    if to < from || to <= 0 {
+        return Ok(());
+    }
+    let start = record_key(from.max(0), 0);
+    let end = record_key(to.saturating_add(1), 0);
+    let mut failure = None;
+    view.scan(
+        Table::Kv,
+        &start,
+        Some(&end),
+        &mut |key, value| match decode_record(key, value) {
+            Ok((revision, _, record)) => {
+                let kv = if record.tombstone {
+                    KeyValue {
+                        key: record.key,
+                        mod_revision: revision,
+                        ..Default::default()
+                    }
+                } else {
+                    KeyValue {
+                        key: record.key,
+                        create_revision: record.create_revision,
+                        mod_revision: revision,
+                        version: record.version,
+                        value: record.value,
+                        lease: record.lease,
+                    }
+                };
+                f(Change {
+                    revision,
+                    kv,
+                    deleted: record.tombstone,
+                })
+            }
+            Err(err) => {
+                failure = Some(err);
+                false
+            }
+        },
+    )?;
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+impl Mvcc {
+    /// The key's value just before `revision` (a watcher's `prev_kv`); None if it did not
+    /// exist or that history has been compacted away.
+    pub fn value_before(&self, key: &[u8], revision: Revision) -> Option<KeyValue> {
+        if revision - 1 < self.compacted {
+            return None;
+        }
+        self.get_at(key, revision - 1)
+    }
+
+    /// Whether `key` falls in the range a request names (etcd's `range_end` rules).
+    pub fn range_contains(range: &KeyRange, key: &[u8]) -> bool {
+        match range.bounds() {
+            Some((start, end)) => {
+                let after_start = match start {
+                    Bound::Included(s) => key >= s,
+                    Bound::Excluded(s) => key > s,
+                    Bound::Unbounded => true,
+                };
+                let before_end = match end {
+                    Bound::Included(e) => key <= e,
+                    Bound::Excluded(e) => key < e,
+                    Bound::Unbounded => true,
+                };
+                after_start && before_end
+            }
+            None => false,
+        }
     }
 }
 

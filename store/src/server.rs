@@ -329,6 +329,10 @@ async fn serve_client(
         .await;
     let routes = Routes::new(KvServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(limit))
+        .add_service(
+            skiff_proto::etcdserverpb::watch_server::WatchServer::new(api.clone())
+                .max_decoding_message_size(limit),
+        )
         .add_service(MaintenanceServer::new(api).max_decoding_message_size(limit))
         .add_service(health_service);
     let router = routes

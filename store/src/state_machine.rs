@@ -95,6 +95,8 @@ pub struct StateMachineStore {
     state: Arc<RwLock<SmState>>,
     snapshot: Arc<std::sync::Mutex<Option<StoredSnapshot>>>,
     snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
+    /// The current store revision, published after every apply (watchers wait on it).
+    revision: Arc<tokio::sync::watch::Sender<crate::mvcc::Revision>>,
 }
 
 impl StateMachineStore {
@@ -103,11 +105,13 @@ impl StateMachineStore {
         let view = engine.read()?;
         let state = SmState::load(view.as_ref())?;
         drop(view);
+        let (revision, _) = tokio::sync::watch::channel(state.mvcc.current_revision());
         Ok(StateMachineStore {
             engine,
             state: Arc::new(RwLock::new(state)),
             snapshot: Arc::new(std::sync::Mutex::new(None)),
             snapshot_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            revision: Arc::new(revision),
         })
     }
 
@@ -120,6 +124,16 @@ impl StateMachineStore {
 
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// Follow the store revision: changes after every apply that may have written.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<crate::mvcc::Revision> {
+        self.revision.subscribe()
+    }
+
+    fn publish_revision(&self) {
+        let current = self.read().mvcc.current_revision();
+        self.revision.send_replace(current);
     }
 
     fn apply_command(state: &mut SmState, command: &Command, batch: &mut WriteBatch) -> Reply {
@@ -278,6 +292,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .write(batch, Durability::Buffered)
                 .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
         }
+        self.publish_revision();
         Ok(replies)
     }
 
@@ -326,6 +341,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data,
         });
+        self.publish_revision();
         Ok(())
     }
 
