@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use skiff_store::config::{
-    ClusterState, ConfigError, StoreConfig, parse_initial_cluster, parse_urls,
+    ClusterState, ConfigError, StoreConfig, TlsFiles, parse_initial_cluster, parse_urls,
 };
 
 #[derive(Parser)]
@@ -21,15 +21,86 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at startup: the size of the flag struct does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run a store member (etcd v3 API on the client URLs).
+    /// Run a store member (etcd v3 API on the client URLs), or an offline store tool.
+    #[command(args_conflicts_with_subcommands = true)]
     Store(StoreArgs),
+    /// Certificates for TLS between clients and members.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Benchmark etcd v3 endpoints (skiff or etcd) like etcd's benchmark tool, or compare
+    /// a skiff cluster with a real etcd cluster side by side.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a CA plus server, peer and client certificates (ca.pem, server.pem, ...).
+    Init {
+        /// Directory to write the PEM files to.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// DNS names and IP addresses the server and peer certificates are valid for.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        hosts: Vec<String>,
+    },
+}
+
+/// Offline tools on store files (like `etcdutl`).
+#[derive(Subcommand)]
+enum StoreTool {
+    /// Snapshot files written by `etcdctl snapshot save` against a skiff member.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Create a new member's data dir, in a NEW cluster, from a snapshot file.
+    Restore(RestoreArgs),
+    /// Verify a snapshot file and print its hash, revision, total keys and total size.
+    Status {
+        /// The snapshot file.
+        file: PathBuf,
+        /// Output format: simple, table or json.
+        #[arg(short = 'w', long = "write-out", default_value = "simple")]
+        write_out: skiff_store::snapshot::StatusFormat,
+    },
+}
+
+/// `snapshot restore` flags, with etcdutl's names and meanings.
+#[derive(Args)]
+struct RestoreArgs {
+    /// The snapshot file.
+    file: PathBuf,
+    /// Name of the member to create.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Data directory to create (default: ./<name>.skiff); must not exist or be empty.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The NEW cluster: name=peer-url,... (default: <name>=<advertised peer URL>).
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// Token of the NEW cluster.
+    #[arg(long, default_value = "etcd-cluster")]
+    initial_cluster_token: String,
+    /// Peer URLs of the member to create.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    initial_advertise_peer_urls: String,
+    /// Accept a file whose SHA-256 trailer is missing or wrong.
+    #[arg(long)]
+    skip_hash_check: bool,
 }
 
 /// Flags with etcd's names, meanings and defaults.
 #[derive(Args)]
 struct StoreArgs {
+    #[command(subcommand)]
+    tool: Option<StoreTool>,
     /// Human-readable name for this member.
     #[arg(long, default_value = "default")]
     name: String,
@@ -85,6 +156,34 @@ struct StoreArgs {
     /// Interval of watch progress notifications, e.g. `10m`, `5s`, `500ms`.
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     watch_progress_notify_interval: Duration,
+    /// Client server TLS certificate file (for https client URLs).
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// Client server TLS key file.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// CA that signs client certificates (with --client-cert-auth).
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require clients to present a certificate signed by --trusted-ca-file.
+    #[arg(long)]
+    client_cert_auth: bool,
+    /// Peer TLS certificate file (for https peer URLs; also presented to other members).
+    #[arg(long)]
+    peer_cert_file: Option<PathBuf>,
+    /// Peer TLS key file.
+    #[arg(long)]
+    peer_key_file: Option<PathBuf>,
+    /// CA that signs peer certificates.
+    #[arg(long)]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Require peers to present a certificate signed by --peer-trusted-ca-file.
+    #[arg(long)]
+    peer_client_cert_auth: bool,
+    /// Raise a NOSPACE alarm and refuse writes once the data file exceeds this many bytes
+    /// (0 = 2 GiB, negative = no quota).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    quota_backend_bytes: i64,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `skiff_store=debug`.
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     log_level: String,
@@ -123,6 +222,19 @@ impl StoreArgs {
             max_txn_ops: self.max_txn_ops,
             listen_metrics_urls: parse_urls(&self.listen_metrics_urls)?,
             watch_progress_notify_interval: self.watch_progress_notify_interval,
+            quota_backend_bytes: self.quota_backend_bytes,
+            client_tls: TlsFiles {
+                cert_file: self.cert_file,
+                key_file: self.key_file,
+                trusted_ca_file: self.trusted_ca_file,
+                client_cert_auth: self.client_cert_auth,
+            },
+            peer_tls: TlsFiles {
+                cert_file: self.peer_cert_file,
+                key_file: self.peer_key_file,
+                trusted_ca_file: self.peer_trusted_ca_file,
+                client_cert_auth: self.peer_client_cert_auth,
+            },
             name: self.name,
         };
         config.validate()?;
@@ -182,7 +294,125 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Store(StoreArgs {
+            tool: Some(StoreTool::Snapshot(command)),
+            ..
+        }) => run_snapshot_tool(command),
         Command::Store(args) => run_store(args),
+        Command::Bench(args) => args.run(),
+        Command::Pki(PkiCommand::Init { dir, hosts }) => match skiff_store::pki::init(&dir, &hosts)
+        {
+            Ok(written) => {
+                for path in written {
+                    println!("{}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("skiff: {err}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// A progress bar on stderr when it is a terminal; hidden otherwise.
+fn progress_bar(message: &'static str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let target = if std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(None, target);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(message);
+    bar
+}
+
+fn run_snapshot_tool(command: SnapshotCommand) -> ExitCode {
+    use skiff_store::snapshot::{self, SnapshotError};
+    let fail = |err: SnapshotError| {
+        eprintln!("skiff: {err}");
+        if matches!(err, SnapshotError::Config(_)) {
+            ExitCode::from(EXIT_USAGE)
+        } else {
+            ExitCode::FAILURE
+        }
+    };
+    match command {
+        SnapshotCommand::Status { file, write_out } => {
+            let bar = progress_bar("verifying");
+            let result = snapshot::status(&file, &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            });
+            bar.finish_and_clear();
+            match result {
+                Ok(status) => {
+                    print!("{}", snapshot::render_status(&status, write_out));
+                    ExitCode::SUCCESS
+                }
+                Err(err) => fail(err),
+            }
+        }
+        SnapshotCommand::Restore(args) => {
+            let options = match args.options() {
+                Ok(options) => options,
+                Err(err) => {
+                    eprintln!("skiff: {err}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let bar = progress_bar("restoring");
+            let result = snapshot::restore(&args.file, &options, &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            });
+            bar.finish_and_clear();
+            match result {
+                Ok(restored) => {
+                    println!(
+                        "restored snapshot {} (revision {}, {} records) into {} as member {:x} of cluster {:x}",
+                        args.file.display(),
+                        restored.revision,
+                        restored.kv_records,
+                        restored.data_dir.display(),
+                        restored.member_id,
+                        restored.cluster_id
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => fail(err),
+            }
+        }
+    }
+}
+
+impl RestoreArgs {
+    fn options(&self) -> Result<skiff_store::snapshot::RestoreOptions, ConfigError> {
+        let advertised = parse_urls(&self.initial_advertise_peer_urls)?;
+        let initial_cluster = match &self.initial_cluster {
+            Some(value) => parse_initial_cluster(value)?,
+            None => [(self.name.clone(), advertised.clone())]
+                .into_iter()
+                .collect(),
+        };
+        Ok(skiff_store::snapshot::RestoreOptions {
+            name: self.name.clone(),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.skiff", self.name))),
+            initial_cluster,
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            initial_advertise_peer_urls: advertised,
+            skip_hash_check: self.skip_hash_check,
+        })
     }
 }
 
@@ -236,5 +466,234 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// `skiff bench` flags, with the names of etcd's benchmark tool; mapped onto
+/// `skiff_bench::BenchConfig` (or `compare::CompareConfig`).
+#[derive(Args)]
+struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+    /// Client endpoints, comma-separated (host:port or http://host:port).
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    endpoints: Vec<String>,
+    /// Concurrent clients (each sends one request at a time).
+    #[arg(long, global = true, default_value_t = 1)]
+    clients: usize,
+    /// gRPC connections shared by the clients (connection i goes to endpoint i mod N).
+    #[arg(long, global = true, default_value_t = 1)]
+    conns: usize,
+    /// Requests to send (default 10000 unless --duration is given).
+    #[arg(long, global = true)]
+    total: Option<u64>,
+    /// Run for this long, e.g. `10s` (compare: per case; default 10s).
+    #[arg(long, global = true, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Key size in bytes [default: 8].
+    #[arg(long, global = true)]
+    key_size: Option<usize>,
+    /// Value size in bytes [default: 8; compare: 256].
+    #[arg(long, global = true)]
+    val_size: Option<usize>,
+    /// Number of distinct keys written.
+    #[arg(long, global = true, default_value_t = 1)]
+    key_space_size: u64,
+    /// Write keys in sequence instead of at random.
+    #[arg(long, global = true)]
+    sequential_keys: bool,
+    /// Requests per second over all clients (0 = no limit).
+    #[arg(long, global = true, default_value_t = 0.0)]
+    rate: f64,
+    /// Print one JSON object as the last line of output.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+// Parsed once at startup: the size of the flag struct does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Put keys of the key space.
+    Put,
+    /// Range KEY (or [KEY, END)) repeatedly.
+    Range {
+        key: String,
+        end: Option<String>,
+        /// l (linearizable) or s (serializable).
+        #[arg(long, default_value = "l")]
+        consistency: skiff_bench::Consistency,
+        /// Maximum keys per range (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        /// Only count the keys.
+        #[arg(long)]
+        count_only: bool,
+    },
+    /// Txns whose success branch puts --txn-ops keys.
+    TxnPut {
+        #[arg(long, default_value_t = 1)]
+        txn_ops: usize,
+    },
+    /// N watchers on the key space while the clients put: events/s and delivery latency.
+    Watch {
+        #[arg(long, default_value_t = 10)]
+        watchers: usize,
+        /// Watch streams the watchers are spread over.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+    },
+    /// Lease keepalive round trips (one lease and one keepalive stream per client).
+    LeaseKeepalive,
+    /// Start 3 skiff and 3 etcd members on loopback, run the same matrix against both, and
+    /// write a Markdown table, a PNG chart and the raw JSON (see README "Benchmarks").
+    Compare {
+        /// Repeats of the whole matrix.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Keys preloaded into each cluster (also the put key space).
+        #[arg(long, default_value_t = 100_000)]
+        preload: u64,
+        /// Client counts of the put cases.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        put_clients: Vec<usize>,
+        /// Client counts of the linearizable and serializable range cases.
+        #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+        range_clients: Vec<usize>,
+        /// Output directory.
+        #[arg(long, default_value = "docs/benchmarks")]
+        out: PathBuf,
+        /// File stem of the outputs (<out>/<name>.md, .png, .json).
+        #[arg(long, default_value = "compare")]
+        name: String,
+        /// A note for the report header, e.g. "smoke run on a busy machine".
+        #[arg(long)]
+        label: Option<String>,
+        /// The etcd binary.
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd_bin: PathBuf,
+        /// Parent directory of both clusters' data dirs (default: the temp dir).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Keep data dirs and member logs.
+        #[arg(long)]
+        keep_data: bool,
+        /// Before each run, wait until other processes use fewer than this many cores.
+        #[arg(long)]
+        idle_gate: Option<f64>,
+        /// TrueType font for the chart (default: DejaVu Sans).
+        #[arg(long)]
+        font: Option<PathBuf>,
+        /// Extra flag for every skiff member (repeat for more).
+        #[arg(long, allow_hyphen_values = true)]
+        skiff_arg: Vec<String>,
+        /// Extra flag for every etcd member (repeat for more).
+        #[arg(long, allow_hyphen_values = true)]
+        etcd_arg: Vec<String>,
+    },
+}
+
+impl BenchArgs {
+    fn run(self) -> ExitCode {
+        use skiff_bench::{BenchConfig, Error, Workload, compare::CompareConfig};
+        let workload = match self.command {
+            BenchCommand::Put => Workload::Put,
+            BenchCommand::Range {
+                key,
+                end,
+                consistency,
+                limit,
+                count_only,
+            } => Workload::Range {
+                key: key.into_bytes(),
+                end: end.map(String::into_bytes),
+                consistency,
+                limit,
+                count_only,
+            },
+            BenchCommand::TxnPut { txn_ops } => Workload::TxnPut { txn_ops },
+            BenchCommand::Watch { watchers, streams } => Workload::Watch { watchers, streams },
+            BenchCommand::LeaseKeepalive => Workload::LeaseKeepalive,
+            BenchCommand::Compare {
+                repeats,
+                preload,
+                put_clients,
+                range_clients,
+                out,
+                name,
+                label,
+                etcd_bin,
+                work_dir,
+                keep_data,
+                idle_gate,
+                font,
+                skiff_arg,
+                etcd_arg,
+            } => {
+                let defaults = CompareConfig::default();
+                let config = CompareConfig {
+                    skiff_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")),
+                    etcd_bin,
+                    repeats,
+                    duration: self.duration.unwrap_or(defaults.duration),
+                    preload,
+                    put_clients,
+                    range_clients,
+                    key_size: self.key_size.unwrap_or(defaults.key_size),
+                    val_size: self.val_size.unwrap_or(defaults.val_size),
+                    out_dir: out,
+                    name,
+                    label,
+                    work_dir,
+                    keep_data,
+                    idle_gate,
+                    font,
+                    skiff_args: skiff_arg,
+                    etcd_args: etcd_arg,
+                    command_line: None,
+                };
+                return match skiff_bench::compare::run_blocking(config) {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(Error::Config(msg)) => {
+                        eprintln!("skiff: {msg}");
+                        ExitCode::from(EXIT_USAGE)
+                    }
+                    Err(err) => {
+                        eprintln!("skiff: {err}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+        };
+        let config = BenchConfig {
+            endpoints: self.endpoints,
+            clients: self.clients,
+            conns: self.conns,
+            total: self.total,
+            duration: self.duration,
+            key_size: self.key_size.unwrap_or(8),
+            val_size: self.val_size.unwrap_or(8),
+            key_space_size: self.key_space_size,
+            sequential_keys: self.sequential_keys,
+            rate: (self.rate > 0.0).then_some(self.rate),
+            workload,
+            ..BenchConfig::default()
+        };
+        match skiff_bench::run_and_print(config, self.json) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(Error::Config(msg)) => {
+                eprintln!("skiff: {msg}");
+                ExitCode::from(EXIT_USAGE)
+            }
+            Err(err) => {
+                eprintln!("skiff: {err}");
+                ExitCode::FAILURE
+            }
+        }
     }
 }

@@ -8,6 +8,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::pki::TlsFiles;
+
 /// `--initial-cluster-state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterState {
@@ -48,9 +50,17 @@ pub struct StoreConfig {
     /// Interval of progress notifications to watchers that asked for them
     /// (`--experimental-watch-progress-notify-interval`).
     pub watch_progress_notify_interval: Duration,
+    /// Backend quota (`--quota-backend-bytes`): 0 = etcd's default of 2 GiB, negative =
+    /// no quota. Writes are refused with a NOSPACE alarm once the engine grows past it.
+    pub quota_backend_bytes: i64,
+    /// TLS for client listeners with https URLs.
+    pub client_tls: TlsFiles,
+    /// TLS for peer listeners and connections with https URLs.
+    pub peer_tls: TlsFiles,
 }
 
 /// etcd's defaults.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 3 * 512 * 1024;
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 
@@ -76,6 +86,18 @@ impl StoreConfig {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             listen_metrics_urls: Vec::new(),
             watch_progress_notify_interval: Duration::from_secs(600),
+            client_tls: TlsFiles::default(),
+            peer_tls: TlsFiles::default(),
+            quota_backend_bytes: 0,
+        }
+    }
+
+    /// The backend quota in force: `None` when disabled (negative flag value).
+    pub fn quota_bytes(&self) -> Option<u64> {
+        match self.quota_backend_bytes {
+            0 => Some(DEFAULT_QUOTA_BACKEND_BYTES),
+            q if q < 0 => None,
+            q => Some(q as u64),
         }
     }
 
@@ -127,6 +149,28 @@ impl StoreConfig {
         {
             return Err(ConfigError(
                 "--election-timeout should be at least 5 times --heartbeat-interval".into(),
+            ));
+        }
+        self.client_tls.validate("").map_err(ConfigError)?;
+        self.peer_tls.validate("peer-").map_err(ConfigError)?;
+        if self
+            .listen_client_urls
+            .iter()
+            .any(|u| u.starts_with("https://"))
+            && !self.client_tls.is_configured()
+        {
+            return Err(ConfigError(
+                "https client URLs need --cert-file and --key-file".into(),
+            ));
+        }
+        if self
+            .listen_peer_urls
+            .iter()
+            .any(|u| u.starts_with("https://"))
+            && !self.peer_tls.is_configured()
+        {
+            return Err(ConfigError(
+                "https peer URLs need --peer-cert-file and --peer-key-file".into(),
             ));
         }
         if self.watch_progress_notify_interval < Duration::from_millis(100) {
@@ -187,13 +231,11 @@ pub fn parse_initial_cluster(value: &str) -> Result<BTreeMap<String, Vec<String>
 pub fn socket_addr(url: &str) -> Result<SocketAddr, ConfigError> {
     let rest = if let Some(rest) = url.strip_prefix("http://") {
         rest
-    } else if url.starts_with("https://") || url.starts_with("unixs://") {
-        return Err(ConfigError(format!(
-            "{url}: TLS listeners are not supported yet; use http://"
-        )));
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        rest
     } else {
         return Err(ConfigError(format!(
-            "{url}: URL scheme must be http:// (e.g. http://127.0.0.1:2379)"
+            "{url}: URL scheme must be http:// or https:// (e.g. http://127.0.0.1:2379)"
         )));
     };
     let host_port = rest.split('/').next().unwrap_or_default();

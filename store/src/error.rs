@@ -32,6 +32,10 @@ pub enum Error {
     FutureRev,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: leader changed")]
@@ -56,6 +60,13 @@ pub enum Error {
     NotEnoughStartedMembers,
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
+    /// The backend quota (`--quota-backend-bytes`) is exhausted or a NOSPACE alarm is active.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     /// etcd's `ErrGRPCMemberBadURLs`; the payload (why the URL is bad) shows in `Debug`.
     #[error("etcdserver: given member URLs are invalid")]
     BadPeerUrl(String),
@@ -84,7 +95,7 @@ impl Error {
             | Error::InvalidSortOption
             | Error::RequestTooLarge
             | Error::BadPeerUrl(_) => Code::InvalidArgument,
-            Error::Compacted | Error::FutureRev => Code::OutOfRange,
+            Error::Compacted | Error::FutureRev | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
             Error::NoLeader
             | Error::LeaderChanged
@@ -96,7 +107,11 @@ impl Error {
             | Error::MemberNotLearner
             | Error::LearnerNotReady
             | Error::TooManyLearners
-            | Error::NotSupportedForLearner => Code::FailedPrecondition,
+            | Error::NotSupportedForLearner
+            | Error::LeaseExists
+            | Error::NotLeader
+            | Error::BadLeaderTransferee => Code::FailedPrecondition,
+            Error::NoSpace => Code::ResourceExhausted,
             Error::Storage(_) => Code::DataLoss,
             Error::Internal(_) | Error::Config(_) => Code::Internal,
         }
@@ -137,6 +152,12 @@ mod tests {
         let status: tonic::Status = Error::NoLeader.into();
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(status.message(), "etcdserver: no leader");
+        let status: tonic::Status = Error::NoSpace.into();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "etcdserver: mvcc: database space exceeded"
+        );
         assert!(Error::Timeout.is_transient());
         assert!(!Error::DuplicateKey.is_transient());
     }

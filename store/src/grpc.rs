@@ -1,18 +1,16 @@
-//! The etcd v3 gRPC front end (KV, Cluster, Maintenance) and the member-to-member `Peer`
-//! service. Handlers validate requests the way etcd's `v3rpc` layer does, then either read
-//! the local state machine (after a read-index barrier unless serializable) or replicate a
-//! command through [`StoreNode::write`].
+//! The etcd v3 gRPC front end (KV, Cluster; Maintenance is in [`crate::maintenance`]) and
+//! the member-to-member `Peer` service. Handlers validate requests the way etcd's `v3rpc`
+//! layer does, then either read the local state machine (after a read-index barrier unless
+//! serializable) or replicate a command through [`StoreNode::write`].
 
 use std::collections::BTreeSet;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
 use prost::Message;
 use skiff_proto::etcdserverpb::{
     self as pb, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
-    cluster_server::Cluster, kv_server::Kv, maintenance_server::Maintenance, request_op,
+    cluster_server::Cluster, kv_server::Kv, request_op,
 };
 use skiff_proto::skiffpeer::{Blob, peer_server::Peer};
 use tonic::{Request, Response, Status};
@@ -47,7 +45,7 @@ pub struct EtcdApi {
 }
 
 impl EtcdApi {
-    fn check_leader<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    pub(crate) fn check_leader<T>(&self, request: &Request<T>) -> Result<(), Status> {
         if requires_leader(request) && self.node.current_leader().is_none() {
             return Err(Error::NoLeader.into());
         }
@@ -110,7 +108,7 @@ impl EtcdApi {
         self.node.members().iter().map(Self::member_pb).collect()
     }
 
-    fn current_header(&self) -> pb::ResponseHeader {
+    pub(crate) fn current_header(&self) -> pb::ResponseHeader {
         let revision = self.node.sm.read().mvcc.current_revision();
         self.node.header(revision)
     }
@@ -336,6 +334,7 @@ impl Kv for EtcdApi {
         check_put(&req)?;
         let raw = req.encode_to_vec();
         self.check_size(raw.len())?;
+        crate::maintenance::check_quota(&self.node, crate::maintenance::put_cost(&req)).await?;
         Ok(Response::new(
             self.replicate(Command::Put(raw), require_leader).await?,
         ))
@@ -384,6 +383,7 @@ impl Kv for EtcdApi {
         }
         let raw = req.encode_to_vec();
         self.check_size(raw.len())?;
+        crate::maintenance::check_quota(&self.node, crate::maintenance::txn_cost(&req)).await?;
         Ok(Response::new(
             self.replicate(Command::Txn(raw), require_leader).await?,
         ))
@@ -528,100 +528,6 @@ impl Cluster for EtcdApi {
             header: Some(self.cluster_header()),
             members: self.members_pb(),
         }))
-    }
-}
-
-type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Maintenance for EtcdApi {
-    async fn alarm(
-        &self,
-        request: Request<pb::AlarmRequest>,
-    ) -> Result<Response<pb::AlarmResponse>, Status> {
-        self.check_leader(&request)?;
-        // No alarm can be raised yet (quotas arrive with the maintenance work).
-        Ok(Response::new(pb::AlarmResponse {
-            header: Some(self.current_header()),
-            alarms: Vec::new(),
-        }))
-    }
-
-    async fn status(
-        &self,
-        request: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.check_leader(&request)?;
-        let metrics = self.node.raft.metrics().borrow().clone();
-        let engine = self.node.sm.engine();
-        let db_size = engine.size_bytes().max(1) as i64;
-        Ok(Response::new(pb::StatusResponse {
-            header: Some(self.current_header()),
-            version: ETCD_VERSION.to_string(),
-            db_size,
-            leader: metrics.current_leader.unwrap_or(0),
-            raft_index: metrics.last_log_index.unwrap_or(0),
-            raft_term: metrics.current_term,
-            raft_applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
-            errors: Vec::new(),
-            db_size_in_use: (engine.size_in_use_bytes() as i64).clamp(1, db_size),
-            is_learner: metrics.state == openraft::ServerState::Learner,
-            storage_version: ETCD_CLUSTER_VERSION.to_string(),
-            db_size_quota: 0,
-            downgrade_info: None,
-        }))
-    }
-
-    async fn defragment(
-        &self,
-        _request: Request<pb::DefragmentRequest>,
-    ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Err(Status::unimplemented(
-            "skiff: defragment is not implemented yet",
-        ))
-    }
-
-    async fn hash(
-        &self,
-        _request: Request<pb::HashRequest>,
-    ) -> Result<Response<pb::HashResponse>, Status> {
-        Err(Status::unimplemented("skiff: hash is not implemented yet"))
-    }
-
-    async fn hash_kv(
-        &self,
-        _request: Request<pb::HashKvRequest>,
-    ) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(Status::unimplemented(
-            "skiff: hashkv is not implemented yet",
-        ))
-    }
-
-    type SnapshotStream = SnapshotStream;
-
-    async fn snapshot(
-        &self,
-        _request: Request<pb::SnapshotRequest>,
-    ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented(
-            "skiff: snapshot is not implemented yet",
-        ))
-    }
-
-    async fn move_leader(
-        &self,
-        _request: Request<pb::MoveLeaderRequest>,
-    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented(
-            "skiff: move-leader is not implemented yet",
-        ))
-    }
-
-    async fn downgrade(
-        &self,
-        _request: Request<pb::DowngradeRequest>,
-    ) -> Result<Response<pb::DowngradeResponse>, Status> {
-        Err(Status::unimplemented("skiff: downgrade is not supported"))
     }
 }
 

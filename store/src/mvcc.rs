@@ -14,14 +14,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use skiff_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare,
-    range_request, request_op, response_op,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare, range_request,
+    request_op, response_op,
 };
 use skiff_proto::mvccpb::KeyValue;
 
 use crate::engine::{EngineError, ReadView, Table, WriteBatch};
 use crate::error::{Error, Result};
+use crate::lease::Lessor;
 
 /// A store revision: a point in the key-value history.
 pub type Revision = i64;
@@ -78,6 +80,8 @@ pub struct Mvcc {
     /// fresh store accepts a compaction at revision 0 (once) and a txn's range at revision
     /// -1 passes `checkRange` only until then.
     compacted: Revision,
+    /// The leases and the live keys attached to each (see [`crate::lease`]).
+    leases: Lessor,
 }
 
 impl Default for Mvcc {
@@ -86,6 +90,7 @@ impl Default for Mvcc {
             index: BTreeMap::new(),
             current: 1,
             compacted: -1,
+            leases: Lessor::default(),
         }
     }
 }
@@ -181,6 +186,11 @@ impl Mvcc {
         self.compacted.max(0)
     }
 
+    /// etcd's `compactMainRev` as HashKV reports it: -1 until the first compaction.
+    pub fn compact_main_revision(&self) -> Revision {
+        self.compacted
+    }
+
     /// Number of live keys at the current revision.
     pub fn live_keys(&self) -> usize {
         self.index
@@ -212,6 +222,7 @@ impl Mvcc {
         if let Some(err) = failure {
             return Err(err);
         }
+        mvcc.load_leases(view)?;
         Ok(mvcc)
     }
 
@@ -355,7 +366,7 @@ impl Mvcc {
     ) -> Result<Applied<PutResponse>> {
         // A plain Put looks the lease up before anything else (etcd's applier `Put`); in a
         // txn, `checkPut` tests ignore_value/ignore_lease first (see `check_put`).
-        if req.lease != 0 {
+        if req.lease != 0 && !self.leases.contains(req.lease) {
             return Err(Error::LeaseNotFound);
         }
         self.check_put(req)?;
@@ -477,8 +488,7 @@ impl Mvcc {
         if (req.ignore_value || req.ignore_lease) && self.get_at(&req.key, self.current).is_none() {
             return Err(Error::KeyNotFound);
         }
-        if req.lease != 0 {
-            // Leases arrive with the lease service; until then no lease exists.
+        if req.lease != 0 && !self.leases.contains(req.lease) {
             return Err(Error::LeaseNotFound);
         }
         Ok(())
@@ -700,6 +710,19 @@ impl Mvcc {
         );
         ctx.sub += 1;
         let versions = self.index.entry(key.to_vec()).or_default();
+        // Keep the lessor's attached keys in step: detach from the key's previous lease,
+        // attach to the new one.
+        let old_lease = versions
+            .last()
+            .and_then(|v| v.value.as_ref())
+            .map_or(0, |v| v.lease);
+        let new_lease = value.as_ref().map_or(0, |v| v.lease);
+        if old_lease != 0 {
+            self.leases.detach(old_lease, key);
+        }
+        if new_lease != 0 {
+            self.leases.attach(new_lease, key);
+        }
         let entry = KeyVersion {
             revision,
             sub: ctx.sub - 1,
@@ -711,6 +734,65 @@ impl Mvcc {
             Some(last) if last.revision == revision => *last = entry,
             _ => versions.push(entry),
         }
+    }
+
+    /// The leases (replicated lessor state).
+    pub fn lessor(&self) -> &Lessor {
+        &self.leases
+    }
+
+    /// Read the leases and attach every live key to its lease (after the index is built).
+    fn load_leases(&mut self, view: &dyn ReadView) -> std::result::Result<(), EngineError> {
+        self.leases = Lessor::load(view)?;
+        for (key, versions) in &self.index {
+            let lease = versions
+                .last()
+                .and_then(|v| v.value.as_ref())
+                .map_or(0, |v| v.lease);
+            if lease != 0 {
+                self.leases.attach(lease, key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a LeaseGrant (etcd's applier: the header carries the current revision).
+    pub fn lease_grant(
+        &mut self,
+        req: &LeaseGrantRequest,
+        batch: &mut WriteBatch,
+    ) -> Result<LeaseGrantResponse> {
+        let ttl = self.leases.grant(req.id, req.ttl, batch)?;
+        Ok(LeaseGrantResponse {
+            header: header(self.current),
+            id: req.id,
+            ttl,
+            error: String::new(),
+        })
+    }
+
+    /// Apply a LeaseRevoke: every attached key is deleted in one revision (in key order,
+    /// like etcd), and the lease is removed in the same batch.
+    pub fn lease_revoke(
+        &mut self,
+        req: &LeaseRevokeRequest,
+        batch: &mut WriteBatch,
+    ) -> Result<Applied<LeaseRevokeResponse>> {
+        let keys: Vec<Vec<u8>> = match self.leases.get(req.id) {
+            Some(lease) => lease.keys().iter().cloned().collect(),
+            None => return Err(Error::LeaseNotFound),
+        };
+        let mut ctx = self.begin(batch);
+        for key in &keys {
+            if self.get_at(key, ctx.read_revision()).is_some() {
+                self.write_record(&mut ctx, key, None);
+            }
+        }
+        self.leases.remove(req.id, ctx.batch);
+        let response = LeaseRevokeResponse {
+            header: header(ctx.read_revision()),
+        };
+        Ok(self.finish(ctx, response))
     }
 
     /// Compact history at `revision`: for every key keep only the newest version at or
@@ -781,7 +863,12 @@ macro_rules! has_header {
         }
     )*};
 }
-has_header!(PutResponse, DeleteRangeResponse, TxnResponse);
+has_header!(
+    PutResponse,
+    DeleteRangeResponse,
+    TxnResponse,
+    LeaseRevokeResponse
+);
 
 fn visible(key: &[u8], versions: &[KeyVersion], revision: Revision) -> Option<KeyValue> {
     let idx = versions.partition_point(|v| v.revision <= revision);

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use skiff_proto::skiffpeer::Blob;
 use skiff_proto::skiffpeer::peer_client::PeerClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::Error;
 use crate::types::{Command, Member, MemberId, Reply, TypeConfig};
@@ -30,6 +30,13 @@ pub const PEER_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 pub enum Forwarded {
     Write(Command),
     Admin(AdminRequest),
+    /// A lease keep-alive, for the primary lessor (see [`crate::lease`]).
+    LeaseKeepAlive(crate::mvcc::LeaseId),
+    /// A lease TimeToLive, for the primary lessor.
+    LeaseTimeToLive {
+        id: crate::mvcc::LeaseId,
+        keys: bool,
+    },
 }
 
 /// Membership changes; they run on the leader.
@@ -65,6 +72,10 @@ pub enum ForwardOutcome {
     /// The receiver is not the leader: the request was NOT proposed, so it may be retried.
     NotLeader,
     Failed(Error),
+    /// The lease's granted TTL after a keep-alive; `None`: no such lease.
+    LeaseKeepAlive(Option<i64>),
+    /// `None`: no such lease.
+    LeaseTimeToLive(Option<crate::lease::LeaseTtl>),
 }
 
 /// What a joining member learns from an existing one.
@@ -89,16 +100,32 @@ pub(crate) fn from_blob<T: DeserializeOwned>(blob: &Blob) -> Result<T, tonic::St
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+    /// Used for https peer URLs (`--peer-trusted-ca-file`, `--peer-cert-file`, ...).
+    tls: Option<ClientTlsConfig>,
 }
 
 impl PeerChannels {
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        PeerChannels {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match channels.get(url) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(url.to_string())
-                    .map_err(|e| Error::BadPeerUrl(format!("{url}: {e}")))?
+                let mut endpoint = Endpoint::from_shared(url.to_string())
+                    .map_err(|e| Error::BadPeerUrl(format!("{url}: {e}")))?;
+                if url.starts_with("https://") {
+                    let tls = self.tls.clone().unwrap_or_default();
+                    endpoint = endpoint
+                        .tls_config(tls)
+                        .map_err(|e| Error::BadPeerUrl(format!("{url}: {e}")))?;
+                }
+                let channel = endpoint
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))

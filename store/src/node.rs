@@ -34,6 +34,8 @@ pub struct StoreNode {
     pub channels: PeerChannels,
     /// Batches concurrent writes into shared log entries.
     pub proposer: Proposer,
+    /// Lease expiries while this member is the primary lessor (see [`crate::lease`]).
+    pub leases: crate::lease::Primary,
 }
 
 /// A member as the Cluster API lists it.
@@ -92,7 +94,7 @@ impl StoreNode {
         }
     }
 
-    fn leader_url(&self, leader: MemberId) -> Option<String> {
+    pub(crate) fn leader_url(&self, leader: MemberId) -> Option<String> {
         let metrics = self.raft.metrics().borrow().clone();
         metrics
             .membership_config
@@ -127,7 +129,10 @@ impl StoreNode {
                     {
                         ForwardOutcome::Write(reply) => return Ok(reply),
                         ForwardOutcome::Failed(err) => return Err(err),
-                        ForwardOutcome::NotLeader | ForwardOutcome::Admin(_) => {}
+                        ForwardOutcome::NotLeader
+                        | ForwardOutcome::Admin(_)
+                        | ForwardOutcome::LeaseKeepAlive(_)
+                        | ForwardOutcome::LeaseTimeToLive(_) => {}
                     }
                 }
                 None if require_leader => return Err(Error::NoLeader),
@@ -153,6 +158,9 @@ impl StoreNode {
                     Ok(reply) => ForwardOutcome::Admin(reply),
                     Err(err) => ForwardOutcome::Failed(err),
                 }
+            }
+            lease @ (Forwarded::LeaseKeepAlive(_) | Forwarded::LeaseTimeToLive { .. }) => {
+                crate::lease::handle_forward(self, lease).await
             }
         }
     }
@@ -245,7 +253,10 @@ impl StoreNode {
                 {
                     ForwardOutcome::Admin(reply) => return Ok(reply),
                     ForwardOutcome::Failed(err) => return Err(err),
-                    ForwardOutcome::NotLeader | ForwardOutcome::Write(_) => {}
+                    ForwardOutcome::NotLeader
+                    | ForwardOutcome::Write(_)
+                    | ForwardOutcome::LeaseKeepAlive(_)
+                    | ForwardOutcome::LeaseTimeToLive(_) => {}
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -14,9 +14,9 @@ use skiff_proto::etcdserverpb::kv_server::KvServer;
 use skiff_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use skiff_proto::skiffpeer::peer_server::PeerServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
-use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::config::{ClusterState, StoreConfig, socket_addr};
 use crate::engine::{CountingEngine, Durability, Engine, RedbEngine, Table, WriteBatch};
@@ -29,15 +29,80 @@ use crate::state_machine::StateMachineStore;
 use crate::types::{Command, Member, MemberAttrs, MemberId, Raft};
 
 const KEY_IDENTITY: &[u8] = b"identity";
+/// Present while Raft still has to be initialised with this membership: written with the
+/// identity of a new cluster's member, removed once Raft is initialised (so a crash in
+/// between initialises on restart).
+const KEY_BOOTSTRAP: &[u8] = b"bootstrap_members";
 /// gRPC receive limit: the request limit plus etcd's 512 KiB of slack.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Who this member is; written once, before Raft starts, and never changed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Identity {
-    member_id: MemberId,
-    cluster_id: u64,
-    name: String,
+pub(crate) struct Identity {
+    pub(crate) member_id: MemberId,
+    pub(crate) cluster_id: u64,
+    pub(crate) name: String,
+}
+
+/// A new cluster's initial members, from `--initial-cluster`.
+pub(crate) type InitialMembers = BTreeMap<MemberId, Member>;
+
+/// The identity of this member of a NEW cluster and the cluster's initial members: IDs
+/// derived from the peer URLs and the cluster token, so every member computes the same.
+pub(crate) fn new_cluster_identity(config: &StoreConfig) -> (Identity, InitialMembers) {
+    let mut members = BTreeMap::new();
+    for (name, urls) in &config.initial_cluster {
+        members.insert(
+            initial_member_id(urls, &config.initial_cluster_token),
+            Member {
+                name: name.clone(),
+                peer_urls: urls.clone(),
+            },
+        );
+    }
+    let own = initial_member_id(
+        &config.initial_advertise_peer_urls,
+        &config.initial_cluster_token,
+    );
+    let mut id_bytes = Vec::new();
+    for id in members.keys() {
+        id_bytes.extend(id.to_be_bytes());
+    }
+    let identity = Identity {
+        member_id: own,
+        cluster_id: hash_id(&[&id_bytes, config.initial_cluster_token.as_bytes()]),
+        name: config.name.clone(),
+    };
+    (identity, members)
+}
+
+/// Persist the identity (and, for a new cluster, the membership Raft must be initialised
+/// with) in one durable write.
+pub(crate) fn write_identity(
+    engine: &dyn Engine,
+    identity: &Identity,
+    bootstrap: Option<&InitialMembers>,
+) -> Result<(), Error> {
+    let mut batch = WriteBatch::new();
+    batch.put(Table::RaftMeta, KEY_IDENTITY, encode(identity));
+    if let Some(members) = bootstrap {
+        batch.put(Table::RaftMeta, KEY_BOOTSTRAP, encode(members));
+    }
+    engine.write(batch, Durability::Durable)?;
+    Ok(())
+}
+
+fn read_bootstrap(engine: &dyn Engine) -> Result<Option<InitialMembers>, Error> {
+    let view = engine.read()?;
+    match view.get(Table::RaftMeta, KEY_BOOTSTRAP)? {
+        Some(raw) => Ok(Some(decode(&raw)?)),
+        None => Ok(None),
+    }
+}
+
+/// The redb file of a member's data dir.
+pub fn engine_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("member").join("store.redb")
 }
 
 /// A started member: its handle plus the tasks serving it.
@@ -178,7 +243,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         ))
     })?;
     let engine: Arc<dyn Engine> = Arc::new(CountingEngine::new(open_engine(&member_dir)?));
-    let channels = PeerChannels::default();
+    let channels = PeerChannels::new(config.peer_tls.client_config()?);
     // Peers must be reachable before we initialise or join.
     let peer_listeners = bind_all(&config.listen_peer_urls).await?;
     let client_listeners = bind_all(&config.listen_client_urls).await?;
@@ -187,42 +252,18 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
     let (identity, bootstrap) = match read_identity(engine.as_ref())? {
         Some(identity) => {
             tracing::info!(member_id = %format!("{:x}", identity.member_id), "restarting member from its data dir");
-            (identity, None)
+            // A crash before the first initialise: initialise now.
+            (identity, read_bootstrap(engine.as_ref())?)
         }
         None => {
-            let identity = match config.initial_cluster_state {
+            let (identity, members) = match config.initial_cluster_state {
                 ClusterState::New => {
-                    let mut members = BTreeMap::new();
-                    for (name, urls) in &config.initial_cluster {
-                        members.insert(
-                            initial_member_id(urls, &config.initial_cluster_token),
-                            Member {
-                                name: name.clone(),
-                                peer_urls: urls.clone(),
-                            },
-                        );
-                    }
-                    let own = initial_member_id(
-                        &config.initial_advertise_peer_urls,
-                        &config.initial_cluster_token,
-                    );
-                    let mut id_bytes = Vec::new();
-                    for id in members.keys() {
-                        id_bytes.extend(id.to_be_bytes());
-                    }
-                    let identity = Identity {
-                        member_id: own,
-                        cluster_id: hash_id(&[&id_bytes, config.initial_cluster_token.as_bytes()]),
-                        name: config.name.clone(),
-                    };
+                    let (identity, members) = new_cluster_identity(&config);
                     (identity, Some(members))
                 }
                 ClusterState::Existing => (join_existing(&config, &channels).await?, None),
             };
-            let (identity, members) = identity;
-            let mut batch = WriteBatch::new();
-            batch.put(Table::RaftMeta, KEY_IDENTITY, encode(&identity));
-            engine.write(batch, Durability::Durable)?;
+            write_identity(engine.as_ref(), &identity, members.as_ref())?;
             tracing::info!(member_id = %format!("{:x}", identity.member_id), cluster_id = %format!("{:x}", identity.cluster_id), "new member");
             (identity, members)
         }
@@ -239,10 +280,18 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         .map_err(|e| Error::Internal(format!("start raft: {e}")))?;
     if let Some(members) = bootstrap {
         // Every member of a new cluster initialises with the same membership; openraft
-        // treats that as one and the same initial configuration.
-        if let Err(e) = raft.initialize(members).await {
-            tracing::debug!("initialize: {e}");
+        // treats that as one and the same initial configuration. "Not allowed" means Raft
+        // already has a vote or log (initialised before a crash): nothing left to do.
+        match raft.initialize(members).await {
+            Ok(()) => {}
+            Err(openraft::error::RaftError::APIError(e)) => tracing::debug!("initialize: {e}"),
+            Err(openraft::error::RaftError::Fatal(e)) => {
+                return Err(Error::Internal(format!("initialize raft: {e}")));
+            }
         }
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::RaftMeta, KEY_BOOTSTRAP);
+        engine.write(batch, Durability::Durable)?;
     }
     let config = Arc::new(config);
     let node = Arc::new(StoreNode {
@@ -253,21 +302,36 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         sm,
         config: config.clone(),
         channels,
+        leases: crate::lease::Primary::default(),
     });
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
-    for listener in peer_listeners {
+    let peer_tls = config.peer_tls.server_config()?;
+    for (listener, url) in peer_listeners.into_iter().zip(&config.listen_peer_urls) {
+        let tls = if url.starts_with("https://") {
+            peer_tls.clone()
+        } else {
+            None
+        };
         tasks.push(tokio::spawn(serve_peer(
             node.clone(),
             listener,
+            tls,
             stop_rx.clone(),
         )));
     }
-    for listener in client_listeners {
+    let client_tls = config.client_tls.server_config()?;
+    for (listener, url) in client_listeners.into_iter().zip(&config.listen_client_urls) {
+        let tls = if url.starts_with("https://") {
+            client_tls.clone()
+        } else {
+            None
+        };
         tasks.push(tokio::spawn(serve_client(
             node.clone(),
             listener,
+            tls,
             stop_rx.clone(),
         )));
     }
@@ -282,6 +346,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
                 .await;
         }));
     }
+    tasks.push(crate::lease::start(node.clone(), stop_rx.clone()));
     tasks.push(tokio::spawn(publish_attributes(node.clone(), stop_rx)));
     tracing::info!(
         name = %config.name,
@@ -296,20 +361,43 @@ fn open_engine(member_dir: &Path) -> Result<RedbEngine, Error> {
         .map_err(|e| Error::Config(format!("open data dir: {e}")))
 }
 
+/// A tonic server builder, with TLS when the listener's URL is https.
+fn server_builder(tls: Option<ServerTlsConfig>) -> Option<Server> {
+    // TCP_NODELAY is set on the accepted sockets by `TcpIncoming` (the builder's own
+    // setting does not apply to `serve_with_incoming`).
+    let builder = Server::builder();
+    match tls {
+        None => Some(builder),
+        Some(tls) => match builder.tls_config(tls) {
+            Ok(builder) => Some(builder),
+            Err(e) => {
+                tracing::error!("TLS configuration refused: {e}");
+                None
+            }
+        },
+    }
+}
+
 async fn serve_peer(
     node: Arc<StoreNode>,
     listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let service = PeerServer::new(PeerApi { node })
         .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
-    let result = Server::builder()
-        .tcp_nodelay(true)
+    let Some(mut builder) = server_builder(tls) else {
+        return;
+    };
+    let result = builder
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            },
+        )
         .await;
     if let Err(e) = result {
         tracing::error!("peer server: {e}");
@@ -319,6 +407,7 @@ async fn serve_peer(
 async fn serve_client(
     node: Arc<StoreNode>,
     listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let api = EtcdApi { node: node.clone() };
@@ -333,19 +422,31 @@ async fn serve_client(
             skiff_proto::etcdserverpb::watch_server::WatchServer::new(api.clone())
                 .max_decoding_message_size(limit),
         )
+        .add_service(
+            skiff_proto::etcdserverpb::lease_server::LeaseServer::new(crate::lease::LeaseApi {
+                node: node.clone(),
+                stop: stop.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
         .add_service(MaintenanceServer::new(api).max_decoding_message_size(limit))
         .add_service(health_service);
     let router = routes
         .into_axum_router()
         .merge(crate::http::routes(node))
         .layer(axum::middleware::map_response(etcd_receive_limit_status));
-    let result = Server::builder()
+    let Some(builder) = server_builder(tls) else {
+        return;
+    };
+    let result = builder
         .accept_http1(true)
-        .tcp_nodelay(true)
         .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            },
+        )
         .await;
     if let Err(e) = result {
         tracing::error!("client server: {e}");

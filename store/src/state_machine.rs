@@ -20,8 +20,8 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snaps
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use skiff_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, PutRequest, ResponseHeader,
-    TxnRequest,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, LeaseGrantRequest,
+    LeaseRevokeRequest, PutRequest, ResponseHeader, TxnRequest,
 };
 
 use crate::engine::{Durability, Engine, EngineError, ReadView, Table, WriteBatch};
@@ -33,10 +33,10 @@ use crate::types::{
     TypeConfig,
 };
 
-const KEY_APPLIED: &[u8] = b"sm/last_applied";
-const KEY_MEMBERSHIP: &[u8] = b"sm/membership";
-const KEY_ATTRS: &[u8] = b"sm/member_attrs";
-const KEY_REMOVED: &[u8] = b"sm/removed_members";
+pub(crate) const KEY_APPLIED: &[u8] = b"sm/last_applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"sm/membership";
+pub(crate) const KEY_ATTRS: &[u8] = b"sm/member_attrs";
+pub(crate) const KEY_REMOVED: &[u8] = b"sm/removed_members";
 
 /// Everything the state machine holds, as readers see it.
 #[derive(Debug, Default)]
@@ -48,6 +48,8 @@ pub struct SmState {
     pub attrs: BTreeMap<MemberId, MemberAttrs>,
     /// Every member ever removed: IDs are never reused.
     pub removed: BTreeSet<MemberId>,
+    /// Active alarms (NOSPACE, ...), replicated like etcd's alarm store.
+    pub alarms: crate::maintenance::Alarms,
 }
 
 impl SmState {
@@ -71,6 +73,7 @@ impl SmState {
                 .map(|raw| decode(&raw))
                 .transpose()?
                 .unwrap_or_default(),
+            alarms: crate::maintenance::Alarms::load(view)?,
         })
     }
 }
@@ -137,6 +140,11 @@ impl StateMachineStore {
     }
 
     fn apply_command(state: &mut SmState, command: &Command, batch: &mut WriteBatch) -> Reply {
+        // etcd's capped applier: while a NOSPACE alarm is active, writes that grow the
+        // store are refused (deletes and compactions still apply).
+        if state.alarms.nospace() && crate::maintenance::needs_space(command) {
+            return Reply::Failed(Error::NoSpace);
+        }
         let result: Result<Vec<u8>, Error> = match command {
             Command::Put(raw) => PutRequest::decode(raw.as_slice())
                 .map_err(|e| Error::Internal(format!("decode put: {e}")))
@@ -175,6 +183,15 @@ impl StateMachineStore {
                 batch.put(Table::Meta, KEY_ATTRS, encode(&state.attrs));
                 return Reply::Done;
             }
+            Command::Alarm(raw) => state.alarms.apply_encoded(raw, batch),
+            Command::LeaseGrant(raw) => LeaseGrantRequest::decode(raw.as_slice())
+                .map_err(|e| Error::Internal(format!("decode lease grant: {e}")))
+                .and_then(|req| state.mvcc.lease_grant(&req, batch))
+                .map(|response| response.encode_to_vec()),
+            Command::LeaseRevoke(raw) => LeaseRevokeRequest::decode(raw.as_slice())
+                .map_err(|e| Error::Internal(format!("decode lease revoke: {e}")))
+                .and_then(|req| state.mvcc.lease_revoke(&req, batch))
+                .map(|applied| applied.response.encode_to_vec()),
         };
         match result {
             Ok(bytes) => Reply::Response(bytes),

@@ -47,6 +47,14 @@ pub enum Command {
     /// Several client commands proposed together (one log entry, one fsync); applied in
     /// order, each with its own revision.
     Batch(Vec<Command>),
+    /// An etcd `AlarmRequest` (ACTIVATE or DEACTIVATE), protobuf-encoded.
+    Alarm(Vec<u8>),
+    /// An etcd `LeaseGrantRequest` (ID chosen and TTL raised to the minimum by the member
+    /// that received it), protobuf-encoded.
+    LeaseGrant(Vec<u8>),
+    /// An etcd `LeaseRevokeRequest`, protobuf-encoded: from a client, or from the leader
+    /// when the lease expired.
+    LeaseRevoke(Vec<u8>),
 }
 
 impl Command {
@@ -56,6 +64,8 @@ impl Command {
             Command::Put(b) | Command::DeleteRange(b) | Command::Txn(b) | Command::Compact(b) => {
                 b.len() + 8
             }
+            Command::Alarm(b) => b.len() + 8,
+            Command::LeaseGrant(b) | Command::LeaseRevoke(b) => b.len() + 8,
             Command::PublishMember { attrs, .. } => {
                 64 + attrs.name.len() + attrs.client_urls.iter().map(String::len).sum::<usize>()
             }

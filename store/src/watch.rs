@@ -6,22 +6,26 @@
 //! owes from a consistent engine view — the records are keyed by revision — and sends
 //! them, a whole revision per response. So events are ordered, unique and gap-free by
 //! construction, a slow client only makes its own stream lag (the response queue is
-//! bounded; nothing else buffers), a watch on a follower sees exactly what that member
-//! applied, and resuming from any revision at or above the compaction point replays
-//! from the records. A watcher whose next revision was compacted away is cancelled with
-//! `compact_revision`, as etcd does.
+//! bounded in responses and in bytes; nothing else buffers), a watch on a follower sees
+//! exactly what that member applied, and resuming from any revision at or above the
+//! compaction point replays from the records. A watcher whose next revision was
+//! compacted away is cancelled with `compact_revision`, as etcd does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
+use prost::Message;
 use skiff_proto::etcdserverpb::watch_request::RequestUnion;
 use skiff_proto::etcdserverpb::watch_server::Watch;
 use skiff_proto::etcdserverpb::{
     WatchCancelRequest, WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request,
 };
 use skiff_proto::mvccpb::{Event, event};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -32,15 +36,25 @@ use crate::node::StoreNode;
 
 /// Responses queued per stream before the stream's task waits for the client.
 pub const WATCH_RESPONSE_QUEUE: usize = 128;
+/// ...and their encoded size (KiB): a response larger than this waits for an empty queue.
+const QUEUE_BUDGET_KIB: u32 = 4 * 1024;
 /// Most watchers on one stream.
 pub const MAX_WATCHERS_PER_STREAM: usize = 10_000;
-/// Event bytes gathered per read pass (a revision is never split across passes).
+/// etcd's `grpcOverheadBytes`: fragments may reach `--max-request-bytes` plus this.
+const FRAGMENT_OVERHEAD_BYTES: usize = 512 * 1024;
+/// Event bytes gathered per read pass (a revision is never split across passes), and the
+/// size of the responses they are sent in.
 const READ_BUDGET_BYTES: usize = 1024 * 1024;
+/// Changes gathered per read pass: with `prev_kv` a tombstone's event carries the whole
+/// previous value, which the byte budget does not see.
+const READ_BUDGET_CHANGES: usize = 1000;
 /// Streams that required a leader are cancelled after this many election timeouts
 /// without one (etcd's `maxNoLeaderCnt`).
 const MAX_NO_LEADER_TICKS: u32 = 3;
 
 const CANCEL_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+const CANCEL_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+const CANCEL_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
 struct Watcher {
     id: i64,
@@ -68,34 +82,66 @@ impl Watcher {
 
 #[tonic::async_trait]
 impl Watch for EtcdApi {
-    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
 
     async fn watch(
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let require_leader = requires_leader(&request);
-        if require_leader && self.node.current_leader().is_none() {
+        if require_leader && !has_leader(&self.node) {
             return Err(Error::NoLeader.into());
         }
         let (tx, rx) = mpsc::channel(WATCH_RESPONSE_QUEUE);
         let stream = WatchStream {
             node: self.node.clone(),
             tx,
+            queued: Arc::new(Semaphore::new(QUEUE_BUDGET_KIB as usize)),
             watchers: BTreeMap::new(),
+            compacted_ids: BTreeSet::new(),
             next_auto_id: 0,
             synced: 0,
         };
         tokio::spawn(stream.run(request.into_inner(), require_leader));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // A response's share of the byte budget is released when the transport takes it.
+        let responses = ReceiverStream::new(rx).map(|(response, _permit)| response);
+        Ok(Response::new(Box::pin(responses)))
     }
 }
+
+/// Whether this member sees a leader, for `hasleader` streams. openraft leaders do not step
+/// down when they lose their quorum (etcd's leaders do: CheckQuorum), so a leader that has
+/// not heard from a quorum for an election timeout counts as none.
+fn has_leader(node: &StoreNode) -> bool {
+    let metrics = node.raft.metrics();
+    let metrics = metrics.borrow();
+    match metrics.current_leader {
+        None => false,
+        Some(leader) if leader == node.id => metrics
+            .millis_since_quorum_ack
+            .is_some_and(|ms| u128::from(ms) <= node.config.election_timeout.as_millis()),
+        Some(_) => true,
+    }
+}
+
+/// etcd's `IsCreateEvent`: a put whose key was created at that revision.
+fn is_create(change: &Change) -> bool {
+    !change.deleted && change.kv.create_revision == change.revision
+}
+
+/// A queued response and its share of the stream's byte budget.
+type Queued = (Result<WatchResponse, Status>, Option<OwnedSemaphorePermit>);
 
 /// One client stream and its watchers.
 struct WatchStream {
     node: Arc<StoreNode>,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    tx: mpsc::Sender<Queued>,
+    /// The byte budget of responses queued and not yet taken by the transport.
+    queued: Arc<Semaphore>,
     watchers: BTreeMap<i64, Watcher>,
+    /// Watchers cancelled by compaction: like etcd, their IDs stay taken until the client
+    /// cancels them (and that cancel is answered).
+    compacted_ids: BTreeSet<i64>,
     next_auto_id: i64,
     /// Every watcher has been sent every event up to this revision.
     synced: Revision,
@@ -113,30 +159,42 @@ impl WatchStream {
             progress_interval,
         );
         let mut leader_check = tokio::time::interval(self.node.config.election_timeout);
+        // After the task waited on a slow client, ticks must not fire in a burst: three
+        // leaderless ticks in a row have to span three election timeouts.
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        leader_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut no_leader_ticks = 0u32;
+        // Like etcd, a client that closes its sending side keeps the stream and its
+        // watchers; the stream ends when the client goes away (the response side closes).
+        let mut requests_open = true;
         loop {
             if self.sync().await.is_err() {
                 return;
             }
             let step = tokio::select! {
-                message = requests.message() => match message {
+                message = requests.message(), if requests_open => match message {
                     Ok(Some(request)) => self.handle(request).await,
-                    // Client closed its side, or the transport failed.
-                    Ok(None) | Err(_) => Err(Closed),
+                    Ok(None) => {
+                        requests_open = false;
+                        Ok(())
+                    }
+                    // The transport failed.
+                    Err(_) => Err(Closed),
                 },
+                _ = self.tx.closed() => Err(Closed),
                 changed = revisions.changed() => match changed {
                     Ok(()) => Ok(()),
                     Err(_) => Err(Closed),
                 },
                 _ = progress.tick() => self.periodic_progress().await,
                 _ = leader_check.tick(), if require_leader => {
-                    if self.node.current_leader().is_some() {
+                    if has_leader(&self.node) {
                         no_leader_ticks = 0;
                         Ok(())
                     } else {
                         no_leader_ticks += 1;
                         if no_leader_ticks >= MAX_NO_LEADER_TICKS {
-                            let _ = self.tx.send(Err(Error::NoLeader.into())).await;
+                            self.fail(Error::NoLeader).await;
                             Err(Closed)
                         } else {
                             Ok(())
@@ -150,8 +208,24 @@ impl WatchStream {
         }
     }
 
+    /// Queue a response once the queue's byte budget has room for it.
     async fn send(&self, response: WatchResponse) -> Result<(), Closed> {
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        let kib = (response.encoded_len() / 1024 + 1).min(QUEUE_BUDGET_KIB as usize) as u32;
+        let permit = self
+            .queued
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|_| Closed)?;
+        self.tx
+            .send((Ok(response), Some(permit)))
+            .await
+            .map_err(|_| Closed)
+    }
+
+    /// End the stream with an error status.
+    async fn fail(&self, err: Error) {
+        let _ = self.tx.send((Err(err.into()), None)).await;
     }
 
     fn response(&self, watch_id: i64, revision: Revision) -> WatchResponse {
@@ -166,7 +240,9 @@ impl WatchStream {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id })) => {
-                if self.watchers.remove(&watch_id).is_some() {
+                let known = self.watchers.remove(&watch_id).is_some()
+                    || self.compacted_ids.remove(&watch_id);
+                if known {
                     let current = self.node.sm.read().mvcc.current_revision();
                     let mut response = self.response(watch_id, current);
                     response.canceled = true;
@@ -200,22 +276,32 @@ impl WatchStream {
             let response = refuse(self, -1, CANCEL_COMPACTED);
             return self.send(response).await;
         }
-        if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
+        if self.watchers.len() + self.compacted_ids.len() >= MAX_WATCHERS_PER_STREAM {
             let response = refuse(self, -1, "etcdserver: too many watchers on this stream");
             return self.send(response).await;
         }
+        let key = if create.key.is_empty() {
+            vec![0]
+        } else {
+            create.key.clone()
+        };
+        // etcd's `watchStream.Watch`: a range whose end is not above its key (from-key
+        // `"\0"` aside) is refused, as is a taken ID; both answer with watch ID -1.
+        if !create.range_end.is_empty() && create.range_end != [0] && key >= create.range_end {
+            let response = refuse(self, -1, CANCEL_EMPTY_RANGE);
+            return self.send(response).await;
+        }
+        let taken = |this: &Self, id: i64| {
+            this.watchers.contains_key(&id) || this.compacted_ids.contains(&id)
+        };
         let id = if create.watch_id != 0 {
-            if self.watchers.contains_key(&create.watch_id) {
-                let response = refuse(
-                    self,
-                    create.watch_id,
-                    "mvcc: duplicate watch ID provided on the WatchStream",
-                );
+            if taken(self, create.watch_id) {
+                let response = refuse(self, -1, CANCEL_DUPLICATE_ID);
                 return self.send(response).await;
             }
             create.watch_id
         } else {
-            while self.watchers.contains_key(&self.next_auto_id) {
+            while taken(self, self.next_auto_id) {
                 self.next_auto_id += 1;
             }
             self.next_auto_id
@@ -223,11 +309,6 @@ impl WatchStream {
         if create.watch_id == 0 {
             self.next_auto_id += 1;
         }
-        let key = if create.key.is_empty() {
-            vec![0]
-        } else {
-            create.key.clone()
-        };
         let filters = &create.filters;
         let watcher = Watcher {
             id,
@@ -247,14 +328,22 @@ impl WatchStream {
         created.created = true;
         self.send(created).await?;
         if compacted > 0 && watcher.next < compacted {
-            let mut response = self.response(id, current);
-            response.canceled = true;
-            response.compact_revision = compacted;
-            response.cancel_reason = CANCEL_COMPACTED.to_string();
-            return self.send(response).await;
+            return self.cancel_compacted(id, compacted).await;
         }
         self.watchers.insert(id, watcher);
         Ok(())
+    }
+
+    /// Tell the client its watcher fell behind the compaction point. etcd's response
+    /// carries only the compact revision and `canceled` (no reason, header revision 0);
+    /// the ID stays taken until the client cancels it.
+    async fn cancel_compacted(&mut self, id: i64, compacted: Revision) -> Result<(), Closed> {
+        self.watchers.remove(&id);
+        self.compacted_ids.insert(id);
+        let mut response = self.response(id, 0);
+        response.canceled = true;
+        response.compact_revision = compacted;
+        self.send(response).await
     }
 
     async fn periodic_progress(&mut self) -> Result<(), Closed> {
@@ -273,40 +362,36 @@ impl WatchStream {
 
     /// Send every watcher what it is owed up to the current revision.
     async fn sync(&mut self) -> Result<(), Closed> {
+        let engine = Arc::clone(self.node.sm.engine());
         loop {
             let (view, current, compacted) = {
                 let state = self.node.sm.read();
-                let view = match self.node.sm.engine().read() {
-                    Ok(view) => view,
-                    Err(err) => {
-                        drop(state);
-                        let _ = self
-                            .tx
-                            .send(Err(Error::Storage(err.to_string()).into()))
-                            .await;
-                        return Err(Closed);
-                    }
-                };
-                (
-                    view,
-                    state.mvcc.current_revision(),
-                    state.mvcc.compact_revision(),
-                )
+                let current = state.mvcc.current_revision();
+                // Nothing owed: no engine view (every apply wakes every stream).
+                if self.watchers.values().all(|w| w.next > current) {
+                    drop(state);
+                    self.synced = current;
+                    return Ok(());
+                }
+                (engine.read(), current, state.mvcc.compact_revision())
             };
-            // Watchers that fell behind the compaction point are cancelled.
+            let view = match view {
+                Ok(view) => view,
+                Err(err) => {
+                    self.fail(Error::Storage(err.to_string())).await;
+                    return Err(Closed);
+                }
+            };
+            // Watchers that fell behind the compaction point are cancelled (after the view
+            // is released: no engine read transaction is held while waiting on the client).
             let behind: Vec<i64> = self
                 .watchers
                 .values()
                 .filter(|w| compacted > 0 && w.next < compacted)
                 .map(|w| w.id)
                 .collect();
-            for id in behind {
-                self.watchers.remove(&id);
-                let mut response = self.response(id, current);
-                response.canceled = true;
-                response.compact_revision = compacted;
-                response.cancel_reason = CANCEL_COMPACTED.to_string();
-                self.send(response).await?;
+            for id in &behind {
+                self.watchers.remove(id);
             }
             let Some(from) = self
                 .watchers
@@ -315,6 +400,10 @@ impl WatchStream {
                 .filter(|next| *next <= current)
                 .min()
             else {
+                drop(view);
+                for id in behind {
+                    self.cancel_compacted(id, compacted).await?;
+                }
                 self.synced = current;
                 return Ok(());
             };
@@ -323,7 +412,7 @@ impl WatchStream {
             let mut bytes = 0usize;
             let mut last_complete = current;
             let read = read_changes(view.as_ref(), from, current, &mut |change| {
-                if bytes >= READ_BUDGET_BYTES
+                if (bytes >= READ_BUDGET_BYTES || changes.len() >= READ_BUDGET_CHANGES)
                     && changes
                         .last()
                         .is_some_and(|c| c.revision != change.revision)
@@ -337,11 +426,11 @@ impl WatchStream {
             });
             drop(view);
             if let Err(err) = read {
-                let _ = self
-                    .tx
-                    .send(Err(Error::Storage(err.to_string()).into()))
-                    .await;
+                self.fail(Error::Storage(err.to_string())).await;
                 return Err(Closed);
+            }
+            for id in behind {
+                self.cancel_compacted(id, compacted).await?;
             }
             self.deliver(&changes, last_complete).await?;
             if last_complete >= current {
@@ -374,7 +463,9 @@ impl WatchStream {
                             event::EventType::Put as i32
                         },
                         kv: Some(change.kv.clone()),
-                        prev_kv: if watcher.prev_kv {
+                        // Like etcd, a put that creates its key gets no prev_kv, even when
+                        // the same txn deleted an earlier version first.
+                        prev_kv: if watcher.prev_kv && !is_create(change) {
                             state.mvcc.value_before(&change.kv.key, change.revision)
                         } else {
                             None
@@ -386,10 +477,26 @@ impl WatchStream {
             if let Some(watcher) = self.watchers.get_mut(&id) {
                 watcher.next = upto + 1;
             }
-            if events.is_empty() {
-                continue;
+            // Responses of about the read budget, prev_kvs included, whole revisions each.
+            let mut part: Vec<Event> = Vec::new();
+            let mut size = 0usize;
+            for event in events {
+                let revision = event.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                let boundary = part
+                    .last()
+                    .and_then(|e| e.kv.as_ref())
+                    .is_some_and(|kv| kv.mod_revision != revision);
+                if size >= READ_BUDGET_BYTES && boundary {
+                    self.send_events(id, upto, std::mem::take(&mut part), fragment)
+                        .await?;
+                    size = 0;
+                }
+                size += event.encoded_len();
+                part.push(event);
             }
-            self.send_events(id, upto, events, fragment).await?;
+            if !part.is_empty() {
+                self.send_events(id, upto, part, fragment).await?;
+            }
         }
         Ok(())
     }
@@ -401,29 +508,32 @@ impl WatchStream {
         events: Vec<Event>,
         fragment: bool,
     ) -> Result<(), Closed> {
-        let limit = self.node.config.max_request_bytes;
         if !fragment {
             let mut response = self.response(id, revision);
             response.events = events;
             return self.send(response).await;
         }
-        // Fragmenting: split into responses under the request limit; all but the last
-        // carry `fragment = true` and the client joins them.
+        // etcd's `sendFragments`: a response of at least `--max-request-bytes` plus the
+        // gRPC overhead allowance (encoded size) with two or more events is split; each
+        // part takes events until adding one more would reach the limit, and all but the
+        // last carry `fragment = true` for the client to join them.
+        let limit = self.node.config.max_request_bytes + FRAGMENT_OVERHEAD_BYTES;
+        let base = WatchResponse {
+            fragment: true,
+            ..self.response(id, revision)
+        }
+        .encoded_len();
+        let field_len = |event: &Event| {
+            let len = event.encoded_len();
+            1 + prost::encoding::encoded_len_varint(len as u64) + len
+        };
         let mut parts: Vec<Vec<Event>> = vec![Vec::new()];
-        let mut size = 0usize;
+        let mut size = base;
         for event in events {
-            let event_size = event
-                .kv
-                .as_ref()
-                .map_or(0, |kv| kv.key.len() + kv.value.len())
-                + event
-                    .prev_kv
-                    .as_ref()
-                    .map_or(0, |kv| kv.key.len() + kv.value.len())
-                + 64;
-            if size + event_size > limit && parts.last().is_some_and(|p| !p.is_empty()) {
+            let event_size = field_len(&event);
+            if size + event_size >= limit && parts.last().is_some_and(|p| !p.is_empty()) {
                 parts.push(Vec::new());
-                size = 0;
+                size = base;
             }
             size += event_size;
             if let Some(part) = parts.last_mut() {

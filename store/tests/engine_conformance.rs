@@ -313,3 +313,60 @@ fn mem_crash_drops_only_unflushed_buffered_writes() {
     engine.crash();
     assert_eq!(get(&engine, Table::Kv, b"after"), Some(b"7".to_vec()));
 }
+
+// ---------------------------------------------------------------------------
+// redb: defragment gives space back and waits for open views
+
+#[test]
+fn redb_defragment_shrinks_the_file_and_waits_for_views() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("defrag.redb");
+    let engine = open(&path);
+    for round in 0u32..8 {
+        write_one(&engine, Durability::Durable, |b| {
+            for i in 0u32..256 {
+                let key = [round.to_be_bytes(), i.to_be_bytes()].concat();
+                b.put(Table::Kv, key, vec![round as u8; 4096]);
+            }
+        });
+    }
+    write_one(&engine, Durability::Durable, |b| {
+        b.delete_range(Table::Kv, 1u32.to_be_bytes(), None)
+    });
+    let kept = all(&*engine.read().expect("read"), Table::Kv);
+    assert_eq!(kept.len(), 256);
+    let before = std::fs::metadata(&path).expect("stat").len();
+
+    // A view opened before the defragment: it keeps its snapshot, and the defragment
+    // waits until it is dropped.
+    let engine = std::sync::Arc::new(engine);
+    let view = engine.read().expect("read");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let defrag = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            let result = engine.defragment();
+            tx.send(()).expect("send");
+            result
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(all(&*view, Table::Kv), kept);
+    assert!(
+        rx.try_recv().is_err(),
+        "defragment finished while a view was open"
+    );
+    drop(view);
+    defrag.join().expect("join").expect("defragment");
+
+    let after = std::fs::metadata(&path).expect("stat").len();
+    assert!(
+        after < before,
+        "defragment did not shrink the file: {after} >= {before}"
+    );
+    assert_eq!(all(&*engine.read().expect("read"), Table::Kv), kept);
+    drop(engine);
+    // And the compacted file reopens with the same data.
+    let engine = open(&path);
+    assert_eq!(all(&*engine.read().expect("read"), Table::Kv), kept);
+}

@@ -123,6 +123,49 @@ impl Cluster {
         cluster
     }
 
+    /// A NEW cluster of `n` members whose data dirs `skiff store snapshot restore` builds
+    /// from `snapshot` (like etcdutl); started and waited for like [`Cluster::start`].
+    pub fn start_from_snapshot(n: usize, snapshot: &Path, extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut members: Vec<Member> = (0..n)
+            .map(|i| Self::new_member(dir.path(), &format!("r{i}"), extra_args))
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        for member in &members {
+            let out = Command::new(skiff_bin())
+                .args(["store", "snapshot", "restore"])
+                .arg(snapshot)
+                .args(["--name", &member.name])
+                .arg("--data-dir")
+                .arg(&member.data_dir)
+                .args(["--initial-cluster", &initial_cluster])
+                .args(["--initial-cluster-token", "skiff-restored"])
+                .args(["--initial-advertise-peer-urls", &member.peer_url])
+                .output()
+                .expect("run skiff store snapshot restore");
+            assert!(
+                out.status.success(),
+                "snapshot restore for {} failed: {}",
+                member.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for member in &mut members {
+            member.spawn(&initial_cluster, "new");
+        }
+        let cluster = Cluster {
+            dir,
+            members,
+            initial_cluster,
+        };
+        cluster.wait_healthy(Duration::from_secs(60));
+        cluster
+    }
+
     fn new_member(dir: &Path, name: &str, extra_args: &[&str]) -> Member {
         Member {
             name: name.to_string(),
@@ -298,6 +341,11 @@ pub struct RealEtcd {
 
 impl RealEtcd {
     pub fn start() -> RealEtcd {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra etcd flags (e.g. `--experimental-watch-progress-notify-interval`).
+    pub fn start_with(extra_args: &[&str]) -> RealEtcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let client = format!("http://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
@@ -311,6 +359,7 @@ impl RealEtcd {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("ref={peer}")])
+            .args(extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

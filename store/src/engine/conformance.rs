@@ -52,6 +52,7 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Engine>) {
         ("large_values", large_values),
         ("sizes", sizes),
         ("concurrent_writers", concurrent_writers),
+        ("defragment_keeps_data", defragment_keeps_data),
     ];
     for (name, case) in cases {
         let engine = make();
@@ -787,6 +788,68 @@ fn sizes(engine: &dyn Engine) {
     );
     assert!(cleared_in_use <= engine.size_bytes());
     assert!(engine.size_bytes() > 0);
+}
+
+fn defragment_keeps_data(engine: &dyn Engine) {
+    // An empty engine defragments.
+    ok(engine.defragment(), "defragment of an empty engine");
+
+    // Fill several tables, delete most of it, keep a little (durable and buffered).
+    let mut batch = WriteBatch::new();
+    for i in 0..200u32 {
+        batch.put(
+            Table::Kv,
+            i.to_be_bytes().to_vec(),
+            pattern(4000, u64::from(i)),
+        );
+        batch.put(
+            Table::RaftLog,
+            i.to_be_bytes().to_vec(),
+            pattern(1000, u64::from(i)),
+        );
+    }
+    batch.put(Table::Meta, b"meta".to_vec(), b"kept".to_vec());
+    write(engine, batch, Durability::Durable);
+    let mut batch = WriteBatch::new();
+    batch.delete_range(Table::Kv, 10u32.to_be_bytes(), None);
+    batch.clear(Table::RaftLog);
+    write(engine, batch, Durability::Durable);
+    let mut batch = WriteBatch::new();
+    batch.put(
+        Table::RaftMeta,
+        b"buffered".to_vec(),
+        b"still here".to_vec(),
+    );
+    write(engine, batch, Durability::Buffered);
+    let before = scan(&*view(engine), Table::Kv, b"", None);
+    assert_eq!(before.len(), 10);
+    let size_before = engine.size_bytes();
+    let in_use_before = engine.size_in_use_bytes();
+
+    ok(engine.defragment(), "defragment");
+    assert!(
+        engine.size_bytes() <= size_before,
+        "defragment grew the engine: {} > {size_before}",
+        engine.size_bytes()
+    );
+    assert_eq!(engine.size_in_use_bytes(), in_use_before);
+    assert!(engine.size_in_use_bytes() <= engine.size_bytes());
+    let v = view(engine);
+    assert_eq!(scan(&*v, Table::Kv, b"", None), before);
+    assert_table_empty(&*v, Table::RaftLog);
+    assert_eq!(get(&*v, Table::Meta, b"meta"), Some(b"kept".to_vec()));
+    assert_eq!(
+        get(&*v, Table::RaftMeta, b"buffered"),
+        Some(b"still here".to_vec())
+    );
+    drop(v);
+
+    // The engine keeps working, and a second defragment changes nothing.
+    put(engine, Table::Kv, b"after", b"1");
+    ok(engine.defragment(), "second defragment");
+    let v = view(engine);
+    assert_eq!(get(&*v, Table::Kv, b"after"), Some(b"1".to_vec()));
+    assert_eq!(scan(&*v, Table::Kv, b"", None).len(), 11);
 }
 
 fn concurrent_writers(engine: &dyn Engine) {

@@ -54,6 +54,10 @@ impl<E: Engine> Engine for CountingEngine<E> {
         self.inner.size_in_use_bytes()
     }
 
+    fn defragment(&self) -> Result<(), EngineError> {
+        self.inner.defragment()
+    }
+
     fn write_counts(&self) -> WriteCounts {
         WriteCounts {
             durable: self.durable_writes.load(Ordering::Relaxed),

@@ -211,6 +211,13 @@ pub trait Engine: Send + Sync + 'static {
     fn write_counts(&self) -> WriteCounts {
         WriteCounts::default()
     }
+
+    /// Give the space freed by deletions back to the file system (etcd's defragment).
+    /// Contents are unchanged and `size_bytes` does not grow; writers and new readers wait
+    /// while it runs. Backends with nothing to compact keep this default no-op.
+    fn defragment(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// Whether `[start, end)` contains no key at all.

@@ -11,12 +11,18 @@
 //! The number of bytes held by live keys and values is kept in a private
 //! bookkeeping table, updated in the same transaction as the data, so
 //! [`Engine::size_in_use_bytes`] costs nothing, even right after opening.
+//!
+//! The [`Database`] sits behind a `RwLock`: writes and the start of a read take it
+//! shared, [`Engine::defragment`] (redb's `compact`, which needs `&mut Database`) takes
+//! it exclusively. A [`ReadView`] does not hold the lock once it is open; compaction
+//! waits (bounded) for open views to be dropped.
 
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
@@ -38,6 +44,10 @@ const LIVE_BYTES_KEY: &str = "live_bytes";
 
 /// Reported by [`Engine::size_bytes`] if the file length cannot be read.
 const FALLBACK_SIZE_BYTES: u64 = 4096;
+
+/// How long [`Engine::defragment`] waits for open read views (e.g. a snapshot being
+/// streamed) to finish before giving up.
+const DEFRAGMENT_WAIT: Duration = Duration::from_secs(10);
 
 fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
     TableDefinition::new(table.name())
@@ -68,7 +78,8 @@ fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound
 
 /// [`Engine`] storing every table in one redb file; see the module documentation.
 pub struct RedbEngine {
-    db: Database,
+    /// Exclusive only while compacting (see the module documentation).
+    db: RwLock<Database>,
     path: PathBuf,
     /// Serializes writers so `live_bytes` follows commits in order.
     write_lock: Mutex<()>,
@@ -101,7 +112,7 @@ impl RedbEngine {
         };
         txn.commit().map_err(map_err)?;
         Ok(Self {
-            db,
+            db: RwLock::new(db),
             path: path.to_path_buf(),
             write_lock: Mutex::new(()),
             live_bytes: AtomicU64::new(live_bytes),
@@ -111,6 +122,12 @@ impl RedbEngine {
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Shared access to the database. Nothing panics while the lock is held exclusively
+    /// (compaction errors are returned), so a poisoned lock still guards a usable database.
+    fn db(&self) -> RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -222,7 +239,8 @@ impl Engine for RedbEngine {
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut txn = self.db.begin_write().map_err(map_err)?;
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(map_err)?;
         txn.set_durability(match durability {
             Durability::Durable => redb::Durability::Immediate,
             Durability::Buffered => redb::Durability::None,
@@ -235,7 +253,7 @@ impl Engine for RedbEngine {
     }
 
     fn read(&self) -> Result<Box<dyn ReadView + '_>, EngineError> {
-        let txn = self.db.begin_read().map_err(map_err)?;
+        let txn = self.db().begin_read().map_err(map_err)?;
         let [a, b, c, d] = Table::ALL.map(|table| txn.open_table(definition(table)));
         let tables = [
             a.map_err(map_err)?,
@@ -254,6 +272,29 @@ impl Engine for RedbEngine {
         self.live_bytes
             .load(Ordering::Acquire)
             .min(self.size_bytes())
+    }
+
+    fn defragment(&self) -> Result<(), EngineError> {
+        let deadline = Instant::now() + DEFRAGMENT_WAIT;
+        loop {
+            let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+            match db.compact() {
+                Ok(_) => return Ok(()),
+                // An open read view: let it finish (releasing the lock so that a reader
+                // that needs it to finish can), then try again.
+                Err(redb::CompactionError::TransactionInProgress) if Instant::now() < deadline => {
+                    drop(db);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(redb::CompactionError::TransactionInProgress) => {
+                    return Err(EngineError::Io(
+                        "defragment: a read (e.g. a snapshot being sent) is still in progress"
+                            .into(),
+                    ));
+                }
+                Err(err) => return Err(map_err(err)),
+            }
+        }
     }
 }
 
