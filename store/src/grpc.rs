@@ -59,6 +59,14 @@ impl EtcdApi {
         Ok(())
     }
 
+    /// Checks every write handler starts with; returns whether the client requires a
+    /// leader (`hasleader` metadata).
+    fn admit_write<T>(&self, request: &Request<T>) -> Result<bool, Status> {
+        self.check_leader(request)?;
+        self.check_not_learner()?;
+        Ok(requires_leader(request))
+    }
+
     fn check_not_learner(&self) -> Result<(), Status> {
         if self.node.is_learner() {
             return Err(Error::NotSupportedForLearner.into());
@@ -327,9 +335,7 @@ impl Kv for EtcdApi {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        self.check_leader(&request)?;
-        self.check_not_learner()?;
-        let require_leader = requires_leader(&request);
+        let require_leader = self.admit_write(&request)?;
         let req = request.into_inner();
         check_put(&req)?;
         let raw = req.encode_to_vec();
@@ -344,9 +350,7 @@ impl Kv for EtcdApi {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        self.check_leader(&request)?;
-        self.check_not_learner()?;
-        let require_leader = requires_leader(&request);
+        let require_leader = self.admit_write(&request)?;
         let req = request.into_inner();
         if req.key.is_empty() {
             return Err(Error::EmptyKey.into());
@@ -360,9 +364,7 @@ impl Kv for EtcdApi {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        self.check_leader(&request)?;
-        self.check_not_learner()?;
-        let require_leader = requires_leader(&request);
+        let require_leader = self.admit_write(&request)?;
         let req = request.into_inner();
         check_txn(&req, self.node.config.max_txn_ops)?;
         check_intervals(&req.success)?;
@@ -393,9 +395,7 @@ impl Kv for EtcdApi {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        self.check_leader(&request)?;
-        self.check_not_learner()?;
-        let require_leader = requires_leader(&request);
+        let require_leader = self.admit_write(&request)?;
         let req = request.into_inner();
         let physical = req.physical;
         let response: CompactionResponse = self
