@@ -67,6 +67,8 @@ pub enum Error {
     NotLeader,
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// etcd's `ErrGRPCMemberBadURLs`; the payload (why the URL is bad) shows in `Debug`.
     #[error("etcdserver: given member URLs are invalid")]
     BadPeerUrl(String),
@@ -101,7 +103,8 @@ impl Error {
             | Error::LeaderChanged
             | Error::Timeout
             | Error::Stopped
-            | Error::NotEnoughStartedMembers => Code::Unavailable,
+            | Error::NotEnoughStartedMembers
+            | Error::LeaderTransferTimeout => Code::Unavailable,
             Error::PeerUrlExists
             | Error::MemberIdRemoved
             | Error::MemberNotLearner

@@ -24,6 +24,7 @@ pub mod raft_log;
 pub mod server;
 pub mod snapshot;
 pub mod state_machine;
+pub mod transfer;
 pub mod types;
 pub mod watch;
 

@@ -495,10 +495,10 @@ impl Maintenance for EtcdApi {
                 header: Some(self.current_header()),
             }));
         }
-        Err(Status::unimplemented(
-            "skiff: move-leader is not supported: openraft 0.9 has no leadership transfer, \
-             and stepping the leader down cannot guarantee the target wins the election",
-        ))
+        crate::transfer::move_leader(&self.node, target).await?;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(self.current_header()),
+        }))
     }
 
     async fn downgrade(

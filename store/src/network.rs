@@ -37,6 +37,8 @@ pub enum Forwarded {
         id: crate::mvcc::LeaseId,
         keys: bool,
     },
+    /// A step of a leadership transfer (see [`crate::transfer`]).
+    Transfer(crate::transfer::TransferStep),
 }
 
 /// Membership changes; they run on the leader.

@@ -162,6 +162,7 @@ impl StoreNode {
             lease @ (Forwarded::LeaseKeepAlive(_) | Forwarded::LeaseTimeToLive { .. }) => {
                 crate::lease::handle_forward(self, lease).await
             }
+            Forwarded::Transfer(step) => crate::transfer::handle_step(self, step).await,
         }
     }
 
