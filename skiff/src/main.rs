@@ -34,6 +34,8 @@ enum Command {
     /// Benchmark etcd v3 endpoints (skiff or etcd) like etcd's benchmark tool, or compare
     /// a skiff cluster with a real etcd cluster side by side.
     Bench(BenchArgs),
+    /// Run a Kubernetes-compatible API server over an etcd v3 store (skiff store or etcd).
+    Apiserver(ApiserverArgs),
 }
 
 #[derive(Subcommand)]
@@ -300,6 +302,7 @@ fn main() -> ExitCode {
         }) => run_snapshot_tool(command),
         Command::Store(args) => run_store(args),
         Command::Bench(args) => args.run(),
+        Command::Apiserver(args) => run_apiserver(args),
         Command::Pki(PkiCommand::Init { dir, hosts }) => match skiff_store::pki::init(&dir, &hosts)
         {
             Ok(written) => {
@@ -444,6 +447,90 @@ fn run_store(args: StoreArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(skiff_store::Error::Config(msg)) => {
+            eprintln!("skiff: {msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(err) => {
+            eprintln!("skiff: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `skiff apiserver` flags, with kube-apiserver's names; mapped onto `ApiServerConfig`.
+#[derive(Args)]
+struct ApiserverArgs {
+    /// etcd v3 endpoints to keep objects in (comma-separated URLs or host:port).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd_servers: Vec<String>,
+    /// Key prefix of every object in the store.
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: std::net::IpAddr,
+    /// Port to serve HTTPS on.
+    #[arg(long, default_value_t = 6443)]
+    secure_port: u16,
+    /// Serving certificate (PEM); with no certificate a self-signed one is made in --cert-dir.
+    #[arg(long)]
+    tls_cert_file: Option<PathBuf>,
+    /// Key of --tls-cert-file (PEM).
+    #[arg(long)]
+    tls_private_key_file: Option<PathBuf>,
+    /// Where a generated CA and serving certificate are kept.
+    #[arg(long, default_value = "apiserver.local.config/certificates")]
+    cert_dir: PathBuf,
+    /// Bearer tokens: CSV lines `token,user,uid,"group1,group2"`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// Serve requests that carry no credentials.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
+    /// Write an admin kubeconfig (CA + bearer token) for this server to this path.
+    #[arg(long)]
+    write_kubeconfig: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "SKIFF_LOG", default_value = "info")]
+    log_level: String,
+}
+
+fn run_apiserver(args: ApiserverArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = skiff_apiserver::ApiServerConfig {
+        etcd_servers: args.etcd_servers,
+        etcd_prefix: args.etcd_prefix,
+        bind_address: args.bind_address,
+        secure_port: args.secure_port,
+        tls_cert_file: args.tls_cert_file,
+        tls_private_key_file: args.tls_private_key_file,
+        cert_dir: args.cert_dir,
+        token_auth_file: args.token_auth_file,
+        anonymous_auth: args.anonymous_auth,
+        write_kubeconfig: args.write_kubeconfig,
+    };
+    if let Err(err) = config.validate() {
+        eprintln!("skiff: {err}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("skiff: cannot start runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(skiff_apiserver::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(skiff_apiserver::Error::Config(msg)) => {
             eprintln!("skiff: {msg}");
             ExitCode::from(EXIT_USAGE)
         }

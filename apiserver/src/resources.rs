@@ -1,0 +1,622 @@
+//! The registry of served resources, built from k8s-openapi types: names, scope, typed
+//! validation (decode into the k8s-openapi struct; `fieldValidation=Strict` rejects fields the
+//! struct does not know), per-kind validation and defaulting, and server-side Table columns.
+
+use std::any::TypeId;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{ListableResource, NamespaceResourceScope, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::selector::LabelSelector;
+
+/// The current wall-clock time (second precision, as Kubernetes timestamps have).
+pub fn now() -> Timestamp {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Which Table printer a kind uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Printer {
+    Namespace,
+    ConfigMap,
+    Secret,
+    Service,
+    Pod,
+    Deployment,
+}
+
+/// One served resource.
+#[derive(Debug, Clone)]
+pub struct ResourceInfo {
+    pub group: &'static str,
+    pub version: &'static str,
+    /// The plural, lower-case URL segment ("deployments").
+    pub resource: &'static str,
+    pub kind: &'static str,
+    pub list_kind: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub singular: &'static str,
+    pub printer: Printer,
+    /// Decode into the k8s-openapi type and encode back: the normalised object, with fields the
+    /// type does not know dropped. Errors are decode errors.
+    pub normalize: fn(&Value) -> Result<Value, String>,
+}
+
+impl ResourceInfo {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+fn normalize<K: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, String> {
+    let typed: K = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
+fn info<K>(
+    short_names: &'static [&'static str],
+    singular: &'static str,
+    printer: Printer,
+) -> ResourceInfo
+where
+    K: Resource + ListableResource + DeserializeOwned + Serialize + 'static,
+    K::Scope: 'static,
+{
+    ResourceInfo {
+        group: K::GROUP,
+        version: K::VERSION,
+        resource: K::URL_PATH_SEGMENT,
+        kind: K::KIND,
+        list_kind: K::LIST_KIND,
+        namespaced: TypeId::of::<K::Scope>() == TypeId::of::<NamespaceResourceScope>(),
+        short_names,
+        singular,
+        printer,
+        normalize: normalize::<K>,
+    }
+}
+
+/// Every resource this server serves.
+pub fn registry() -> Vec<ResourceInfo> {
+    vec![
+        info::<Namespace>(&["ns"], "namespace", Printer::Namespace),
+        info::<ConfigMap>(&["cm"], "configmap", Printer::ConfigMap),
+        info::<Secret>(&[], "secret", Printer::Secret),
+        info::<Service>(&["svc"], "service", Printer::Service),
+        info::<Pod>(&["po"], "pod", Printer::Pod),
+        info::<Deployment>(&["deploy"], "deployment", Printer::Deployment),
+    ]
+}
+
+/// The namespaces every cluster starts with.
+pub const INITIAL_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Fields present in `given` (non-null) but absent from the normalised `known`: the paths
+/// `fieldValidation=Strict` rejects, e.g. `spec.foo`.
+pub fn unknown_fields(given: &Value, known: &Value, path: &str, out: &mut Vec<String>) {
+    match (given, known) {
+        (Value::Object(g), Value::Object(k)) => {
+            for (key, value) in g {
+                let sub = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => unknown_fields(value, kv, &sub, out),
+                    None if value.is_null() => {}
+                    // Empty maps and lists may be dropped by the typed encoding.
+                    None if value.as_object().is_some_and(|m| m.is_empty())
+                        || value.as_array().is_some_and(|a| a.is_empty()) => {}
+                    None => out.push(sub),
+                }
+            }
+        }
+        (Value::Array(g), Value::Array(k)) => {
+            for (i, (gv, kv)) in g.iter().zip(k).enumerate() {
+                unknown_fields(gv, kv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Checks a name as kube-apiserver does for `info`: DNS-1123 labels for namespaces and
+/// services, DNS-1123 subdomains for the rest.
+pub fn validate_name(info: &ResourceInfo, name: &str) -> Option<String> {
+    if matches!(info.printer, Printer::Namespace | Printer::Service) {
+        if !is_dns1123_label(name) {
+            return Some(
+                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or \
+                 '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or \
+                 '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+                    .to_string(),
+            );
+        }
+        return None;
+    }
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(is_dns1123_label) {
+        return Some(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \
+             '-' or '.', and must start and end with an alphanumeric character (e.g. \
+             'example.com', regex used for validation is \
+             '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+                .to_string(),
+        );
+    }
+    None
+}
+
+fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<(String, String)>) {
+    let containers = spec["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if containers.is_empty() {
+        causes.push((format!("{path}.containers"), "Required value".into()));
+    }
+    for (i, c) in containers.iter().enumerate() {
+        if c["name"].as_str().unwrap_or("").is_empty() {
+            causes.push((
+                format!("{path}.containers[{i}].name"),
+                "Required value".into(),
+            ));
+        }
+        if c["image"].as_str().unwrap_or("").is_empty() {
+            causes.push((
+                format!("{path}.containers[{i}].image"),
+                "Required value".into(),
+            ));
+        }
+    }
+}
+
+/// Kind-specific validation (the subset of kube-apiserver's this slice enforces).
+pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<(String, String)> {
+    let mut causes = Vec::new();
+    match info.printer {
+        Printer::Pod => validate_pod_spec(&obj["spec"], "spec", &mut causes),
+        Printer::Deployment => {
+            let selector = &obj["spec"]["selector"];
+            if !selector.is_object() {
+                causes.push(("spec.selector".into(), "Required value".into()));
+            } else {
+                let labels = crate::selector::labels_of(&obj["spec"]["template"]);
+                if !LabelSelector::from_object(selector).matches(&labels) {
+                    causes.push((
+                        "spec.template.metadata.labels".into(),
+                        "Invalid value: `selector` does not match template `labels`".into(),
+                    ));
+                }
+            }
+            validate_pod_spec(
+                &obj["spec"]["template"]["spec"],
+                "spec.template.spec",
+                &mut causes,
+            );
+        }
+        Printer::Service => {
+            for (i, port) in obj["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let p = port["port"].as_i64().unwrap_or(0);
+                if !(1..=65535).contains(&p) {
+                    causes.push((
+                        format!("spec.ports[{i}].port"),
+                        format!("Invalid value: {p}: must be between 1 and 65535, inclusive"),
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+/// Fills in kube-apiserver's defaults for fields this slice's printers and clients read.
+pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
+    let set_default = |v: &mut Value, key: &str, default: Value| {
+        if let Some(map) = v.as_object_mut() {
+            map.entry(key.to_string()).or_insert(default);
+        }
+    };
+    match info.printer {
+        Printer::Namespace => {
+            set_default(obj, "spec", json!({}));
+            set_default(&mut obj["spec"], "finalizers", json!(["kubernetes"]));
+            obj["status"] = json!({"phase": "Active"});
+        }
+        Printer::Secret => {
+            set_default(obj, "type", json!("Opaque"));
+            // stringData is write-only: it is merged into data (base64) and not stored.
+            if let Some(Value::Object(plain)) =
+                obj.as_object_mut().and_then(|o| o.remove("stringData"))
+            {
+                use base64::Engine as _;
+                if !obj["data"].is_object() {
+                    obj["data"] = json!({});
+                }
+                for (k, v) in plain {
+                    let text = v.as_str().unwrap_or("").as_bytes().to_vec();
+                    obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+                }
+            }
+        }
+        Printer::Service => {
+            set_default(obj, "spec", json!({}));
+            set_default(&mut obj["spec"], "type", json!("ClusterIP"));
+            set_default(&mut obj["spec"], "sessionAffinity", json!("None"));
+            for port in obj["spec"]["ports"].as_array_mut().into_iter().flatten() {
+                set_default(port, "protocol", json!("TCP"));
+                let p = port["port"].clone();
+                set_default(port, "targetPort", p);
+            }
+        }
+        Printer::Pod => {
+            set_default(obj, "status", json!({}));
+            set_default(&mut obj["status"], "phase", json!("Pending"));
+            set_default(&mut obj["spec"], "restartPolicy", json!("Always"));
+        }
+        Printer::Deployment => {
+            let spec = &mut obj["spec"];
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "progressDeadlineSeconds", json!(600));
+            set_default(
+                spec,
+                "strategy",
+                json!({"type": "RollingUpdate",
+                       "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+            );
+        }
+        Printer::ConfigMap => {}
+    }
+}
+
+/// Whether this kind has a `status` that the main resource's writes must not change.
+pub fn has_status(info: &ResourceInfo) -> bool {
+    matches!(
+        info.printer,
+        Printer::Pod | Printer::Deployment | Printer::Service
+    )
+}
+
+// ---- Tables ----
+
+fn column(name: &str, kind: &str, format: &str, priority: i32) -> Value {
+    json!({"name": name, "type": kind, "format": format, "description": "", "priority": priority})
+}
+
+pub fn columns(printer: Printer) -> Vec<Value> {
+    let name = column("Name", "string", "name", 0);
+    let age = column("Age", "string", "", 0);
+    let s = |n: &str, p: i32| column(n, "string", "", p);
+    match printer {
+        Printer::Namespace => vec![name, s("Status", 0), age],
+        Printer::ConfigMap => vec![name, column("Data", "integer", "", 0), age],
+        Printer::Secret => vec![name, s("Type", 0), column("Data", "integer", "", 0), age],
+        Printer::Service => vec![
+            name,
+            s("Type", 0),
+            s("Cluster-IP", 0),
+            s("External-IP", 0),
+            s("Port(s)", 0),
+            age,
+            s("Selector", 1),
+        ],
+        Printer::Pod => vec![
+            name,
+            s("Ready", 0),
+            s("Status", 0),
+            column("Restarts", "string", "", 0),
+            age,
+            s("IP", 1),
+            s("Node", 1),
+            s("Nominated Node", 1),
+            s("Readiness Gates", 1),
+        ],
+        Printer::Deployment => vec![
+            name,
+            s("Ready", 0),
+            column("Up-to-date", "integer", "", 0),
+            column("Available", "integer", "", 0),
+            age,
+            s("Containers", 1),
+            s("Images", 1),
+            s("Selector", 1),
+        ],
+    }
+}
+
+/// kube's `duration.HumanDuration`.
+pub fn human_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    if secs < 120 {
+        return format!("{secs}s");
+    }
+    let mins = secs / 60;
+    if mins < 10 {
+        let s = secs % 60;
+        return if s == 0 {
+            format!("{mins}m")
+        } else {
+            format!("{mins}m{s}s")
+        };
+    }
+    if mins < 180 {
+        return format!("{mins}m");
+    }
+    let hours = secs / 3600;
+    if hours < 8 {
+        let m = mins % 60;
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    let days = hours / 24;
+    if days < 8 {
+        let h = hours % 24;
+        return if h == 0 {
+            format!("{days}d")
+        } else {
+            format!("{days}d{h}h")
+        };
+    }
+    if days < 365 * 2 {
+        return format!("{days}d");
+    }
+    format!("{}y", days / 365)
+}
+
+fn age(obj: &Value, now: Timestamp) -> String {
+    obj["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map(|created| human_duration(now.as_second() - created.as_second()))
+        .unwrap_or_else(|| "<unknown>".into())
+}
+
+fn count(v: &Value) -> usize {
+    v.as_object().map(|m| m.len()).unwrap_or(0)
+}
+
+fn none_if_empty(s: String) -> String {
+    if s.is_empty() { "<none>".into() } else { s }
+}
+
+fn join_containers(spec: &Value, field: &str) -> String {
+    spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c[field].as_str().unwrap_or("").to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The cells of one object's row.
+pub fn cells(printer: Printer, obj: &Value, now: Timestamp) -> Vec<Value> {
+    let name = json!(obj["metadata"]["name"].as_str().unwrap_or(""));
+    let age = json!(age(obj, now));
+    let str_of = |v: &Value| v.as_str().unwrap_or("").to_string();
+    match printer {
+        Printer::Namespace => vec![name, json!(str_of(&obj["status"]["phase"])), age],
+        Printer::ConfigMap => {
+            vec![
+                name,
+                json!(count(&obj["data"]) + count(&obj["binaryData"])),
+                age,
+            ]
+        }
+        Printer::Secret => {
+            vec![
+                name,
+                json!(str_of(&obj["type"])),
+                json!(count(&obj["data"])),
+                age,
+            ]
+        }
+        Printer::Service => {
+            let spec = &obj["spec"];
+            let ports: Vec<String> = spec["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let proto = p["protocol"].as_str().unwrap_or("TCP");
+                    match p["nodePort"].as_i64() {
+                        Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                        None => format!("{}/{proto}", p["port"]),
+                    }
+                })
+                .collect();
+            let selector: Vec<String> = spec["selector"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
+            let external: Vec<String> = spec["externalIPs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            vec![
+                name,
+                json!(str_of(&spec["type"])),
+                json!(none_if_empty(str_of(&spec["clusterIP"]))),
+                json!(none_if_empty(external.join(","))),
+                json!(none_if_empty(ports.join(","))),
+                age,
+                json!(none_if_empty(selector.join(","))),
+            ]
+        }
+        Printer::Pod => {
+            let spec = &obj["spec"];
+            let status = &obj["status"];
+            let total = spec["containers"].as_array().map(Vec::len).unwrap_or(0);
+            let statuses = status["containerStatuses"].as_array();
+            let ready = statuses
+                .into_iter()
+                .flatten()
+                .filter(|s| s["ready"].as_bool() == Some(true))
+                .count();
+            let restarts: i64 = statuses
+                .into_iter()
+                .flatten()
+                .map(|s| s["restartCount"].as_i64().unwrap_or(0))
+                .sum();
+            let mut phase = status["reason"]
+                .as_str()
+                .or(status["phase"].as_str())
+                .unwrap_or("Pending")
+                .to_string();
+            if obj["metadata"]["deletionTimestamp"].is_string() {
+                phase = "Terminating".into();
+            }
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(phase),
+                json!(restarts.to_string()),
+                age,
+                json!(none_if_empty(str_of(&status["podIP"]))),
+                json!(none_if_empty(str_of(&spec["nodeName"]))),
+                json!(none_if_empty(str_of(&status["nominatedNodeName"]))),
+                json!("<none>"),
+            ]
+        }
+        Printer::Deployment => {
+            let spec = &obj["spec"];
+            let status = &obj["status"];
+            let n = |v: &Value| v.as_i64().unwrap_or(0);
+            let tpl = &spec["template"]["spec"];
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    n(&status["readyReplicas"]),
+                    n(&spec["replicas"])
+                )),
+                json!(n(&status["updatedReplicas"])),
+                json!(n(&status["availableReplicas"])),
+                age,
+                json!(join_containers(tpl, "name")),
+                json!(join_containers(tpl, "image")),
+                json!(none_if_empty(
+                    LabelSelector::from_object(&spec["selector"]).to_string_form()
+                )),
+            ]
+        }
+    }
+}
+
+/// A `meta.k8s.io/v1 Table` of `objects`; each row carries the object's metadata as a
+/// `PartialObjectMetadata` (kubectl reads NAMESPACE and labels from it).
+pub fn table(
+    printer: Printer,
+    objects: &[Value],
+    resource_version: &str,
+    cont: Option<&str>,
+    include_object: bool,
+) -> Value {
+    let now = now();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|obj| {
+            let object = if include_object {
+                obj.clone()
+            } else {
+                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                       "metadata": obj["metadata"]})
+            };
+            json!({"cells": cells(printer, obj, now), "object": object})
+        })
+        .collect();
+    let mut metadata = json!({"resourceVersion": resource_version});
+    if let Some(cont) = cont {
+        metadata["continue"] = json!(cont);
+    }
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata,
+           "columnDefinitions": columns(printer), "rows": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_come_from_the_types() {
+        let reg = registry();
+        let deploy = reg.iter().find(|r| r.kind == "Deployment").unwrap();
+        assert_eq!(
+            (
+                deploy.group,
+                deploy.version,
+                deploy.resource,
+                deploy.namespaced
+            ),
+            ("apps", "v1", "deployments", true)
+        );
+        let ns = reg.iter().find(|r| r.kind == "Namespace").unwrap();
+        assert!(!ns.namespaced);
+    }
+
+    #[test]
+    fn strict_validation_names_unknown_fields() {
+        let reg = registry();
+        let cm = reg.iter().find(|r| r.kind == "ConfigMap").unwrap();
+        let given = json!({"metadata": {"name": "a", "bogus": 1}, "data": {"k": "v"}, "spek": {}});
+        let known = (cm.normalize)(&given).unwrap();
+        let mut unknown = Vec::new();
+        unknown_fields(&given, &known, "", &mut unknown);
+        assert_eq!(unknown, vec!["metadata.bogus".to_string()]);
+    }
+
+    #[test]
+    fn names_and_ages() {
+        let reg = registry();
+        let ns = reg.iter().find(|r| r.kind == "Namespace").unwrap();
+        let cm = reg.iter().find(|r| r.kind == "ConfigMap").unwrap();
+        assert!(validate_name(ns, "a.b").is_some());
+        assert!(validate_name(cm, "a.b").is_none());
+        assert!(validate_name(cm, "Upper").is_some());
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(150), "2m30s");
+        assert_eq!(human_duration(3 * 3600 + 60), "3h1m");
+        assert_eq!(human_duration(3 * 86400), "3d");
+    }
+}

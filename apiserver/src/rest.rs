@@ -1,0 +1,921 @@
+//! The REST verbs over [`Storage`]: URL parsing, get/list/watch/create/update/patch/delete,
+//! server-set metadata, NamespaceLifecycle, and the JSON/Table encodings.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::patch;
+use crate::resources::{self, ResourceInfo};
+use crate::selector::{FieldSelector, LabelSelector, labels_of};
+use crate::status::ApiError;
+use crate::storage::{Change, Storage, StorageError, Stored};
+
+/// Largest request body accepted (kube-apiserver's limit).
+pub const MAX_BODY_BYTES: usize = 3 << 20;
+/// How many times a patch is retried when the object changes underneath it.
+const PATCH_RETRIES_MAX: usize = 5;
+/// A watch without `timeoutSeconds` is closed after this long (kube: 30–60 minutes).
+const WATCH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1800);
+
+/// What the handlers share.
+pub struct Registry {
+    pub storage: Arc<dyn Storage>,
+    /// The key prefix (`--etcd-prefix`), without a trailing slash.
+    pub prefix: String,
+    pub resources: Vec<ResourceInfo>,
+}
+
+pub type ApiResult = Result<Response, ApiError>;
+
+/// A parsed resource URL.
+#[derive(Debug)]
+pub struct Target<'a> {
+    pub info: &'a ResourceInfo,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    (code, axum::Json(value)).into_response()
+}
+
+fn now_rfc3339() -> String {
+    resources::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn new_uid() -> String {
+    let b: [u8; 16] = rand::random();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
+        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
+        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]]),
+    )
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn parse_json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let ct = content_type(headers);
+    if ct == "application/vnd.kubernetes.protobuf" {
+        return crate::protobuf::decode(body).map_err(|e| {
+            if e.contains("not supported") {
+                ApiError::new(415, "UnsupportedMediaType", e)
+            } else {
+                ApiError::bad_request(format!("error decoding protobuf body: {e}"))
+            }
+        });
+    }
+    if ct != "application/json" && ct != "*/*" && !ct.is_empty() {
+        return Err(ApiError::unsupported_media_type(&ct));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+impl Registry {
+    pub fn find(&self, group: &str, version: &str, resource: &str) -> Option<&ResourceInfo> {
+        self.resources
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.resource == resource)
+    }
+
+    /// Parses the path after `/api/v1` or `/apis/<g>/<v>`.
+    pub fn target<'a>(
+        &'a self,
+        group: &str,
+        version: &str,
+        rest: &[&str],
+    ) -> Result<Target<'a>, ApiError> {
+        let not_found = || {
+            ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        };
+        let (namespace, resource, name) = match rest {
+            [res] => (None, *res, None),
+            ["namespaces", ns, res] => (Some(*ns), *res, None),
+            ["namespaces", ns, res, name] => (Some(*ns), *res, Some(*name)),
+            [res, name] => (None, *res, Some(*name)),
+            _ => return Err(not_found()),
+        };
+        let info = self.find(group, version, resource).ok_or_else(not_found)?;
+        if namespace.is_some() && !info.namespaced {
+            return Err(not_found());
+        }
+        if namespace.is_none() && info.namespaced && name.is_some() {
+            return Err(not_found());
+        }
+        Ok(Target {
+            info,
+            namespace: namespace.map(String::from),
+            name: name.map(String::from),
+        })
+    }
+
+    fn key(&self, info: &ResourceInfo, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) if info.namespaced => format!("{}/{}/{ns}/{name}", self.prefix, info.resource),
+            _ => format!("{}/{}/{name}", self.prefix, info.resource),
+        }
+    }
+
+    fn collection_prefix(&self, info: &ResourceInfo, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) => format!("{}/{}/{ns}/", self.prefix, info.resource),
+            None => format!("{}/{}/", self.prefix, info.resource),
+        }
+    }
+
+    /// A stored value as the API returns it: resourceVersion = the key's mod revision.
+    fn decode(&self, info: &ResourceInfo, stored: &Stored) -> Result<Value, ApiError> {
+        let mut obj: Value = serde_json::from_slice(&stored.value).map_err(|e| {
+            ApiError::internal(format!("stored object {} is not JSON: {e}", stored.key))
+        })?;
+        obj["apiVersion"] = json!(info.api_version());
+        obj["kind"] = json!(info.kind);
+        obj["metadata"]["resourceVersion"] = json!(stored.revision.to_string());
+        Ok(obj)
+    }
+
+    fn encode(obj: &Value) -> Vec<u8> {
+        let mut obj = obj.clone();
+        if let Some(meta) = obj["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+            meta.remove("selfLink");
+        }
+        serde_json::to_vec(&obj).expect("a serde_json::Value always encodes")
+    }
+
+    /// Creates the namespaces every cluster has, if missing.
+    pub async fn seed(&self) -> Result<(), StorageError> {
+        let info = self
+            .resources
+            .iter()
+            .find(|r| r.kind == "Namespace")
+            .expect("namespaces are served");
+        for name in resources::INITIAL_NAMESPACES {
+            let mut obj = json!({"apiVersion": "v1", "kind": "Namespace",
+                                 "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}});
+            set_create_metadata(&mut obj);
+            resources::apply_defaults(info, &mut obj);
+            match self
+                .storage
+                .create(&self.key(info, None, name), Self::encode(&obj))
+                .await
+            {
+                Ok(_) | Err(StorageError::Exists) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    // ---- reads ----
+
+    pub async fn get(&self, t: &Target<'_>, headers: &HeaderMap) -> ApiResult {
+        let name = t.name.as_deref().unwrap_or_default();
+        let key = self.key(t.info, t.namespace.as_deref(), name);
+        let stored = self
+            .storage
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::from_storage(e, t.info.resource, t.info.group, name))?
+            .ok_or_else(|| ApiError::not_found(t.info.resource, t.info.group, name))?;
+        let obj = self.decode(t.info, &stored)?;
+        if wants_table(headers) {
+            let table = resources::table(
+                t.info.printer,
+                std::slice::from_ref(&obj),
+                &stored.revision.to_string(),
+                None,
+                false,
+            );
+            return Ok(json_response(StatusCode::OK, &table));
+        }
+        Ok(json_response(StatusCode::OK, &obj))
+    }
+
+    /// Reads matching objects from `start`, at `revision`, until `limit` match (0 = all).
+    /// Returns them, the revision read at, and the key to continue from.
+    async fn list_objects(
+        &self,
+        info: &ResourceInfo,
+        prefix: &str,
+        mut start: String,
+        limit: usize,
+        mut revision: i64,
+        filter: &(dyn Fn(&Value) -> bool + Sync),
+    ) -> Result<(Vec<Value>, i64, Option<String>, i64), ApiError> {
+        let mut items = Vec::new();
+        loop {
+            let want = if limit == 0 {
+                0
+            } else {
+                (limit - items.len()) as i64
+            };
+            let page = self
+                .storage
+                .list(prefix, &start, want, revision)
+                .await
+                .map_err(|e| ApiError::from_storage(e, info.resource, info.group, ""))?;
+            revision = page.revision;
+            let last_key = page.items.last().map(|s| s.key.clone());
+            for stored in &page.items {
+                let obj = self.decode(info, stored)?;
+                if filter(&obj) {
+                    items.push(obj);
+                }
+            }
+            match last_key {
+                Some(last) if page.remaining > 0 => {
+                    start = format!("{last}\0");
+                    if limit != 0 && items.len() >= limit {
+                        return Ok((items, revision, Some(start), page.remaining));
+                    }
+                }
+                _ => return Ok((items, revision, None, 0)),
+            }
+        }
+    }
+
+    pub async fn list(
+        &self,
+        t: &Target<'_>,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+    ) -> ApiResult {
+        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))
+            .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s))
+            .map_err(ApiError::bad_request)?;
+        let limit: usize = query
+            .get("limit")
+            .map(|l| {
+                l.parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))
+            })
+            .transpose()?
+            .unwrap_or(0);
+        let prefix = self.collection_prefix(t.info, t.namespace.as_deref());
+        let (start, revision) = match query.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => decode_continue(token, &prefix)?,
+            None => (String::new(), list_revision(query)?),
+        };
+        let filter = |obj: &Value| labels.matches(&labels_of(obj)) && fields.matches(obj);
+        let (items, revision, next, remaining) = self
+            .list_objects(t.info, &prefix, start, limit, revision, &filter)
+            .await?;
+        let cont = next.map(|start| encode_continue(revision, &start));
+        if wants_table(headers) {
+            let include = query.get("includeObject").map(String::as_str) == Some("Object");
+            let table = resources::table(
+                t.info.printer,
+                &items,
+                &revision.to_string(),
+                cont.as_deref(),
+                include,
+            );
+            return Ok(json_response(StatusCode::OK, &table));
+        }
+        let mut metadata = json!({"resourceVersion": revision.to_string()});
+        if let Some(cont) = cont {
+            metadata["continue"] = json!(cont);
+            metadata["remainingItemCount"] = json!(remaining);
+        }
+        let list = json!({"kind": t.info.list_kind, "apiVersion": t.info.api_version(),
+                          "metadata": metadata, "items": items});
+        Ok(json_response(StatusCode::OK, &list))
+    }
+
+    // ---- watch ----
+
+    pub async fn watch(
+        self: Arc<Self>,
+        t: &Target<'_>,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+    ) -> ApiResult {
+        let info = t.info.clone();
+        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))
+            .map_err(ApiError::bad_request)?;
+        let mut field_sel = query.get("fieldSelector").cloned().unwrap_or_default();
+        if let Some(name) = &t.name {
+            // A watch on one object is a watch on its collection with a name selector.
+            field_sel = format!("metadata.name={name},{field_sel}");
+        }
+        let fields = FieldSelector::parse(&field_sel).map_err(ApiError::bad_request)?;
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(WATCH_TIMEOUT_DEFAULT);
+        let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+        let table = wants_table(headers);
+        let prefix = self.collection_prefix(&info, t.namespace.as_deref());
+        let rv = query.get("resourceVersion").cloned().unwrap_or_default();
+        let matcher =
+            Arc::new(move |obj: &Value| labels.matches(&labels_of(obj)) && fields.matches(obj));
+        let filter = matcher.clone();
+        let filter = move |obj: &Value| filter(obj);
+
+        // "" and "0": the current state as ADDED events, then changes after it.
+        let (initial, after) = if rv.is_empty() || rv == "0" {
+            let (items, revision, _, _) = self
+                .list_objects(&info, &prefix, String::new(), 0, 0, &*matcher)
+                .await?;
+            (items, revision)
+        } else {
+            let after = rv
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?;
+            (Vec::new(), after)
+        };
+        let encoder = EventEncoder {
+            info: info.clone(),
+            table,
+        };
+        let mut lines: Vec<Bytes> = initial.iter().map(|o| encoder.event("ADDED", o)).collect();
+        let changes = match self.storage.watch(&prefix, after, bookmarks).await {
+            Ok(changes) => changes,
+            Err(StorageError::Compacted(_)) => {
+                lines.push(encoder.error_event(&too_old(after)));
+                return Ok(stream_response(futures::stream::iter(lines).boxed()));
+            }
+            Err(e) => return Err(ApiError::from_storage(e, info.resource, info.group, "")),
+        };
+        let registry = self.clone();
+        let events = changes
+            .map(move |change| {
+                let out: Option<Bytes> = match change {
+                    Ok(Change::Progress(revision)) => bookmarks.then(|| encoder.bookmark(revision)),
+                    Ok(Change::Put { new, prev }) => {
+                        let new_obj = registry.decode(&info, &new).ok();
+                        let old_obj = prev.and_then(|p| registry.decode(&info, &p).ok());
+                        let now_in = new_obj.as_ref().is_some_and(&filter);
+                        let was_in = old_obj.as_ref().is_some_and(&filter);
+                        match (was_in, now_in, new_obj) {
+                            (false, true, Some(o)) => Some(encoder.event("ADDED", &o)),
+                            (true, true, Some(o)) => Some(encoder.event("MODIFIED", &o)),
+                            (true, false, Some(mut o)) => {
+                                // Left the selection: a DELETED of the new state.
+                                o["metadata"]["resourceVersion"] = json!(new.revision.to_string());
+                                Some(encoder.event("DELETED", &o))
+                            }
+                            _ => None,
+                        }
+                    }
+                    Ok(Change::Delete { prev }) => registry
+                        .decode(&info, &prev)
+                        .ok()
+                        .filter(&filter)
+                        .map(|o| encoder.event("DELETED", &o)),
+                    Err(StorageError::Compacted(_)) => Some(encoder.error_event(&too_old(after))),
+                    Err(e) => Some(encoder.error_event(&ApiError::from_storage(
+                        e,
+                        info.resource,
+                        info.group,
+                        "",
+                    ))),
+                };
+                futures::stream::iter(out)
+            })
+            .flatten();
+        let stream = futures::stream::iter(lines)
+            .chain(events)
+            .take_until(tokio::time::sleep(timeout))
+            .boxed();
+        Ok(stream_response(stream))
+    }
+
+    // ---- writes ----
+
+    async fn check_namespace(&self, namespace: &str) -> Result<(), ApiError> {
+        let info = self
+            .resources
+            .iter()
+            .find(|r| r.kind == "Namespace")
+            .expect("namespaces are served");
+        let stored = self
+            .storage
+            .get(&self.key(info, None, namespace))
+            .await
+            .map_err(|e| ApiError::from_storage(e, "namespaces", "", namespace))?;
+        match stored {
+            None => Err(ApiError::not_found("namespaces", "", namespace)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Checks kind, name and namespace of a body against the URL; validates and normalises it.
+    fn admit(
+        &self,
+        info: &ResourceInfo,
+        namespace: Option<&str>,
+        obj: &mut Value,
+        query: &HashMap<String, String>,
+    ) -> Result<(), ApiError> {
+        if let Some(kind) = obj["kind"].as_str()
+            && kind != info.kind
+        {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({kind}) does not match the expected kind ({})",
+                info.kind
+            )));
+        }
+        if let Some(av) = obj["apiVersion"].as_str()
+            && av != info.api_version()
+        {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({})",
+                info.api_version()
+            )));
+        }
+        obj["apiVersion"] = json!(info.api_version());
+        obj["kind"] = json!(info.kind);
+        if !obj["metadata"].is_object() {
+            obj["metadata"] = json!({});
+        }
+        if info.namespaced {
+            let ns = namespace.unwrap_or("default");
+            match obj["metadata"]["namespace"].as_str() {
+                Some(given) if !given.is_empty() && given != ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                _ => obj["metadata"]["namespace"] = json!(ns),
+            }
+        } else if let Some(meta) = obj["metadata"].as_object_mut() {
+            meta.remove("namespace");
+        }
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if let Some(message) = resources::validate_name(info, &name) {
+            return Err(ApiError::invalid(
+                info.kind,
+                info.group,
+                &name,
+                &[(
+                    "metadata.name".into(),
+                    format!("Invalid value: {name:?}: {message}"),
+                )],
+            ));
+        }
+        resources::apply_defaults(info, obj);
+        let normalized = (info.normalize)(obj).map_err(|e| {
+            ApiError::bad_request(format!("error decoding {} {name:?}: {e}", info.kind))
+        })?;
+        if query.get("fieldValidation").map(String::as_str) == Some("Strict") {
+            let mut unknown = Vec::new();
+            resources::unknown_fields(obj, &normalized, "", &mut unknown);
+            if !unknown.is_empty() {
+                let list: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect();
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: {}",
+                    list.join(", ")
+                )));
+            }
+        }
+        *obj = normalized;
+        let causes = resources::validate(info, obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(info.kind, info.group, &name, &causes));
+        }
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        t: &Target<'_>,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> ApiResult {
+        let info = t.info;
+        let mut obj = parse_json_body(headers, body)?;
+        if obj["metadata"]["name"].as_str().unwrap_or("").is_empty()
+            && let Some(base) = obj["metadata"]["generateName"].as_str()
+        {
+            let suffix: String = (0..5)
+                .map(|_| b"bcdfghjklmnpqrstvwxz2456789"[rand::random_range(0..27)] as char)
+                .collect();
+            obj["metadata"]["name"] = json!(format!("{base}{suffix}"));
+        }
+        set_create_metadata(&mut obj);
+        self.admit(info, t.namespace.as_deref(), &mut obj, query)?;
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let namespace = obj["metadata"]["namespace"].as_str().map(String::from);
+        if info.namespaced {
+            self.check_namespace(namespace.as_deref().unwrap_or("default"))
+                .await?;
+        }
+        if is_dry_run(query) {
+            return Ok(json_response(StatusCode::CREATED, &obj));
+        }
+        let key = self.key(info, namespace.as_deref(), &name);
+        let revision = self
+            .storage
+            .create(&key, Self::encode(&obj))
+            .await
+            .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
+        obj["metadata"]["resourceVersion"] = json!(revision.to_string());
+        Ok(json_response(StatusCode::CREATED, &obj))
+    }
+
+    /// Writes `obj` over `current` if `current` is still at `expected`: keeps the server-set
+    /// metadata (and `status` for kinds with a status subresource), bumps `generation` when
+    /// `spec` changed.
+    // The request's parts, passed through; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    async fn replace(
+        &self,
+        info: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        current: &Value,
+        mut obj: Value,
+        expected: i64,
+        query: &HashMap<String, String>,
+    ) -> Result<Value, ApiError> {
+        self.admit(info, namespace, &mut obj, query)?;
+        if obj["metadata"]["name"].as_str() != Some(name) {
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        for field in ["uid", "creationTimestamp", "generation"] {
+            obj["metadata"][field] = current["metadata"][field].clone();
+        }
+        if resources::has_status(info) {
+            obj["status"] = current["status"].clone();
+            if obj["status"].is_null()
+                && let Some(map) = obj.as_object_mut()
+            {
+                map.remove("status");
+            }
+        }
+        if obj.get("spec") != current.get("spec") {
+            let generation = current["metadata"]["generation"].as_i64().unwrap_or(0);
+            obj["metadata"]["generation"] = json!(generation + 1);
+        }
+        if is_dry_run(query) {
+            return Ok(obj);
+        }
+        let key = self.key(info, namespace, name);
+        let revision = self
+            .storage
+            .update(&key, Self::encode(&obj), expected)
+            .await
+            .map_err(|e| ApiError::from_storage(e, info.resource, info.group, name))?;
+        obj["metadata"]["resourceVersion"] = json!(revision.to_string());
+        Ok(obj)
+    }
+
+    async fn current(&self, t: &Target<'_>, name: &str) -> Result<(Stored, Value), ApiError> {
+        let key = self.key(t.info, t.namespace.as_deref(), name);
+        let stored = self
+            .storage
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::from_storage(e, t.info.resource, t.info.group, name))?
+            .ok_or_else(|| ApiError::not_found(t.info.resource, t.info.group, name))?;
+        let obj = self.decode(t.info, &stored)?;
+        Ok((stored, obj))
+    }
+
+    pub async fn update(
+        &self,
+        t: &Target<'_>,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> ApiResult {
+        let name = t.name.clone().unwrap_or_default();
+        let obj = parse_json_body(headers, body)?;
+        let (stored, current) = self.current(t, &name).await?;
+        let expected = match obj["metadata"]["resourceVersion"].as_str() {
+            Some(rv) if !rv.is_empty() => rv
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+            _ => stored.revision,
+        };
+        let obj = self
+            .replace(
+                t.info,
+                t.namespace.as_deref(),
+                &name,
+                &current,
+                obj,
+                expected,
+                query,
+            )
+            .await?;
+        Ok(json_response(StatusCode::OK, &obj))
+    }
+
+    pub async fn patch(
+        &self,
+        t: &Target<'_>,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> ApiResult {
+        let name = t.name.clone().unwrap_or_default();
+        let ct = content_type(headers);
+        let patch_doc: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        let precondition = patch_doc["metadata"]["resourceVersion"]
+            .as_str()
+            .map(String::from);
+        for _ in 0..PATCH_RETRIES_MAX {
+            let (stored, current) = self.current(t, &name).await?;
+            if let Some(rv) = &precondition
+                && *rv != stored.revision.to_string()
+            {
+                return Err(ApiError::conflict(t.info.resource, t.info.group, &name));
+            }
+            let mut obj = current.clone();
+            match ct.as_str() {
+                "application/merge-patch+json" => patch::merge_patch(&mut obj, &patch_doc),
+                "application/strategic-merge-patch+json" => {
+                    patch::strategic_merge_patch(&mut obj, &patch_doc)
+                        .map_err(ApiError::bad_request)?
+                }
+                other => return Err(ApiError::unsupported_media_type(other)),
+            }
+            if let Some(meta) = obj["metadata"].as_object_mut() {
+                meta.remove("resourceVersion");
+            }
+            match self
+                .replace(
+                    t.info,
+                    t.namespace.as_deref(),
+                    &name,
+                    &current,
+                    obj,
+                    stored.revision,
+                    query,
+                )
+                .await
+            {
+                Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
+                Err(e) => return Err(e),
+                Ok(obj) => return Ok(json_response(StatusCode::OK, &obj)),
+            }
+        }
+        Err(ApiError::conflict(t.info.resource, t.info.group, &name))
+    }
+
+    pub async fn delete(
+        &self,
+        t: &Target<'_>,
+        query: &HashMap<String, String>,
+        body: &Bytes,
+    ) -> ApiResult {
+        let info = t.info;
+        let name = t.name.clone().unwrap_or_default();
+        let options: Value = if body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+        };
+        if info.kind == "Namespace"
+            && ["default", "kube-system", "kube-public"].contains(&name.as_str())
+        {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            ));
+        }
+        let (stored, obj) = self.current(t, &name).await?;
+        if let Some(rv) = options["preconditions"]["resourceVersion"].as_str()
+            && rv != stored.revision.to_string()
+        {
+            return Err(ApiError::conflict(info.resource, info.group, &name));
+        }
+        if let Some(uid) = options["preconditions"]["uid"].as_str()
+            && Some(uid) != obj["metadata"]["uid"].as_str()
+        {
+            return Err(ApiError::conflict(info.resource, info.group, &name));
+        }
+        if is_dry_run(query) {
+            return Ok(json_response(StatusCode::OK, &obj));
+        }
+        // Deleting a namespace deletes what is in it, in the same transaction.
+        let children = if info.kind == "Namespace" {
+            self.resources
+                .iter()
+                .filter(|r| r.namespaced)
+                .map(|r| self.collection_prefix(r, Some(&name)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.storage
+            .delete(&stored.key, stored.revision, children)
+            .await
+            .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
+        Ok(json_response(StatusCode::OK, &obj))
+    }
+}
+
+fn set_create_metadata(obj: &mut Value) {
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    let meta = &mut obj["metadata"];
+    meta["uid"] = json!(new_uid());
+    meta["creationTimestamp"] = json!(now_rfc3339());
+    meta["generation"] = json!(1);
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("resourceVersion");
+        m.remove("deletionTimestamp");
+    }
+}
+
+fn is_dry_run(query: &HashMap<String, String>) -> bool {
+    query.get("dryRun").map(String::as_str) == Some("All")
+}
+
+fn list_revision(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    let rv = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or("");
+    let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+    if rv.is_empty() || rv == "0" || !exact {
+        return Ok(0);
+    }
+    rv.parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))
+}
+
+/// The opaque continue token: the revision of the first page and the key to go on from.
+fn encode_continue(revision: i64, start: &str) -> String {
+    let token = json!({"v": "skiff.v1", "rv": revision, "start": start});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+fn decode_continue(token: &str, prefix: &str) -> Result<(String, i64), ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let start = v["start"].as_str().ok_or_else(bad)?.to_string();
+    let rv = v["rv"].as_i64().ok_or_else(bad)?;
+    if !start.starts_with(prefix) {
+        return Err(bad());
+    }
+    Ok((start, rv))
+}
+
+fn too_old(after: i64) -> ApiError {
+    ApiError::gone(format!("too old resource version: {after}"))
+}
+
+/// Encodes watch events as kube-apiserver does: one JSON object per line.
+#[derive(Clone)]
+struct EventEncoder {
+    info: ResourceInfo,
+    table: bool,
+}
+
+impl EventEncoder {
+    fn line(value: &Value) -> Bytes {
+        let mut bytes = serde_json::to_vec(value).expect("a serde_json::Value always encodes");
+        bytes.push(b'\n');
+        Bytes::from(bytes)
+    }
+
+    fn event(&self, kind: &str, obj: &Value) -> Bytes {
+        let object = if self.table {
+            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("");
+            resources::table(
+                self.info.printer,
+                std::slice::from_ref(obj),
+                rv,
+                None,
+                false,
+            )
+        } else {
+            obj.clone()
+        };
+        Self::line(&json!({"type": kind, "object": object}))
+    }
+
+    fn bookmark(&self, revision: i64) -> Bytes {
+        Self::line(&json!({"type": "BOOKMARK", "object": {
+            "kind": self.info.kind, "apiVersion": self.info.api_version(),
+            "metadata": {"resourceVersion": revision.to_string()}}}))
+    }
+
+    fn error_event(&self, err: &ApiError) -> Bytes {
+        Self::line(&json!({"type": "ERROR", "object": err.to_status()}))
+    }
+}
+
+fn stream_response(stream: futures::stream::BoxStream<'static, Bytes>) -> Response {
+    let body = Body::from_stream(stream.map(Ok::<_, Infallible>));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+/// Dispatches one request under `/api/v1` or `/apis/<g>/<v>` to a verb.
+#[allow(clippy::too_many_arguments)]
+pub async fn dispatch(
+    registry: Arc<Registry>,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    method: &Method,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult {
+    let t = registry.target(group, version, rest)?;
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    match (method.as_str(), t.name.is_some()) {
+        ("GET", _) if watching => registry.clone().watch(&t, query, headers).await,
+        ("GET", true) => registry.get(&t, headers).await,
+        ("GET", false) => registry.list(&t, query, headers).await,
+        ("POST", false) => {
+            if t.namespace.is_none() && t.info.namespaced {
+                return Err(ApiError::method_not_allowed());
+            }
+            registry.create(&t, query, headers, body).await
+        }
+        ("PUT", true) => registry.update(&t, query, headers, body).await,
+        ("PATCH", true) => registry.patch(&t, query, headers, body).await,
+        ("DELETE", true) => registry.delete(&t, query, body).await,
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_are_checked() {
+        let token = encode_continue(42, "/registry/pods/default/b\0");
+        assert_eq!(
+            decode_continue(&token, "/registry/pods/").unwrap(),
+            ("/registry/pods/default/b\0".to_string(), 42)
+        );
+        assert!(decode_continue(&token, "/registry/secrets/").is_err());
+        assert!(decode_continue("garbage!", "/registry/pods/").is_err());
+    }
+
+    #[test]
+    fn uids_look_like_uuids() {
+        let uid = new_uid();
+        assert_eq!(uid.len(), 36);
+        assert_eq!(&uid[14..15], "4");
+    }
+}

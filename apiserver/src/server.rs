@@ -1,0 +1,589 @@
+//! The HTTPS server: configuration, serving certificate (given or generated), bearer-token
+//! authentication, the admin kubeconfig, the router, and [`run`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use base64::Engine as _;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::discovery;
+use crate::resources;
+use crate::rest::{self, Registry};
+use crate::status::ApiError;
+use crate::storage::{EtcdStorage, Storage};
+
+/// Configuration of `skiff apiserver`; field names follow kube-apiserver's flags.
+#[derive(Debug, Clone)]
+pub struct ApiServerConfig {
+    /// `--etcd-servers`: etcd v3 endpoints (a skiff store or etcd).
+    pub etcd_servers: Vec<String>,
+    /// `--etcd-prefix`: the key prefix of every object.
+    pub etcd_prefix: String,
+    /// `--bind-address`.
+    pub bind_address: IpAddr,
+    /// `--secure-port`.
+    pub secure_port: u16,
+    /// `--tls-cert-file` / `--tls-private-key-file`; generated into `cert_dir` when absent.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    /// `--cert-dir`.
+    pub cert_dir: PathBuf,
+    /// `--token-auth-file`: CSV `token,user,uid,"group1,group2"`.
+    pub token_auth_file: Option<PathBuf>,
+    /// `--anonymous-auth`.
+    pub anonymous_auth: bool,
+    /// `--write-kubeconfig`: write an admin kubeconfig for this server here.
+    pub write_kubeconfig: Option<PathBuf>,
+}
+
+impl Default for ApiServerConfig {
+    fn default() -> Self {
+        ApiServerConfig {
+            etcd_servers: vec!["http://127.0.0.1:2379".into()],
+            etcd_prefix: "/registry".into(),
+            bind_address: IpAddr::from([0, 0, 0, 0]),
+            secure_port: 6443,
+            tls_cert_file: None,
+            tls_private_key_file: None,
+            cert_dir: PathBuf::from("apiserver.local.config/certificates"),
+            token_auth_file: None,
+            anonymous_auth: false,
+            write_kubeconfig: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl ApiServerConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.etcd_servers.is_empty() {
+            return Err(Error::Config("--etcd-servers must be set".into()));
+        }
+        if !self.etcd_prefix.starts_with('/') {
+            return Err(Error::Config("--etcd-prefix must start with '/'".into()));
+        }
+        if self.tls_cert_file.is_some() != self.tls_private_key_file.is_some() {
+            return Err(Error::Config(
+                "--tls-cert-file and --tls-private-key-file must be given together".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An authenticated user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+/// Bearer tokens → users (`--token-auth-file`).
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(HashMap<String, User>);
+
+impl Tokens {
+    /// Parses kube-apiserver's token file: `token,user,uid[,"group1,group2"]` per line.
+    pub fn parse(text: &str) -> Result<Tokens, String> {
+        let mut tokens = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields = split_csv(line);
+            if fields.len() < 3 || fields[0].is_empty() || fields[1].is_empty() {
+                return Err(format!(
+                    "token file line {}: want token,user,uid[,groups]",
+                    i + 1
+                ));
+            }
+            let groups = fields
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            tokens.insert(
+                fields[0].clone(),
+                User {
+                    name: fields[1].clone(),
+                    uid: fields[2].clone(),
+                    groups,
+                },
+            );
+        }
+        Ok(Tokens(tokens))
+    }
+
+    pub fn authenticate(&self, token: &str) -> Option<&User> {
+        self.0.get(token)
+    }
+
+    /// A token for the admin kubeconfig: a `system:masters` member, else any.
+    fn admin_token(&self) -> Option<String> {
+        let mut all: Vec<(&String, &User)> = self.0.iter().collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all.iter()
+            .find(|(_, u)| u.groups.iter().any(|g| g == "system:masters"))
+            .or(all.first())
+            .map(|(t, _)| (*t).clone())
+    }
+}
+
+/// Splits one CSV line with double-quoted fields.
+fn split_csv(line: &str) -> Vec<String> {
+    let (mut fields, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    fields.into_iter().map(|f| f.trim().to_string()).collect()
+}
+
+struct AppState {
+    registry: Arc<Registry>,
+    tokens: Tokens,
+    anonymous: bool,
+}
+
+type Shared = Arc<AppState>;
+
+/// Authentication: a known bearer token, or anonymous when allowed. Health endpoints are open.
+async fn authenticate(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/livez" | "/readyz") {
+        return next.run(req).await;
+    }
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let allowed = match token {
+        Some(token) => state.tokens.authenticate(token).is_some(),
+        None => state.anonymous,
+    };
+    if !allowed {
+        return ApiError::unauthorized().into_response();
+    }
+    // Authorization (--authorization-mode) goes here; AlwaysAllow for now.
+    next.run(req).await
+}
+
+async fn handle_api(
+    State(state): State<Shared>,
+    rest: Option<UrlPath<String>>,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let rest = rest.map(|UrlPath(r)| r).unwrap_or_default();
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let resources = &state.registry.resources;
+    let result = match segments.as_slice() {
+        [] => Ok(Json(discovery::api_versions()).into_response()),
+        ["v1"] => discovery::api_resource_list(resources, "", "v1")
+            .map(|l| Json(l).into_response())
+            .ok_or_else(not_found),
+        ["v1", rest @ ..] => {
+            rest::dispatch(
+                state.registry.clone(),
+                "",
+                "v1",
+                rest,
+                &method,
+                &query,
+                &headers,
+                &body,
+            )
+            .await
+        }
+        _ => Err(not_found()),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn handle_apis(
+    State(state): State<Shared>,
+    rest: Option<UrlPath<String>>,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let rest = rest.map(|UrlPath(r)| r).unwrap_or_default();
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let resources = &state.registry.resources;
+    let result = match segments.as_slice() {
+        [] => Ok(Json(discovery::api_group_list(resources)).into_response()),
+        [group] => discovery::api_group(resources, group)
+            .map(|g| Json(g).into_response())
+            .ok_or_else(not_found),
+        [group, version] => discovery::api_resource_list(resources, group, version)
+            .map(|l| Json(l).into_response())
+            .ok_or_else(not_found),
+        [group, version, rest @ ..] => {
+            rest::dispatch(
+                state.registry.clone(),
+                group,
+                version,
+                rest,
+                &method,
+                &query,
+                &headers,
+                &body,
+            )
+            .await
+        }
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+}
+
+async fn openapi_v3(State(state): State<Shared>) -> Response {
+    Json(discovery::openapi_index(&state.registry.resources)).into_response()
+}
+
+async fn openapi_v3_doc(State(state): State<Shared>, UrlPath(path): UrlPath<String>) -> Response {
+    let segments: Vec<&str> = path.split('/').collect();
+    let (group, version) = match segments.as_slice() {
+        ["api", v] => ("", *v),
+        ["apis", g, v] => (*g, *v),
+        _ => return not_found().into_response(),
+    };
+    match discovery::openapi_group_version(&state.registry.resources, group, version) {
+        Some(doc) => ([(header::CACHE_CONTROL, "public, immutable")], Json(doc)).into_response(),
+        None => not_found().into_response(),
+    }
+}
+
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/version", get(|| async { Json(discovery::version()) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/api", any(handle_api))
+        .route("/api/{*rest}", any(handle_api))
+        .route("/apis", any(handle_apis))
+        .route("/apis/{*rest}", any(handle_apis))
+        .route("/openapi/v3", get(openapi_v3))
+        .route("/openapi/v3/{*path}", get(openapi_v3_doc))
+        .fallback(|| async { (StatusCode::NOT_FOUND, Json(not_found().to_status())) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .layer(DefaultBodyLimit::max(rest::MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// PEM text of the serving certificate chain, its key, and the CA that signed it (for
+/// kubeconfigs); the CA is None when the certificate was given.
+struct ServingCert {
+    cert_pem: String,
+    key_pem: String,
+    ca_pem: Option<String>,
+}
+
+fn io_err(what: &str, path: &Path, err: impl std::fmt::Display) -> Error {
+    Error::Io(format!("{what} {}: {err}", path.display()))
+}
+
+/// Loads `--tls-cert-file`/`--tls-private-key-file`, or reuses/generates a self-signed CA and a
+/// serving certificate (SANs: localhost, 127.0.0.1, the bind address) in `--cert-dir`.
+fn serving_cert(config: &ApiServerConfig) -> Result<ServingCert, Error> {
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_private_key_file) {
+        return Ok(ServingCert {
+            cert_pem: std::fs::read_to_string(cert).map_err(|e| io_err("read", cert, e))?,
+            key_pem: std::fs::read_to_string(key).map_err(|e| io_err("read", key, e))?,
+            ca_pem: None,
+        });
+    }
+    let dir = &config.cert_dir;
+    let (ca_path, cert_path, key_path) = (
+        dir.join("apiserver-ca.crt"),
+        dir.join("apiserver.crt"),
+        dir.join("apiserver.key"),
+    );
+    if ca_path.exists() && cert_path.exists() && key_path.exists() {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| io_err("read", p, e));
+        return Ok(ServingCert {
+            cert_pem: read(&cert_path)?,
+            key_pem: read(&key_path)?,
+            ca_pem: Some(read(&ca_path)?),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
+    let gen_err = |e: rcgen::Error| Error::Config(format!("generate serving certificate: {e}"));
+    let ca_key = KeyPair::generate().map_err(gen_err)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "skiff-apiserver-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_err)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+    ])
+    .map_err(gen_err)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "skiff-apiserver");
+    let mut ips = vec![IpAddr::from([127, 0, 0, 1])];
+    if !config.bind_address.is_unspecified() && !ips.contains(&config.bind_address) {
+        ips.push(config.bind_address);
+    }
+    params
+        .subject_alt_names
+        .extend(ips.into_iter().map(SanType::IpAddress));
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
+    let serving = ServingCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        ca_pem: Some(ca_cert.pem()),
+    };
+    std::fs::write(&ca_path, ca_cert.pem()).map_err(|e| io_err("write", &ca_path, e))?;
+    std::fs::write(&cert_path, &serving.cert_pem).map_err(|e| io_err("write", &cert_path, e))?;
+    write_private(&key_path, &serving.key_pem)?;
+    info!(dir = %dir.display(), "generated a self-signed serving certificate");
+    Ok(serving)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).map_err(|e| io_err("write", path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io_err("chmod", path, e))
+}
+
+fn tls_acceptor(serving: &ServingCert) -> Result<tokio_rustls::TlsAcceptor, Error> {
+    let bad = |e: &dyn std::fmt::Display| Error::Config(format!("serving certificate: {e}"));
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).map_err(|e| bad(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(&e))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// The admin kubeconfig, as k3s writes it: the CA and a bearer token.
+fn kubeconfig(server: &str, ca_pem: Option<&str>, token: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let ca_line = match ca_pem {
+        Some(ca) => format!("    certificate-authority-data: {}\n", b64.encode(ca)),
+        None => "    insecure-skip-tls-verify: true\n".to_string(),
+    };
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n{ca_line}\
+         users:\n- name: admin\n  user:\n    token: {token}\n\
+         contexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: admin\n\
+         current-context: skiff\npreferences: {{}}\n"
+    )
+}
+
+/// Runs the API server until `shutdown` completes.
+pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    config.validate()?;
+    let mut tokens = match &config.token_auth_file {
+        Some(path) => {
+            Tokens::parse(&std::fs::read_to_string(path).map_err(|e| io_err("read", path, e))?)
+                .map_err(Error::Config)?
+        }
+        None => Tokens::default(),
+    };
+    let serving = serving_cert(&config)?;
+    let acceptor = tls_acceptor(&serving)?;
+    let addr = SocketAddr::new(config.bind_address, config.secure_port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Io(format!("bind {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::Io(format!("local address: {e}")))?;
+
+    if let Some(path) = &config.write_kubeconfig {
+        let token = match tokens.admin_token() {
+            Some(token) => token,
+            None => {
+                // No token file: an admin token of our own, valid for this process.
+                let b: [u8; 24] = rand::random();
+                let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+                tokens.0.insert(
+                    token.clone(),
+                    User {
+                        name: "admin".into(),
+                        uid: "admin".into(),
+                        groups: vec!["system:masters".into()],
+                    },
+                );
+                token
+            }
+        };
+        let host = if config.bind_address.is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            config.bind_address.to_string()
+        };
+        let server = format!(
+            "https://{}",
+            SocketAddr::new(host.parse().unwrap_or(config.bind_address), local.port())
+        );
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| io_err("create", parent, e))?;
+        }
+        write_private(
+            path,
+            &kubeconfig(&server, serving.ca_pem.as_deref(), &token),
+        )?;
+        info!(path = %path.display(), "wrote admin kubeconfig");
+    }
+
+    let storage: Arc<dyn Storage> =
+        Arc::new(EtcdStorage::connect(&config.etcd_servers).map_err(Error::Config)?);
+    let registry = Arc::new(Registry {
+        storage,
+        prefix: config.etcd_prefix.trim_end_matches('/').to_string(),
+        resources: resources::registry(),
+    });
+    // Seed the initial namespaces; wait for the store if it is not up yet.
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match registry.seed().await {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(error = %e, "store not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    let state = Arc::new(AppState {
+        registry,
+        tokens,
+        anonymous: config.anonymous_auth,
+    });
+    let app = router(state);
+    info!(address = %local, "serving the Kubernetes API over HTTPS");
+    serve(listener, acceptor, app, shutdown).await;
+    Ok(())
+}
+
+async fn serve(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        connections.spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    connections.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_parses_quoted_groups() {
+        let tokens =
+            Tokens::parse("# comment\nabc,alice,1,\"system:masters,dev\"\nxyz,bob,2\n").unwrap();
+        let alice = tokens.authenticate("abc").unwrap();
+        assert_eq!(alice.groups, vec!["system:masters", "dev"]);
+        assert!(tokens.authenticate("xyz").unwrap().groups.is_empty());
+        assert!(tokens.authenticate("nope").is_none());
+        assert_eq!(tokens.admin_token().as_deref(), Some("abc"));
+        assert!(Tokens::parse("onlytoken\n").is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! The storage layer: what the REST handlers need from a key-value store with revisions, and its
+//! implementation over the etcd v3 gRPC API ([`EtcdStorage`]). The API server never talks to the
+//! store any other way, so it runs on skiff's store and on real etcd alike.
+//!
+//! Semantics (kube-apiserver's `storage.Interface` on etcd3): the resourceVersion of an object is
+//! the mod revision of its key; create succeeds only if the key has never existed since its last
+//! delete (`create_revision == 0`); update and delete are conditional on `mod_revision`.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use skiff_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use skiff_proto::etcdserverpb::kv_client::KvClient;
+use skiff_proto::etcdserverpb::request_op::Request;
+use skiff_proto::etcdserverpb::response_op::Response;
+use skiff_proto::etcdserverpb::watch_client::WatchClient;
+use skiff_proto::etcdserverpb::watch_request::RequestUnion;
+use skiff_proto::etcdserverpb::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchProgressRequest, WatchRequest,
+};
+use skiff_proto::mvccpb::event::EventType;
+use tonic::transport::Channel;
+
+/// One stored object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// The key's mod revision: the object's resourceVersion.
+    pub revision: i64,
+}
+
+/// One page of a list, read at one revision.
+#[derive(Clone, Debug)]
+pub struct Page {
+    pub items: Vec<Stored>,
+    /// The store revision the page was read at.
+    pub revision: i64,
+    /// How many keys after this page remain (0 when none).
+    pub remaining: i64,
+}
+
+/// A change seen by a watch.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A put; `prev` is the value before it (None for a creation).
+    Put { new: Stored, prev: Option<Stored> },
+    /// A delete; `prev.revision` is the revision of the delete itself.
+    Delete { prev: Stored },
+    /// The watch has seen everything up to this revision (etcd progress notification).
+    Progress(i64),
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StorageError {
+    #[error("key not found")]
+    NotFound,
+    #[error("key exists")]
+    Exists,
+    #[error("revision mismatch")]
+    Conflict,
+    /// The requested revision was compacted; the store's compact revision.
+    #[error("revision compacted (compact revision {0})")]
+    Compacted(i64),
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// What the API server needs from the store. Keys are UTF-8 paths.
+pub trait Storage: Send + Sync + 'static {
+    fn get(&self, key: &str) -> BoxFuture<'_, Result<Option<Stored>>>;
+    /// Create `key`; [`StorageError::Exists`] if it exists. Returns the new revision.
+    fn create(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, Result<i64>>;
+    /// Replace `key` if its revision is `expected`: [`StorageError::Conflict`] if not,
+    /// [`StorageError::NotFound`] if it is gone.
+    fn update(&self, key: &str, value: Vec<u8>, expected: i64) -> BoxFuture<'_, Result<i64>>;
+    /// Delete `key` if its revision is `expected`, and with it every key under `children`
+    /// (one atomic transaction). Returns the revision of the delete.
+    fn delete(&self, key: &str, expected: i64, children: Vec<String>)
+    -> BoxFuture<'_, Result<i64>>;
+    /// Keys in `[start, end_of(prefix))` at `revision` (0 = latest), at most `limit` (0 = all).
+    fn list(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: i64,
+        revision: i64,
+    ) -> BoxFuture<'_, Result<Page>>;
+    /// Changes under `prefix` after revision `after`. `bookmarks` asks for periodic
+    /// [`Change::Progress`]. A compacted `after` yields [`StorageError::Compacted`].
+    fn watch(
+        &self,
+        prefix: &str,
+        after: i64,
+        bookmarks: bool,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change>>>>;
+}
+
+/// The end of the key range that holds every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// [`Storage`] over the etcd v3 gRPC API (skiff store or etcd).
+#[derive(Clone)]
+pub struct EtcdStorage {
+    kv: KvClient<Channel>,
+    watch: WatchClient<Channel>,
+    /// How often a bookmarking watch asks the store for progress.
+    progress_interval: Duration,
+}
+
+impl EtcdStorage {
+    /// A lazily connecting client balanced over `endpoints` (`host:port` or URLs).
+    pub fn connect(endpoints: &[String]) -> std::result::Result<EtcdStorage, String> {
+        let mut list = Vec::new();
+        for endpoint in endpoints {
+            let url = if endpoint.contains("://") {
+                endpoint.clone()
+            } else {
+                format!("http://{endpoint}")
+            };
+            let ep = tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| format!("--etcd-servers {url}: {e}"))?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true);
+            list.push(ep);
+        }
+        if list.is_empty() {
+            return Err("--etcd-servers must name at least one endpoint".into());
+        }
+        let channel = Channel::balance_list(list.into_iter());
+        Ok(EtcdStorage {
+            kv: KvClient::new(channel.clone()).max_decoding_message_size(64 << 20),
+            watch: WatchClient::new(channel),
+            progress_interval: Duration::from_secs(5),
+        })
+    }
+}
+
+fn status_error(status: tonic::Status) -> StorageError {
+    if status.message().contains("compacted") {
+        // etcd does not say which revision; the caller only needs to know it is gone.
+        return StorageError::Compacted(0);
+    }
+    StorageError::Unavailable(format!("{:?}: {}", status.code(), status.message()))
+}
+
+fn stored(kv: skiff_proto::mvccpb::KeyValue) -> Stored {
+    Stored {
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        value: kv.value,
+        revision: kv.mod_revision,
+    }
+}
+
+fn compare_mod(key: &str, revision: i64) -> Compare {
+    Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Mod as i32,
+        key: key.as_bytes().to_vec(),
+        target_union: Some(TargetUnion::ModRevision(revision)),
+        range_end: Vec::new(),
+    }
+}
+
+fn range_op(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Request::RequestRange(RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+impl EtcdStorage {
+    /// Runs a conditional txn whose failure branch reads `key`; maps a failure to NotFound or
+    /// Conflict.
+    async fn conditional(
+        &self,
+        key: &str,
+        compare: Compare,
+        success: Vec<RequestOp>,
+    ) -> Result<i64> {
+        let txn = TxnRequest {
+            compare: vec![compare],
+            success,
+            failure: vec![range_op(key)],
+        };
+        let resp = self
+            .kv
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        if resp.succeeded {
+            return Ok(resp.header.map(|h| h.revision).unwrap_or_default());
+        }
+        let exists = resp.responses.into_iter().any(
+            |r| matches!(r.response, Some(Response::ResponseRange(range)) if !range.kvs.is_empty()),
+        );
+        Err(if exists {
+            StorageError::Conflict
+        } else {
+            StorageError::NotFound
+        })
+    }
+}
+
+impl Storage for EtcdStorage {
+    fn get(&self, key: &str) -> BoxFuture<'_, Result<Option<Stored>>> {
+        let req = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        Box::pin(async move {
+            let resp = self
+                .kv
+                .clone()
+                .range(req)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Ok(resp.kvs.into_iter().next().map(stored))
+        })
+    }
+
+    fn create(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, Result<i64>> {
+        let key = key.to_string();
+        Box::pin(async move {
+            let compare = Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Create as i32,
+                key: key.as_bytes().to_vec(),
+                target_union: Some(TargetUnion::CreateRevision(0)),
+                range_end: Vec::new(),
+            };
+            let put = RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value,
+                    ..Default::default()
+                })),
+            };
+            match self.conditional(&key, compare, vec![put]).await {
+                Err(StorageError::Conflict) => Err(StorageError::Exists),
+                other => other,
+            }
+        })
+    }
+
+    fn update(&self, key: &str, value: Vec<u8>, expected: i64) -> BoxFuture<'_, Result<i64>> {
+        let key = key.to_string();
+        Box::pin(async move {
+            let put = RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value,
+                    ..Default::default()
+                })),
+            };
+            self.conditional(&key, compare_mod(&key, expected), vec![put])
+                .await
+        })
+    }
+
+    fn delete(
+        &self,
+        key: &str,
+        expected: i64,
+        children: Vec<String>,
+    ) -> BoxFuture<'_, Result<i64>> {
+        let key = key.to_string();
+        Box::pin(async move {
+            let mut ops = vec![RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: key.as_bytes().to_vec(),
+                    ..Default::default()
+                })),
+            }];
+            for child in children {
+                ops.push(RequestOp {
+                    request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                        key: child.as_bytes().to_vec(),
+                        range_end: prefix_end(child.as_bytes()),
+                        ..Default::default()
+                    })),
+                });
+            }
+            self.conditional(&key, compare_mod(&key, expected), ops)
+                .await
+        })
+    }
+
+    fn list(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: i64,
+        revision: i64,
+    ) -> BoxFuture<'_, Result<Page>> {
+        let req = RangeRequest {
+            key: if start.is_empty() { prefix } else { start }
+                .as_bytes()
+                .to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            limit,
+            revision,
+            ..Default::default()
+        };
+        let requested = revision;
+        Box::pin(async move {
+            let resp = self
+                .kv
+                .clone()
+                .range(req)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let revision = resp.header.map(|h| h.revision).unwrap_or_default();
+            let remaining = resp.count - resp.kvs.len() as i64;
+            Ok(Page {
+                items: resp.kvs.into_iter().map(stored).collect(),
+                revision: if requested > 0 { requested } else { revision },
+                remaining: remaining.max(0),
+            })
+        })
+    }
+
+    fn watch(
+        &self,
+        prefix: &str,
+        after: i64,
+        bookmarks: bool,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change>>>> {
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: prefix_end(prefix.as_bytes()),
+                start_revision: after + 1,
+                progress_notify: bookmarks,
+                prev_kv: true,
+                ..Default::default()
+            })),
+        };
+        let interval = self.progress_interval;
+        let mut client = self.watch.clone();
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(4);
+            tx.send(create)
+                .await
+                .map_err(|_| StorageError::Unavailable("watch closed".into()))?;
+            if bookmarks {
+                // etcd's own progress notifications come every 10 minutes; ask more often.
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(interval).await;
+                        let req = WatchRequest {
+                            request_union: Some(RequestUnion::ProgressRequest(
+                                WatchProgressRequest {},
+                            )),
+                        };
+                        if tx.send(req).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let mut responses = client
+                .watch(requests)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            // The first response confirms the watch (or cancels it at once when compacted).
+            let first = responses
+                .message()
+                .await
+                .map_err(status_error)?
+                .ok_or_else(|| StorageError::Unavailable("watch stream ended".into()))?;
+            if first.canceled {
+                return Err(if first.compact_revision > 0 {
+                    StorageError::Compacted(first.compact_revision)
+                } else {
+                    StorageError::Unavailable(first.cancel_reason)
+                });
+            }
+            // Keep the request sender alive as long as the stream: dropping it ends the watch.
+            let stream = responses
+                .map_err(status_error)
+                .map_ok(move |resp| {
+                    let _keep = &tx;
+                    let mut out: Vec<Result<Change>> = Vec::new();
+                    if resp.canceled {
+                        out.push(Err(if resp.compact_revision > 0 {
+                            StorageError::Compacted(resp.compact_revision)
+                        } else {
+                            StorageError::Unavailable(resp.cancel_reason.clone())
+                        }));
+                    } else if resp.events.is_empty() && !resp.created {
+                        out.push(Ok(Change::Progress(
+                            resp.header.map(|h| h.revision).unwrap_or_default(),
+                        )));
+                    }
+                    for event in resp.events {
+                        let Some(kv) = event.kv else { continue };
+                        let prev = event.prev_kv.map(stored);
+                        if event.r#type == EventType::Delete as i32 {
+                            let Some(mut prev) = prev else { continue };
+                            prev.revision = kv.mod_revision;
+                            out.push(Ok(Change::Delete { prev }));
+                        } else {
+                            out.push(Ok(Change::Put {
+                                new: stored(kv),
+                                prev,
+                            }));
+                        }
+                    }
+                    futures::stream::iter(out)
+                })
+                .map(|r| match r {
+                    Ok(s) => s.boxed(),
+                    Err(e) => futures::stream::iter(vec![Err(e)]).boxed(),
+                })
+                .flatten()
+                .boxed();
+            Ok(stream)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_last_byte() {
+        assert_eq!(prefix_end(b"/registry/pods/"), b"/registry/pods0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+}
