@@ -13,6 +13,14 @@
 //! during the sequence, and what they received is compared at the end: control responses
 //! exactly, events per watcher in order (response boundaries may differ; skiff must keep a
 //! revision's events in one response).
+//!
+//! Leases too: grants with client-chosen IDs from a small ID space (so grants of existing
+//! IDs happen) and TTLs long enough to outlive the run (short ones, raised to the minimum,
+//! only in fixed scenarios that revoke them at once), revokes (whose deletes the following
+//! ops and the watches see), TimeToLive with keys, Leases, single keep-alives, and puts
+//! (plain and in txns) attached to granted, revoked and unknown leases. TimeToLive's
+//! remaining TTL depends on when each server started the lease's clock: it only has to
+//! agree within `TTL_SLACK` seconds.
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,11 +31,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use skiff_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use skiff_proto::etcdserverpb::kv_client::KvClient;
+use skiff_proto::etcdserverpb::lease_client::LeaseClient;
 use skiff_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use skiff_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest,
-    TxnResponse, request_op, response_op,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse, request_op, response_op,
 };
 use skiff_proto::mvccpb::KeyValue;
 use tonic::transport::Channel;
@@ -63,6 +74,19 @@ const KEYS: &[&[u8]] = &[
     b"\0",
 ];
 
+/// The lease ID space of the random sequence (a negative ID and the largest one are as
+/// valid as any other non-zero ID in etcd). At most 16 IDs (`Tracker::leases`).
+const LEASE_IDS: &[i64] = &[1, 2, 3, 4, 5, 6, i64::MAX, -3];
+
+/// Stands for the ID a server picked at the last grant with ID 0 (see `Side`).
+const AUTO_LEASE: i64 = i64::MIN;
+
+/// etcd's `MaxLeaseTTL`.
+const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// How far apart (in seconds) the two servers' remaining TTLs of a lease may be.
+const TTL_SLACK: i64 = 3;
+
 #[derive(Clone, Debug)]
 enum Op {
     Range(RangeRequest),
@@ -70,6 +94,12 @@ enum Op {
     Delete(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
+    LeaseGrant(LeaseGrantRequest),
+    LeaseRevoke(LeaseRevokeRequest),
+    LeaseTimeToLive(LeaseTimeToLiveRequest),
+    LeaseLeases,
+    /// One request on the side's keep-alive stream, and its answer.
+    LeaseKeepAlive(LeaseKeepAliveRequest),
 }
 
 impl Op {
@@ -80,6 +110,11 @@ impl Op {
             Op::Delete(_) => "delete",
             Op::Txn(_) => "txn",
             Op::Compact(_) => "compact",
+            Op::LeaseGrant(_) => "grant",
+            Op::LeaseRevoke(_) => "revoke",
+            Op::LeaseTimeToLive(_) => "ttl",
+            Op::LeaseLeases => "leases",
+            Op::LeaseKeepAlive(_) => "keepalive",
         }
     }
 }
@@ -91,6 +126,11 @@ enum Reply {
     Delete(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseTimeToLive(LeaseTimeToLiveResponse),
+    LeaseLeases(LeaseLeasesResponse),
+    LeaseKeepAlive(LeaseKeepAliveResponse),
 }
 
 impl Reply {
@@ -101,6 +141,11 @@ impl Reply {
             Reply::Delete(r) => r.header.as_ref(),
             Reply::Txn(r) => r.header.as_ref(),
             Reply::Compact(r) => r.header.as_ref(),
+            Reply::LeaseGrant(r) => r.header.as_ref(),
+            Reply::LeaseRevoke(r) => r.header.as_ref(),
+            Reply::LeaseTimeToLive(r) => r.header.as_ref(),
+            Reply::LeaseLeases(r) => r.header.as_ref(),
+            Reply::LeaseKeepAlive(r) => r.header.as_ref(),
         }
     }
 
@@ -111,6 +156,11 @@ impl Reply {
             Reply::Delete(r) => r.header.as_mut(),
             Reply::Txn(r) => r.header.as_mut(),
             Reply::Compact(r) => r.header.as_mut(),
+            Reply::LeaseGrant(r) => r.header.as_mut(),
+            Reply::LeaseRevoke(r) => r.header.as_mut(),
+            Reply::LeaseTimeToLive(r) => r.header.as_mut(),
+            Reply::LeaseLeases(r) => r.header.as_mut(),
+            Reply::LeaseKeepAlive(r) => r.header.as_mut(),
         }
     }
 }
@@ -118,7 +168,99 @@ impl Reply {
 /// A response, or the gRPC code and message of an error.
 type Outcome = Result<Reply, (tonic::Code, String)>;
 
-async fn exec(client: &mut KvClient<Channel>, op: &Op) -> Outcome {
+/// One server's clients, and what the sequence needs to remember about that server.
+struct Side {
+    kv: KvClient<Channel>,
+    lease: LeaseClient<Channel>,
+    /// Opened at the first keep-alive (a server sends nothing, not even headers, before
+    /// its first answer); dropped when it fails.
+    keep_alive: Option<KeepAliveStream>,
+    /// The ID this server picked at the last grant with ID 0: `AUTO_LEASE` in requests
+    /// stands for it, and it shows as `AUTO_LEASE` in answers.
+    auto_lease: Option<i64>,
+}
+
+struct KeepAliveStream {
+    requests: tokio::sync::mpsc::Sender<LeaseKeepAliveRequest>,
+    responses: tonic::Streaming<LeaseKeepAliveResponse>,
+}
+
+impl Side {
+    async fn connect(endpoint: &str) -> Side {
+        let channel = Channel::from_shared(format!("http://{endpoint}"))
+            .expect("endpoint URL")
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"));
+        Side {
+            kv: KvClient::new(channel.clone()),
+            lease: LeaseClient::new(channel),
+            keep_alive: None,
+            auto_lease: None,
+        }
+    }
+
+    /// `AUTO_LEASE` in a request: this server's pick at the last grant with ID 0.
+    fn resolve(&self, id: i64) -> i64 {
+        match (id, self.auto_lease) {
+            (AUTO_LEASE, Some(auto)) => auto,
+            _ => id,
+        }
+    }
+
+    /// This server's pick at the last grant with ID 0, in an answer: `AUTO_LEASE`.
+    fn unresolve(&self, id: i64) -> i64 {
+        if Some(id) == self.auto_lease {
+            AUTO_LEASE
+        } else {
+            id
+        }
+    }
+
+    async fn keep_alive(&mut self, req: LeaseKeepAliveRequest) -> Result<Reply, tonic::Status> {
+        let unsent = match &self.keep_alive {
+            Some(stream) => stream.requests.send(req).await.err().map(|e| e.0),
+            None => Some(req),
+        };
+        if let Some(req) = unsent {
+            // No stream yet, or the server ended it: open one with this request queued.
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(req).await.expect("queue keep-alive");
+            self.keep_alive = None;
+            let responses = self
+                .lease
+                .lease_keep_alive(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            self.keep_alive = Some(KeepAliveStream {
+                requests: tx,
+                responses,
+            });
+        }
+        let stream = self.keep_alive.as_mut().expect("keep-alive stream");
+        let answer = tokio::time::timeout(Duration::from_secs(10), stream.responses.message())
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(
+                    "test: no keep-alive answer in 10 s",
+                ))
+            });
+        match answer {
+            Ok(Some(response)) => Ok(Reply::LeaseKeepAlive(response)),
+            Ok(None) => {
+                self.keep_alive = None;
+                Err(tonic::Status::unknown("test: keep-alive stream ended"))
+            }
+            Err(status) => {
+                self.keep_alive = None;
+                Err(status)
+            }
+        }
+    }
+}
+
+async fn exec(side: &mut Side, op: &Op) -> Outcome {
+    let client = &mut side.kv;
     let result = match op.clone() {
         Op::Range(r) => client.range(r).await.map(|x| Reply::Range(x.into_inner())),
         Op::Put(r) => client.put(r).await.map(|x| Reply::Put(x.into_inner())),
@@ -131,6 +273,66 @@ async fn exec(client: &mut KvClient<Channel>, op: &Op) -> Outcome {
             .compact(r)
             .await
             .map(|x| Reply::Compact(x.into_inner())),
+        Op::LeaseGrant(r) => {
+            let auto = r.id == 0;
+            match side.lease.lease_grant(r).await {
+                Ok(x) => {
+                    let mut response = x.into_inner();
+                    // The server's pick must be positive; anything else shows as itself.
+                    if auto && response.id > 0 {
+                        side.auto_lease = Some(response.id);
+                        response.id = AUTO_LEASE;
+                    }
+                    Ok(Reply::LeaseGrant(response))
+                }
+                Err(status) => Err(status),
+            }
+        }
+        Op::LeaseRevoke(r) => {
+            let req = LeaseRevokeRequest {
+                id: side.resolve(r.id),
+            };
+            side.lease
+                .lease_revoke(req)
+                .await
+                .map(|x| Reply::LeaseRevoke(x.into_inner()))
+        }
+        Op::LeaseTimeToLive(r) => {
+            let req = LeaseTimeToLiveRequest {
+                id: side.resolve(r.id),
+                ..r
+            };
+            match side.lease.lease_time_to_live(req).await {
+                Ok(x) => {
+                    let mut response = x.into_inner();
+                    response.id = side.unresolve(response.id);
+                    Ok(Reply::LeaseTimeToLive(response))
+                }
+                Err(status) => Err(status),
+            }
+        }
+        Op::LeaseLeases => match side.lease.lease_leases(LeaseLeasesRequest {}).await {
+            Ok(x) => {
+                let mut response = x.into_inner();
+                for lease in &mut response.leases {
+                    lease.id = side.unresolve(lease.id);
+                }
+                Ok(Reply::LeaseLeases(response))
+            }
+            Err(status) => Err(status),
+        },
+        Op::LeaseKeepAlive(r) => {
+            let req = LeaseKeepAliveRequest {
+                id: side.resolve(r.id),
+            };
+            match side.keep_alive(req).await {
+                Ok(Reply::LeaseKeepAlive(mut response)) => {
+                    response.id = side.unresolve(response.id);
+                    Ok(Reply::LeaseKeepAlive(response))
+                }
+                other => other,
+            }
+        }
     };
     result.map_err(|status| (status.code(), status.message().to_string()))
 }
@@ -148,10 +350,26 @@ fn normalize(op: &Op, mut outcome: Outcome) -> Outcome {
         match (op, reply) {
             (Op::Range(req), Reply::Range(resp)) => canon_range(req, resp),
             (Op::Txn(req), Reply::Txn(resp)) => canon_txn(req, resp),
+            // etcd lists a lease's keys in map order, and leases by expiry.
+            (_, Reply::LeaseTimeToLive(resp)) => resp.keys.sort(),
+            (_, Reply::LeaseLeases(resp)) => resp.leases.sort_by_key(|l| l.id),
             _ => {}
         }
     }
     outcome
+}
+
+/// A lease's remaining TTL depends on when each server started (or restarted) its clock:
+/// two answers within `TTL_SLACK` seconds of each other count as equal. An unknown lease
+/// (-1) must be unknown on both.
+fn excuse_ttl_drift(ours: &mut Outcome, theirs: &Outcome) {
+    if let (Ok(Reply::LeaseTimeToLive(a)), Ok(Reply::LeaseTimeToLive(b))) = (ours, theirs)
+        && a.ttl >= 0
+        && b.ttl >= 0
+        && (a.ttl - b.ttl).abs() <= TTL_SLACK
+    {
+        a.ttl = b.ttl;
+    }
 }
 
 fn canon_txn(req: &TxnRequest, resp: &mut TxnResponse) {
@@ -439,6 +657,8 @@ fn prefix_end(key: &[u8]) -> Vec<u8> {
 struct Tracker {
     current: i64,
     compacted: i64,
+    /// Which of `LEASE_IDS` are granted (bit i for `LEASE_IDS[i]`).
+    leases: u16,
 }
 
 impl Tracker {
@@ -447,11 +667,30 @@ impl Tracker {
             if let Some(h) = reply.header() {
                 self.current = self.current.max(h.revision);
             }
-            if let Op::Compact(c) = op {
-                self.compacted = self.compacted.max(c.revision);
+            match op {
+                Op::Compact(c) => self.compacted = self.compacted.max(c.revision),
+                Op::LeaseGrant(g) => self.leases |= lease_bit(g.id),
+                Op::LeaseRevoke(r) => self.leases &= !lease_bit(r.id),
+                _ => {}
             }
         }
     }
+
+    /// The IDs of `LEASE_IDS` that are granted (`live`) or not.
+    fn leases(&self, live: bool) -> Vec<i64> {
+        LEASE_IDS
+            .iter()
+            .copied()
+            .filter(|id| (self.leases & lease_bit(*id) != 0) == live)
+            .collect()
+    }
+}
+
+fn lease_bit(id: i64) -> u16 {
+    LEASE_IDS
+        .iter()
+        .position(|x| *x == id)
+        .map_or(0, |i| 1 << i)
 }
 
 /// A named edge case whose request is built from the tracked revisions.
@@ -1161,6 +1400,146 @@ fn fixed_scenarios() -> Vec<Scenario> {
     add!("range after full compaction", |t| Op::Range(range(
         b"\0", b"\0"
     )));
+    // Leases (IDs outside `LEASE_IDS`; all revoked again before the random sequence).
+    let grant = |id: i64, ttl: i64| Op::LeaseGrant(LeaseGrantRequest { ttl, id });
+    let revoke = |id: i64| Op::LeaseRevoke(LeaseRevokeRequest { id });
+    let ttl_of = |id: i64, keys: bool| Op::LeaseTimeToLive(LeaseTimeToLiveRequest { id, keys });
+    let keep_alive = |id: i64| Op::LeaseKeepAlive(LeaseKeepAliveRequest { id });
+    let leased = |key: &[u8], value: &[u8], lease: i64| PutRequest {
+        lease,
+        ..put(key, value)
+    };
+    add!("leases: none yet", |t| Op::LeaseLeases);
+    add!("lease ttl: unknown", |t| ttl_of(100, true));
+    add!("lease ttl: unknown, no keys", |t| ttl_of(100, false));
+    add!("lease ttl: ID 0", |t| ttl_of(0, true));
+    add!("lease keep-alive: unknown", |t| keep_alive(100));
+    add!("lease keep-alive: ID 0", |t| keep_alive(0));
+    add!("lease revoke: unknown", |t| revoke(100));
+    add!("lease revoke: ID 0", |t| revoke(0));
+    // TTLs below the minimum are raised to it; revoked at once, before they can expire.
+    add!("lease grant: TTL 1", |t| grant(101, 1));
+    add!("lease ttl: the raised TTL", |t| ttl_of(101, true));
+    add!("lease revoke: no keys, no new revision", |t| revoke(101));
+    add!("lease grant: TTL 0", |t| grant(102, 0));
+    add!("lease revoke: TTL 0", |t| revoke(102));
+    add!("lease grant: negative TTL", |t| grant(103, -10));
+    add!("lease revoke: negative TTL", |t| revoke(103));
+    add!("lease grant: TTL above the maximum", |t| grant(
+        104,
+        MAX_LEASE_TTL + 1
+    ));
+    add!("lease ttl: refused grant", |t| ttl_of(104, true));
+    add!("lease grant: the maximum TTL", |t| grant(
+        104,
+        MAX_LEASE_TTL
+    ));
+    add!("lease ttl: maximum TTL", |t| ttl_of(104, true));
+    add!("lease keep-alive: maximum TTL", |t| keep_alive(104));
+    add!("lease grant: an ID that exists", |t| grant(104, 600));
+    add!("lease grant: the server picks the ID", |t| grant(0, 700));
+    add!("lease ttl: picked ID", |t| ttl_of(AUTO_LEASE, true));
+    add!("lease keep-alive: picked ID", |t| keep_alive(AUTO_LEASE));
+    add!("leases: picked ID", |t| Op::LeaseLeases);
+    add!("lease revoke: picked ID", |t| revoke(AUTO_LEASE));
+    add!("lease grant: negative ID", |t| grant(-105, 900));
+    add!("lease grant: largest ID", |t| grant(i64::MAX - 1, 900));
+    add!("leases: three", |t| Op::LeaseLeases);
+    // Attaching, moving and detaching keys.
+    add!("put: unknown lease", |t| Op::Put(leased(b"l1", b"x", 106)));
+    add!("put: with lease", |t| Op::Put(leased(b"l1", b"1", 104)));
+    add!("put: second key, same lease", |t| Op::Put(PutRequest {
+        prev_kv: true,
+        ..leased(b"l2", b"2", 104)
+    }));
+    add!("put: attach a key to the negative ID", |t| Op::Put(leased(
+        b"l3", b"3", -105
+    )));
+    add!("lease ttl: two keys", |t| ttl_of(104, true));
+    add!("lease ttl: keys not asked for", |t| ttl_of(104, false));
+    add!("put: move a key to another lease", |t| Op::Put(
+        PutRequest {
+            prev_kv: true,
+            ..leased(b"l1", b"1", -105)
+        }
+    ));
+    add!("put: ignore_lease keeps the lease", |t| Op::Put(
+        PutRequest {
+            ignore_lease: true,
+            prev_kv: true,
+            ..put(b"l1", b"11")
+        }
+    ));
+    add!("put: no lease detaches", |t| Op::Put(put(b"l3", b"33")));
+    add!("lease ttl: moved and detached", |t| ttl_of(-105, true));
+    add!("lease keep-alive: with keys", |t| keep_alive(-105));
+    add!("range: lease fields", |t| Op::Range(range(b"l", b"m")));
+    add!("txn: put with unknown lease fails the txn", |t| Op::Txn(
+        txn(
+            vec![],
+            vec![
+                r_put(leased(b"l4", b"4", 104)),
+                r_put(leased(b"l5", b"5", 106))
+            ],
+            vec![]
+        )
+    ));
+    add!("txn: unknown lease in the branch not taken", |t| Op::Txn(
+        txn(
+            vec![cmp(b"l1", T::Lease, R::Equal, TargetUnion::Lease(-105))],
+            vec![
+                r_put(leased(b"l4", b"4", 104)),
+                r_put(PutRequest {
+                    ignore_lease: true,
+                    prev_kv: true,
+                    ..put(b"l1", b"111")
+                }),
+            ],
+            vec![r_put(leased(b"l5", b"5", 106))]
+        )
+    ));
+    add!("txn: compare lease on a key without one", |t| Op::Txn(txn(
+        vec![cmp(b"l3", T::Lease, R::Greater, TargetUnion::Lease(0))],
+        vec![r_put(leased(b"l5", b"5", 104))],
+        vec![r_put(leased(b"l3", b"3", 104)), r_range(range(b"l", b"m"))]
+    )));
+    add!("txn: delete detaches", |t| Op::Txn(txn(
+        vec![],
+        vec![
+            r_del(del(b"l2", b"")),
+            r_put(leased(b"l6", b"6", i64::MAX - 1))
+        ],
+        vec![]
+    )));
+    add!("lease ttl: after the txns", |t| ttl_of(104, true));
+    add!("delete: detaches", |t| Op::Delete(del(b"l4", b"")));
+    add!("lease ttl: after the delete", |t| ttl_of(104, true));
+    add!("put: reattach", |t| Op::Put(leased(b"l2", b"2", 104)));
+    add!(
+        "lease revoke: deletes its keys in one revision",
+        |t| revoke(104)
+    );
+    add!("range: after the revoke", |t| Op::Range(range(b"l", b"m")));
+    add!("range: before the revoke", |t| Op::Range(RangeRequest {
+        revision: t.current - 1,
+        ..range(b"l", b"m")
+    }));
+    add!("lease ttl: revoked", |t| ttl_of(104, true));
+    add!("lease keep-alive: revoked", |t| keep_alive(104));
+    add!("lease revoke: again", |t| revoke(104));
+    add!("put: revoked lease", |t| Op::Put(leased(b"l2", b"2", 104)));
+    add!("txn: put with revoked lease", |t| Op::Txn(txn(
+        vec![],
+        vec![r_put(leased(b"l2", b"2", 104))],
+        vec![]
+    )));
+    add!("lease grant: a revoked ID again", |t| grant(104, 800));
+    add!("lease ttl: granted again, no keys", |t| ttl_of(104, true));
+    add!("lease revoke: granted again", |t| revoke(104));
+    add!("lease revoke: negative ID", |t| revoke(-105));
+    add!("lease revoke: largest ID", |t| revoke(i64::MAX - 1));
+    add!("range: after all revokes", |t| Op::Range(range(b"l", b"m")));
+    add!("leases: all revoked", |t| Op::LeaseLeases);
     v
 }
 
@@ -1302,7 +1681,7 @@ impl Gen {
         }
     }
 
-    fn put_req(&mut self, key: Vec<u8>) -> PutRequest {
+    fn put_req(&mut self, t: Tracker, key: Vec<u8>) -> PutRequest {
         let mut req = PutRequest {
             key,
             value: self.value(),
@@ -1318,10 +1697,54 @@ impl Gen {
         if self.p(0.05) {
             req.ignore_lease = true;
         }
-        if self.p(0.01) {
-            req.lease = self.rng.random_range(1..=3);
+        if self.p(0.45) {
+            req.lease = self.lease_id(t);
         }
         req
+    }
+
+    /// A lease ID from `LEASE_IDS`: mostly a granted one, else one never granted or
+    /// revoked.
+    fn lease_id(&mut self, t: Tracker) -> i64 {
+        let live = t.leases(true);
+        if !live.is_empty() && self.p(0.85) {
+            live[self.rng.random_range(0..live.len())]
+        } else {
+            LEASE_IDS[self.rng.random_range(0..LEASE_IDS.len())]
+        }
+    }
+
+    fn lease_op(&mut self, t: Tracker) -> Op {
+        match self.rng.random_range(0..20) {
+            0..=5 => {
+                // Mostly an ID not granted yet; now and then one that is.
+                let free = t.leases(false);
+                let id = if !free.is_empty() && self.p(0.8) {
+                    free[self.rng.random_range(0..free.len())]
+                } else {
+                    LEASE_IDS[self.rng.random_range(0..LEASE_IDS.len())]
+                };
+                // Long enough to outlive the run; now and then the largest allowed or
+                // one above it.
+                let ttl = match self.rng.random_range(0..30) {
+                    0 => MAX_LEASE_TTL,
+                    1 => MAX_LEASE_TTL + 1,
+                    _ => self.rng.random_range(600..=3600),
+                };
+                Op::LeaseGrant(LeaseGrantRequest { ttl, id })
+            }
+            6..=9 => Op::LeaseRevoke(LeaseRevokeRequest {
+                id: if self.p(0.03) { 0 } else { self.lease_id(t) },
+            }),
+            10..=13 => Op::LeaseTimeToLive(LeaseTimeToLiveRequest {
+                id: self.lease_id(t),
+                keys: self.p(0.8),
+            }),
+            14..=15 => Op::LeaseLeases,
+            _ => Op::LeaseKeepAlive(LeaseKeepAliveRequest {
+                id: self.lease_id(t),
+            }),
+        }
     }
 
     fn delete_req(&mut self, key: Vec<u8>) -> DeleteRangeRequest {
@@ -1372,7 +1795,7 @@ impl Gen {
             1 => TargetUnion::CreateRevision(self.cmp_revision(t)),
             2 => TargetUnion::ModRevision(self.cmp_revision(t)),
             3 => TargetUnion::Value(self.value()),
-            _ => TargetUnion::Lease(self.rng.random_range(0..=1)),
+            _ => TargetUnion::Lease(if self.p(0.3) { 0 } else { self.lease_id(t) }),
         };
         Compare {
             result,
@@ -1405,7 +1828,7 @@ impl Gen {
                 0..=5 => r_range(self.range_req(t, true)),
                 6..=12 => {
                     let key = self.fresh_key(used);
-                    r_put(self.put_req(key))
+                    r_put(self.put_req(t, key))
                 }
                 13..=16 => {
                     let key = self.fresh_key(used);
@@ -1444,11 +1867,14 @@ impl Gen {
     }
 
     fn op(&mut self, t: Tracker) -> Op {
+        if self.p(0.1) {
+            return self.lease_op(t);
+        }
         match self.rng.random_range(0..100) {
             0..=29 => Op::Range(self.range_req(t, false)),
             30..=54 => {
                 let key = self.key_or_empty();
-                Op::Put(self.put_req(key))
+                Op::Put(self.put_req(t, key))
             }
             55..=66 => {
                 let key = self.key_or_empty();
@@ -1493,20 +1919,28 @@ struct Stats {
     by_kind: BTreeMap<String, (usize, usize)>,
     errors: BTreeMap<String, usize>,
     txn_succeeded: (usize, usize),
+    /// Revokes that deleted keys, and the keys TimeToLive listed.
+    revokes_with_keys: usize,
+    ttl_keys: usize,
 }
 
 impl Stats {
-    fn record(&mut self, op: &Op, outcome: &Outcome) {
+    /// `before`: the tracker before the op.
+    fn record(&mut self, op: &Op, outcome: &Outcome, before: Tracker) {
         let entry = self.by_kind.entry(op.kind().to_string()).or_default();
         match outcome {
             Ok(reply) => {
                 entry.0 += 1;
-                if let Reply::Txn(t) = reply {
-                    if t.succeeded {
-                        self.txn_succeeded.0 += 1;
-                    } else {
-                        self.txn_succeeded.1 += 1;
+                match reply {
+                    Reply::Txn(t) if t.succeeded => self.txn_succeeded.0 += 1,
+                    Reply::Txn(_) => self.txn_succeeded.1 += 1,
+                    Reply::LeaseRevoke(_)
+                        if reply.header().map_or(0, |h| h.revision) > before.current =>
+                    {
+                        self.revokes_with_keys += 1
                     }
+                    Reply::LeaseTimeToLive(t) => self.ttl_keys += t.keys.len(),
+                    _ => {}
                 }
             }
             Err((_, msg)) => {
@@ -1875,16 +2309,13 @@ fn skiff_matches_real_etcd() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let mut skiff = KvClient::connect(format!("http://{}", cluster.members[0].endpoint()))
-            .await
-            .expect("connect to skiff");
-        let mut reference = KvClient::connect(format!("http://{}", etcd.endpoint))
-            .await
-            .expect("connect to etcd");
+        let mut skiff = Side::connect(&cluster.members[0].endpoint()).await;
+        let mut reference = Side::connect(&etcd.endpoint).await;
 
         let mut tracker = Tracker {
             current: 1,
             compacted: 0,
+            leases: 0,
         };
         let mut stats = Stats::default();
         let mut history: Vec<String> = Vec::new();
@@ -1944,7 +2375,8 @@ fn skiff_matches_real_etcd() {
                     tail.join("\n")
                 );
             }
-            let ours = normalize(&op, exec(&mut skiff, &op).await);
+            let mut ours = normalize(&op, exec(&mut skiff, &op).await);
+            excuse_ttl_drift(&mut ours, &theirs);
             if ours != theirs {
                 mismatches += 1;
                 let report = format!(
@@ -1967,7 +2399,7 @@ fn skiff_matches_real_etcd() {
             if trace {
                 println!("{i} ({label}): {}\n  => {}", show(&op), show_outcome(&theirs));
             }
-            stats.record(&op, &theirs);
+            stats.record(&op, &theirs, tracker);
             tracker.observe(&op, &theirs);
             history.push(format!(
                 "{i} ({label}): {} => {}",
@@ -1991,6 +2423,10 @@ fn skiff_matches_real_etcd() {
         println!(
             "  txn succeeded {} / failed {}",
             stats.txn_succeeded.0, stats.txn_succeeded.1
+        );
+        println!(
+            "  lease: {} revokes deleted keys, TimeToLive listed {} keys",
+            stats.revokes_with_keys, stats.ttl_keys
         );
         for (msg, n) in &stats.errors {
             println!("  {n:5} × {msg}");
