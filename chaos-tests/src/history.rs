@@ -314,6 +314,10 @@ pub struct Op {
     /// The node a client talked to, when recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The store revision in the response header of a completion, when the store reported one
+    /// (for an acknowledged write, the revision it created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 impl Op {
@@ -329,6 +333,7 @@ impl Op {
             value,
             error: None,
             node: None,
+            revision: None,
         }
     }
 

@@ -29,8 +29,15 @@
 //! [`Counterexample`] (the key, the end of the longest linearizable prefix, and the operations that
 //! could not be linearized after it), or [`Verdict::Unknown`] when the deadline passed first — the
 //! checker never guesses.
+//!
+//! The submodules hold the other checkers of the suite: [`revisions`] (global revision order),
+//! [`append`] (Elle-style list-append), [`watch`] (watch guarantees) and [`lease`] (lease safety).
 
+pub mod append;
+pub mod lease;
 mod model;
+pub mod revisions;
+pub mod watch;
 mod wgl;
 
 use std::collections::HashMap;
