@@ -98,6 +98,16 @@ pub(crate) fn from_blob<T: DeserializeOwned>(blob: &Blob) -> Result<T, tonic::St
         .map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
 }
 
+/// Whether a failed call certainly never reached the peer (the connection could not be
+/// established), as opposed to failing after it may have been delivered.
+fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let message = status.message().to_ascii_lowercase();
+    message.contains("error trying to connect") || message.contains("tcp connect error")
+}
+
 /// Cached channels to peers, by URL (channels reconnect by themselves).
 #[derive(Clone, Default)]
 pub struct PeerChannels {
@@ -157,6 +167,9 @@ impl PeerChannels {
             Ok(resp) => {
                 from_blob(resp.get_ref()).map_err(|e| Error::Internal(e.message().to_string()))
             }
+            // No connection could be made: the request was never sent, so the caller may
+            // retry once a (new) leader is known.
+            Err(status) if never_sent(&status) => Ok(ForwardOutcome::NotLeader),
             // The leader may or may not have applied it: the outcome is unknown.
             Err(_) => Err(Error::Timeout),
         }
@@ -297,5 +310,31 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>> {
         self.call("vote", &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_reported_as_never_sent() {
+        // Bind then drop a listener so the port is (almost certainly) closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let channels = PeerChannels::new(None);
+        let outcome = channels
+            .forward(
+                &format!("http://127.0.0.1:{port}"),
+                &Forwarded::Write(Command::Batch(Vec::new())),
+                Duration::from_secs(2),
+            )
+            .await;
+        assert!(
+            matches!(outcome, Ok(ForwardOutcome::NotLeader)),
+            "{outcome:?}"
+        );
     }
 }
