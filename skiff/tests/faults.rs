@@ -439,6 +439,31 @@ fn member_replace_under_load_catches_up_by_snapshot() {
         out.contains(&format!("{removed_id} removed from cluster")),
         "{out}"
     );
+    // The removed member learns it (from its configuration or from peers refusing its
+    // votes) and stops, as etcd's does.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let exited = cluster.members[victim]
+            .child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_some());
+        if exited {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removed member is still running:\n{}",
+            cluster.log_tail(&victim_name)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        cluster
+            .log_tail(&victim_name)
+            .contains("the member has been permanently removed from the cluster"),
+        "{}",
+        cluster.log_tail(&victim_name)
+    );
 
     let new = cluster.prepare_member("m3");
     let peer_url = cluster.members[new].peer_url.clone();

@@ -50,6 +50,9 @@ pub enum Error {
     PeerUrlExists,
     #[error("etcdserver: ID removed")]
     MemberIdRemoved,
+    /// This member was removed from the cluster; it stops serving (etcd exits too).
+    #[error("etcdserver: the member has been permanently removed from the cluster")]
+    MemberRemoved,
     #[error("etcdserver: can only promote a learner member")]
     MemberNotLearner,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
@@ -106,6 +109,7 @@ impl Error {
             | Error::NotEnoughStartedMembers
             | Error::LeaderTransferTimeout => Code::Unavailable,
             Error::PeerUrlExists
+            | Error::MemberRemoved
             | Error::MemberIdRemoved
             | Error::MemberNotLearner
             | Error::LearnerNotReady

@@ -540,13 +540,33 @@ pub struct PeerApi {
 #[tonic::async_trait]
 impl Peer for PeerApi {
     async fn append_entries(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc = from_blob(request.get_ref())?;
+        let rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
+            from_blob(request.get_ref())?;
+        if self
+            .node
+            .sm
+            .read()
+            .removed
+            .contains(&rpc.vote.leader_id().voted_for().unwrap_or(0))
+        {
+            return Err(crate::network::removed_status());
+        }
         let result = self.node.raft.append_entries(rpc).await;
         Ok(Response::new(to_blob(&result)?))
     }
 
     async fn vote(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc = from_blob(request.get_ref())?;
+        let rpc: openraft::raft::VoteRequest<crate::types::MemberId> =
+            from_blob(request.get_ref())?;
+        if self
+            .node
+            .sm
+            .read()
+            .removed
+            .contains(&rpc.vote.leader_id().voted_for().unwrap_or(0))
+        {
+            return Err(crate::network::removed_status());
+        }
         let result = self.node.raft.vote(rpc).await;
         Ok(Response::new(to_blob(&result)?))
     }

@@ -98,6 +98,31 @@ pub(crate) fn from_blob<T: DeserializeOwned>(blob: &Blob) -> Result<T, tonic::St
         .map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
 }
 
+/// The status a member answers Raft traffic from a member it has removed.
+pub fn removed_status() -> tonic::Status {
+    tonic::Status::failed_precondition(Error::MemberRemoved.to_string())
+}
+
+impl PeerChannels {
+    /// Resolves once a peer has told this member it was removed from the cluster.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
+    }
+
+    /// Record that this member is no longer part of the cluster.
+    pub fn mark_removed(&self) {
+        self.removed.send_replace(true);
+    }
+
+    fn note_status(&self, status: &tonic::Status) {
+        if status.code() == tonic::Code::FailedPrecondition
+            && status.message() == Error::MemberRemoved.to_string()
+        {
+            self.removed.send_replace(true);
+        }
+    }
+}
+
 /// Whether a failed call certainly never reached the peer (the connection could not be
 /// established), as opposed to failing after it may have been delivered.
 fn never_sent(status: &tonic::Status) -> bool {
@@ -114,6 +139,8 @@ pub struct PeerChannels {
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
     /// Used for https peer URLs (`--peer-trusted-ca-file`, `--peer-cert-file`, ...).
     tls: Option<ClientTlsConfig>,
+    /// Set when a peer tells us we were removed from the cluster.
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl PeerChannels {
@@ -121,6 +148,7 @@ impl PeerChannels {
         PeerChannels {
             channels: Arc::default(),
             tls,
+            removed: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
@@ -270,6 +298,7 @@ impl PeerConnection {
                 return Err(unreachable(status.message().to_string()));
             }
             Err(status) => {
+                self.channels.note_status(&status);
                 return Err(RPCError::Network(NetworkError::new(&TransportError(
                     status.message().to_string(),
                 ))));

@@ -126,10 +126,42 @@ impl RunningStore {
 /// Run a member until `shutdown` completes.
 pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let running = start(config).await?;
-    shutdown.await;
+    tokio::spawn(watch_own_removal(running.node.clone()));
+    let mut removed = running.node.channels.removed();
+    let outcome = tokio::select! {
+        _ = shutdown => Ok(()),
+        _ = removed.wait_for(|removed| *removed) => {
+            tracing::error!("{}", Error::MemberRemoved);
+            Err(Error::MemberRemoved)
+        }
+    };
     tracing::info!("shutting down");
     running.shutdown().await;
-    Ok(())
+    outcome
+}
+
+/// A member that has been part of the configuration and then disappears from it was
+/// removed: tell `run` to stop (the peers also tell it, if it asks them for votes).
+async fn watch_own_removal(node: Arc<StoreNode>) {
+    let mut metrics = node.raft.metrics();
+    let mut seen_self = false;
+    loop {
+        let included = metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node.id)
+            .is_some();
+        if included {
+            seen_self = true;
+        } else if seen_self {
+            node.channels.mark_removed();
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>, Error> {
