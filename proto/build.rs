@@ -1,4 +1,5 @@
-//! Generates Rust bindings for the etcd v3 API and skiff's peer protocol.
+//! Generates Rust bindings for the etcd v3 API, skiff's peer protocol and skiff's automation API
+//! (plus the latter's file descriptor set for gRPC reflection).
 //!
 //! Parsing is done in-process by `protox`, so no `protoc` binary is needed
 //! (the `PROTOC` environment variable is ignored).
@@ -8,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/etcd/authpb/auth.proto",
     "proto/etcd/etcdserverpb/rpc.proto",
     "proto/skiff/peer.proto",
+    "proto/skiff/api.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,6 +19,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let fds = protox::compile(PROTOS, ["proto"])?;
+
+    // The automation API's descriptors, for gRPC server reflection.
+    let mut api = fds.clone();
+    api.file.retain(|f| f.package() == "skiff.api.v1");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("skiff_api_descriptor.bin"),
+        prost::Message::encode_to_vec(&api),
+    )?;
 
     tonic_prost_build::configure()
         .build_server(true)

@@ -20,6 +20,10 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 # Debian's etcd-server package may start a system etcd on 2379; tests use their own ports.
+# The gRPC API test generates a Python client from proto/ with grpcio-tools (from PyPI).
+if ! python3 -c 'import grpc_tools' 2>/dev/null; then
+  python3 -m pip install -q grpcio-tools || python3 -m pip install -q --break-system-packages grpcio-tools
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

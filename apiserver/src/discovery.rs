@@ -66,24 +66,64 @@ pub fn api_group(resources: &[ResourceInfo], group: &str) -> Option<Value> {
         })
 }
 
-const VERBS: [&str; 7] = [
-    "create", "delete", "get", "list", "patch", "update", "watch",
+const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
 ];
 
+/// The subresources of a kind: `(name, group, version, kind, verbs)`.
+pub fn subresources(
+    r: &ResourceInfo,
+) -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+)> {
+    const GPU: &[&str] = &["get", "patch", "update"];
+    let mut out = Vec::new();
+    if crate::resources::has_status(r) {
+        out.push(("status", r.group, r.version, r.kind, GPU));
+    }
+    if matches!(r.kind, "Deployment" | "ReplicaSet") {
+        out.push(("scale", "autoscaling", "v1", "Scale", GPU));
+    }
+    if r.kind == "Pod" {
+        out.push(("binding", "", "v1", "Binding", &["create"][..]));
+    }
+    out
+}
+
 pub fn api_resource_list(resources: &[ResourceInfo], group: &str, version: &str) -> Option<Value> {
-    let list: Vec<Value> = resources
+    let mut list: Vec<Value> = Vec::new();
+    for r in resources
         .iter()
         .filter(|r| r.group == group && r.version == version)
-        .map(|r| {
-            let mut res = json!({"name": r.resource, "singularName": r.singular,
-                "namespaced": r.namespaced, "kind": r.kind, "verbs": VERBS,
-                "shortNames": r.short_names});
-            if matches!(r.kind, "Pod" | "Service" | "Deployment") {
-                res["categories"] = json!(["all"]);
+    {
+        let mut res = json!({"name": r.resource, "singularName": r.singular,
+            "namespaced": r.namespaced, "kind": r.kind, "verbs": VERBS,
+            "shortNames": r.short_names});
+        if matches!(r.kind, "Pod" | "Service" | "Deployment" | "ReplicaSet") {
+            res["categories"] = json!(["all"]);
+        }
+        list.push(res);
+        for (sub, g, v, kind, verbs) in subresources(r) {
+            let mut res = json!({"name": format!("{}/{sub}", r.resource), "singularName": "",
+                "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
+            if g != r.group || v != r.version {
+                res["group"] = json!(g);
+                res["version"] = json!(v);
             }
-            res
-        })
-        .collect();
+            list.push(res);
+        }
+    }
     if list.is_empty() {
         return None;
     }
@@ -192,11 +232,13 @@ mod tests {
             .unwrap()
             .iter()
             .map(|r| r["name"].as_str().unwrap())
+            .filter(|n| !n.contains('/'))
             .collect();
         assert_eq!(
-            names,
+            names[..5],
             ["namespaces", "configmaps", "secrets", "services", "pods"]
         );
+        assert!(names.contains(&"persistentvolumeclaims"));
         let index = openapi_index(&reg);
         assert!(
             index["paths"]["apis/apps/v1"]["serverRelativeURL"]

@@ -6,8 +6,13 @@
 //! - [`resources`]: the served kinds (k8s-openapi types), validation, defaults, Tables.
 //! - [`discovery`]: `/version`, `/api`, `/apis`, `/openapi/v3`.
 //! - [`server`]: TLS, authentication, the admin kubeconfig, [`run`].
+//! - [`auth`]: client certificates, anonymous users, the authorization hook.
+//! - [`grpc`]: the gRPC automation API (`skiff.api.v1.Resources`) over the same router.
 
+pub mod auth;
 pub mod discovery;
+pub mod errors;
+pub mod grpc;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
@@ -16,5 +21,6 @@ pub mod selector;
 pub mod server;
 pub mod status;
 pub mod storage;
+pub mod yaml;
 
 pub use server::{ApiServerConfig, Error, run};

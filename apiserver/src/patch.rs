@@ -210,6 +210,298 @@ fn reorder(field: &str, list: &mut Vec<Value>, order: &[Value]) {
     *list = ordered;
 }
 
+/// Splits an RFC 6901 JSON pointer into unescaped tokens.
+fn pointer_tokens(path: &str) -> Result<Vec<String>, String> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rest = path
+        .strip_prefix('/')
+        .ok_or_else(|| format!("invalid JSON pointer {path:?}"))?;
+    Ok(rest
+        .split('/')
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect())
+}
+
+fn array_index(token: &str, len: usize, allow_end: bool) -> Result<usize, String> {
+    if allow_end && token == "-" {
+        return Ok(len);
+    }
+    let i: usize = token
+        .parse()
+        .map_err(|_| format!("invalid array index {token:?}"))?;
+    if i > len || (!allow_end && i == len) {
+        return Err(format!("array index {i} out of bounds"));
+    }
+    Ok(i)
+}
+
+/// The parent container of `tokens` and the last token.
+fn parent<'a>(target: &'a mut Value, tokens: &[String]) -> Result<&'a mut Value, String> {
+    let mut cur = target;
+    for t in &tokens[..tokens.len() - 1] {
+        cur = match cur {
+            Value::Object(m) => m
+                .get_mut(t)
+                .ok_or_else(|| format!("path segment {t:?} not found"))?,
+            Value::Array(a) => {
+                let i = array_index(t, a.len(), false)?;
+                &mut a[i]
+            }
+            _ => return Err(format!("path segment {t:?} not found")),
+        };
+    }
+    Ok(cur)
+}
+
+fn pointer_remove(target: &mut Value, path: &str) -> Result<Value, String> {
+    let tokens = pointer_tokens(path)?;
+    let last = tokens.last().ok_or("cannot remove the whole document")?;
+    match parent(target, &tokens)? {
+        Value::Object(m) => m
+            .remove(last)
+            .ok_or_else(|| format!("unable to remove nonexistent key: {last}")),
+        Value::Array(a) => {
+            let i = array_index(last, a.len(), false)?;
+            Ok(a.remove(i))
+        }
+        _ => Err(format!("path {path:?} not found")),
+    }
+}
+
+fn pointer_add(target: &mut Value, path: &str, value: Value, replace: bool) -> Result<(), String> {
+    let tokens = pointer_tokens(path)?;
+    let Some(last) = tokens.last() else {
+        *target = value;
+        return Ok(());
+    };
+    match parent(target, &tokens)? {
+        Value::Object(m) => {
+            if replace && !m.contains_key(last) {
+                return Err(format!("unable to replace nonexistent key: {last}"));
+            }
+            m.insert(last.clone(), value);
+        }
+        Value::Array(a) => {
+            if replace {
+                let i = array_index(last, a.len(), false)?;
+                a[i] = value;
+            } else {
+                let i = array_index(last, a.len(), true)?;
+                a.insert(i, value);
+            }
+        }
+        _ => return Err(format!("path {path:?} not found")),
+    }
+    Ok(())
+}
+
+/// Applies an RFC 6902 JSON patch (`add`, `remove`, `replace`, `move`, `copy`, `test`); all or
+/// nothing.
+pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
+    let ops = ops
+        .as_array()
+        .ok_or("a JSON patch must be an array of operations")?;
+    let mut doc = target.clone();
+    for op in ops {
+        let path = op["path"]
+            .as_str()
+            .ok_or("a JSON patch operation needs a path")?;
+        let value = || op.get("value").cloned().ok_or("missing value");
+        match op["op"].as_str().unwrap_or("") {
+            "add" => pointer_add(&mut doc, path, value()?, false)?,
+            "replace" => pointer_add(&mut doc, path, value()?, true)?,
+            "remove" => {
+                pointer_remove(&mut doc, path)?;
+            }
+            "move" => {
+                let from = op["from"].as_str().ok_or("move needs from")?;
+                let v = pointer_remove(&mut doc, from)?;
+                pointer_add(&mut doc, path, v, false)?;
+            }
+            "copy" => {
+                let from = op["from"].as_str().ok_or("copy needs from")?;
+                let v = doc
+                    .pointer(from)
+                    .cloned()
+                    .ok_or_else(|| format!("path {from:?} not found"))?;
+                pointer_add(&mut doc, path, v, false)?;
+            }
+            "test" => {
+                if doc.pointer(path) != Some(&value()?) {
+                    return Err(format!("testing value {path} failed"));
+                }
+            }
+            other => return Err(format!("unexpected kind of JSON patch operation {other:?}")),
+        }
+    }
+    *target = doc;
+    Ok(())
+}
+
+// ---- server-side apply: field sets (`FieldsV1`) ----
+
+/// Metadata fields the server owns; never part of a manager's field set.
+const SERVER_META: [&str; 8] = [
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+    "selfLink",
+];
+
+/// The `FieldsV1` set of the fields `applied` sets: `f:<field>` for map keys, `k:{"name":…}`
+/// for list items with a `name` merge key, `{}` for leaves.
+pub fn fields_of(applied: &Value) -> Value {
+    fn walk(v: &Value, top: bool, in_meta: bool) -> Value {
+        let mut out = Map::new();
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    if (top && (k == "apiVersion" || k == "kind"))
+                        || (in_meta && SERVER_META.contains(&k.as_str()))
+                    {
+                        continue;
+                    }
+                    let sub = walk(child, false, top && k == "metadata");
+                    // An object holding only server-owned fields (metadata: {name}) is no field.
+                    if child.as_object().is_some_and(|c| !c.is_empty())
+                        && sub.as_object().is_some_and(|m| m.is_empty())
+                    {
+                        continue;
+                    }
+                    out.insert(format!("f:{k}"), sub);
+                }
+            }
+            Value::Array(items)
+                if !items.is_empty() && items.iter().all(|i| i["name"].is_string()) =>
+            {
+                for item in items {
+                    let key = serde_json::json!({"name": item["name"]}).to_string();
+                    let mut sub = walk(item, false, false);
+                    if let Some(m) = sub.as_object_mut() {
+                        m.insert(".".into(), Value::Object(Map::new()));
+                    }
+                    out.insert(format!("k:{key}"), sub);
+                }
+            }
+            _ => {}
+        }
+        Value::Object(out)
+    }
+    walk(applied, true, false)
+}
+
+/// The leaf paths of a `FieldsV1` set.
+pub fn leaves(fields: &Value) -> Vec<Vec<String>> {
+    fn walk(v: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        let children: Vec<(&String, &Value)> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.as_str() != ".")
+            .collect();
+        if children.is_empty() {
+            if !path.is_empty() {
+                out.push(path.clone());
+            }
+            return;
+        }
+        for (k, child) in children {
+            path.push(k.clone());
+            walk(child, path, out);
+            path.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(fields, &mut Vec::new(), &mut out);
+    out
+}
+
+/// The value at a field path in an object.
+pub fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut cur = obj;
+    for seg in path {
+        if let Some(field) = seg.strip_prefix("f:") {
+            cur = cur.get(field)?;
+        } else if let Some(key) = seg.strip_prefix("k:") {
+            let key: Value = serde_json::from_str(key).ok()?;
+            cur = cur.as_array()?.iter().find(|item| {
+                key.as_object()
+                    .into_iter()
+                    .flatten()
+                    .all(|(k, v)| item.get(k) == Some(v))
+            })?;
+        } else {
+            return None;
+        }
+    }
+    Some(cur)
+}
+
+/// Removes the field at a path made only of `f:` segments (list items are left alone).
+pub fn remove_at(obj: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = obj;
+    for seg in parents {
+        let Some(field) = seg.strip_prefix("f:") else {
+            return;
+        };
+        match cur.get_mut(field) {
+            Some(next) => cur = next,
+            None => return,
+        }
+    }
+    if let (Some(field), Some(map)) = (last.strip_prefix("f:"), cur.as_object_mut()) {
+        map.remove(field);
+    }
+}
+
+/// A field path as kube-apiserver prints it in apply conflicts: `.spec.replicas`,
+/// `.spec.template.spec.containers[name="main"].image`.
+pub fn path_string(path: &[String]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        if let Some(field) = seg.strip_prefix("f:") {
+            out.push('.');
+            out.push_str(field);
+        } else if let Some(key) = seg.strip_prefix("k:") {
+            let key: Value = serde_json::from_str(key).unwrap_or(Value::Null);
+            for (k, v) in key.as_object().into_iter().flatten() {
+                out.push_str(&format!("[{k}={v}]"));
+            }
+        }
+    }
+    out
+}
+
+/// Rebuilds a `FieldsV1` set from leaf paths.
+pub fn fields_from_leaves(paths: &[Vec<String>]) -> Value {
+    let mut root = Value::Object(Map::new());
+    for path in paths {
+        let mut cur = &mut root;
+        for (i, seg) in path.iter().enumerate() {
+            let map = cur.as_object_mut().expect("field sets are objects");
+            cur = map
+                .entry(seg.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if seg.starts_with("k:")
+                && i + 1 < path.len()
+                && let Some(m) = cur.as_object_mut()
+            {
+                m.entry(".").or_insert_with(|| Value::Object(Map::new()));
+            }
+        }
+    }
+    root
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +564,67 @@ mod tests {
             json!({"ports": [{"port": 443, "name": "https"}, {"port": 80, "name": "http"}],
                 "finalizers": ["b"]})
         );
+    }
+
+    #[test]
+    fn json_patch_ops() {
+        let mut doc =
+            json!({"spec": {"replicas": 1, "list": [1, 2]}, "metadata": {"labels": {"a/b": "x"}}});
+        json_patch(
+            &mut doc,
+            &json!([
+                {"op": "replace", "path": "/spec/replicas", "value": 2},
+                {"op": "add", "path": "/spec/list/-", "value": 3},
+                {"op": "remove", "path": "/metadata/labels/a~1b"},
+                {"op": "test", "path": "/spec/list/0", "value": 1}
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            doc,
+            json!({"spec": {"replicas": 2, "list": [1, 2, 3]}, "metadata": {"labels": {}}})
+        );
+        assert!(
+            json_patch(
+                &mut doc,
+                &json!([{"op": "replace", "path": "/nope", "value": 1}])
+            )
+            .is_err()
+        );
+        assert!(
+            json_patch(
+                &mut doc,
+                &json!([{"op": "test", "path": "/spec/replicas", "value": 9}])
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn field_sets() {
+        let applied = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "a", "labels": {"x": "1"}},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "main", "image": "i"}]}}}});
+        let fields = fields_of(&applied);
+        let mut paths: Vec<String> = leaves(&fields).iter().map(|p| path_string(p)).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                ".metadata.labels.x",
+                ".spec.replicas",
+                ".spec.template.spec.containers[name=\"main\"].image",
+                ".spec.template.spec.containers[name=\"main\"].name",
+            ]
+        );
+        let leaf = leaves(&fields)
+            .into_iter()
+            .find(|p| path_string(p).ends_with("image"))
+            .unwrap();
+        assert_eq!(value_at(&applied, &leaf), Some(&json!("i")));
+        assert_eq!(fields_from_leaves(&leaves(&fields)), fields);
+        let mut obj = applied.clone();
+        remove_at(&mut obj, &["f:spec".to_string(), "f:replicas".to_string()]);
+        assert!(obj["spec"].get("replicas").is_none());
     }
 }

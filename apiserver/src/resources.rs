@@ -4,8 +4,13 @@
 
 use std::any::TypeId;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    ResourceQuota, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::{ListableResource, NamespaceResourceScope, Resource};
 use serde::Serialize;
@@ -32,6 +37,16 @@ pub enum Printer {
     Service,
     Pod,
     Deployment,
+    Node,
+    Event,
+    Endpoints,
+    ReplicaSet,
+    PersistentVolume,
+    PersistentVolumeClaim,
+    ResourceQuota,
+    ServiceAccount,
+    Lease,
+    EndpointSlice,
 }
 
 /// One served resource.
@@ -99,6 +114,20 @@ pub fn registry() -> Vec<ResourceInfo> {
         info::<Service>(&["svc"], "service", Printer::Service),
         info::<Pod>(&["po"], "pod", Printer::Pod),
         info::<Deployment>(&["deploy"], "deployment", Printer::Deployment),
+        info::<Node>(&["no"], "node", Printer::Node),
+        info::<Event>(&["ev"], "event", Printer::Event),
+        info::<Endpoints>(&["ep"], "endpoints", Printer::Endpoints),
+        info::<ReplicaSet>(&["rs"], "replicaset", Printer::ReplicaSet),
+        info::<PersistentVolume>(&["pv"], "persistentvolume", Printer::PersistentVolume),
+        info::<PersistentVolumeClaim>(
+            &["pvc"],
+            "persistentvolumeclaim",
+            Printer::PersistentVolumeClaim,
+        ),
+        info::<ResourceQuota>(&["quota"], "resourcequota", Printer::ResourceQuota),
+        info::<ServiceAccount>(&["sa"], "serviceaccount", Printer::ServiceAccount),
+        info::<Lease>(&[], "lease", Printer::Lease),
+        info::<EndpointSlice>(&[], "endpointslice", Printer::EndpointSlice),
     ]
 }
 
@@ -200,7 +229,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<(String, String)> {
     let mut causes = Vec::new();
     match info.printer {
         Printer::Pod => validate_pod_spec(&obj["spec"], "spec", &mut causes),
-        Printer::Deployment => {
+        Printer::Deployment | Printer::ReplicaSet => {
             let selector = &obj["spec"]["selector"];
             if !selector.is_object() {
                 causes.push(("spec.selector".into(), "Required value".into()));
@@ -251,7 +280,12 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
         Printer::Namespace => {
             set_default(obj, "spec", json!({}));
             set_default(&mut obj["spec"], "finalizers", json!(["kubernetes"]));
-            obj["status"] = json!({"phase": "Active"});
+            let phase = if obj["metadata"]["deletionTimestamp"].is_string() {
+                "Terminating"
+            } else {
+                "Active"
+            };
+            obj["status"] = json!({ "phase": phase });
         }
         Printer::Secret => {
             set_default(obj, "type", json!("Opaque"));
@@ -296,7 +330,27 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
                        "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
             );
         }
-        Printer::ConfigMap => {}
+        Printer::ReplicaSet => set_default(&mut obj["spec"], "replicas", json!(1)),
+        Printer::PersistentVolume => {
+            set_default(obj, "spec", json!({}));
+            set_default(
+                &mut obj["spec"],
+                "persistentVolumeReclaimPolicy",
+                json!("Retain"),
+            );
+            set_default(&mut obj["spec"], "volumeMode", json!("Filesystem"));
+            set_default(obj, "status", json!({"phase": "Pending"}));
+        }
+        Printer::PersistentVolumeClaim => {
+            set_default(obj, "spec", json!({}));
+            set_default(&mut obj["spec"], "volumeMode", json!("Filesystem"));
+            set_default(obj, "status", json!({"phase": "Pending"}));
+        }
+        Printer::Node => {
+            set_default(obj, "spec", json!({}));
+            set_default(obj, "status", json!({}));
+        }
+        _ => {}
     }
 }
 
@@ -304,7 +358,15 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
 pub fn has_status(info: &ResourceInfo) -> bool {
     matches!(
         info.printer,
-        Printer::Pod | Printer::Deployment | Printer::Service
+        Printer::Pod
+            | Printer::Deployment
+            | Printer::Service
+            | Printer::Node
+            | Printer::ReplicaSet
+            | Printer::PersistentVolume
+            | Printer::PersistentVolumeClaim
+            | Printer::ResourceQuota
+            | Printer::Namespace
     )
 }
 
@@ -352,7 +414,110 @@ pub fn columns(printer: Printer) -> Vec<Value> {
             s("Images", 1),
             s("Selector", 1),
         ],
+        Printer::Node => vec![
+            name,
+            s("Status", 0),
+            s("Roles", 0),
+            age,
+            s("Version", 0),
+            s("Internal-IP", 1),
+            s("External-IP", 1),
+            s("OS-Image", 1),
+            s("Kernel-Version", 1),
+            s("Container-Runtime", 1),
+        ],
+        Printer::Event => vec![
+            s("Last Seen", 0),
+            s("Type", 0),
+            s("Reason", 0),
+            s("Object", 0),
+            s("Subobject", 1),
+            s("Source", 1),
+            s("Message", 0),
+            s("First Seen", 1),
+            column("Count", "integer", "", 1),
+            column("Name", "string", "name", 1),
+        ],
+        Printer::Endpoints => vec![name, s("Endpoints", 0), age],
+        Printer::ReplicaSet => vec![
+            name,
+            column("Desired", "integer", "", 0),
+            column("Current", "integer", "", 0),
+            column("Ready", "integer", "", 0),
+            age,
+            s("Containers", 1),
+            s("Images", 1),
+            s("Selector", 1),
+        ],
+        Printer::PersistentVolume => vec![
+            name,
+            s("Capacity", 0),
+            s("Access Modes", 0),
+            s("Reclaim Policy", 0),
+            s("Status", 0),
+            s("Claim", 0),
+            s("StorageClass", 0),
+            s("VolumeAttributesClass", 0),
+            s("Reason", 0),
+            age,
+            s("VolumeMode", 1),
+        ],
+        Printer::PersistentVolumeClaim => vec![
+            name,
+            s("Status", 0),
+            s("Volume", 0),
+            s("Capacity", 0),
+            s("Access Modes", 0),
+            s("StorageClass", 0),
+            s("VolumeAttributesClass", 0),
+            age,
+            s("VolumeMode", 1),
+        ],
+        Printer::ResourceQuota => vec![name, age, s("Request", 0), s("Limit", 0)],
+        Printer::ServiceAccount => vec![name, column("Secrets", "string", "", 0), age],
+        Printer::Lease => vec![name, s("Holder", 0), age],
+        Printer::EndpointSlice => vec![
+            name,
+            s("AddressType", 0),
+            s("Ports", 0),
+            s("Endpoints", 0),
+            age,
+        ],
     }
+}
+
+fn access_modes(v: &Value) -> String {
+    let modes: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect();
+    modes.join(",")
+}
+
+/// Up to three `ip:port` endpoints, then "+ N more..." as kube-apiserver prints them.
+fn endpoint_list(addresses: Vec<String>) -> String {
+    if addresses.is_empty() {
+        return "<none>".into();
+    }
+    let mut out = addresses
+        .iter()
+        .take(3)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(",");
+    if addresses.len() > 3 {
+        out.push_str(&format!(" + {} more...", addresses.len() - 3));
+    }
+    out
 }
 
 /// kube's `duration.HumanDuration`.
@@ -541,6 +706,256 @@ pub fn cells(printer: Printer, obj: &Value, now: Timestamp) -> Vec<Value> {
                 )),
             ]
         }
+        Printer::ReplicaSet => {
+            let spec = &obj["spec"];
+            let status = &obj["status"];
+            let n = |v: &Value| v.as_i64().unwrap_or(0);
+            let tpl = &spec["template"]["spec"];
+            vec![
+                name,
+                json!(n(&spec["replicas"])),
+                json!(n(&status["replicas"])),
+                json!(n(&status["readyReplicas"])),
+                age,
+                json!(join_containers(tpl, "name")),
+                json!(join_containers(tpl, "image")),
+                json!(none_if_empty(
+                    LabelSelector::from_object(&spec["selector"]).to_string_form()
+                )),
+            ]
+        }
+        Printer::Node => {
+            let status = &obj["status"];
+            let ready = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .map(|c| c["status"].as_str() == Some("True"));
+            let mut state = match ready {
+                Some(true) => "Ready".to_string(),
+                Some(false) => "NotReady".to_string(),
+                None => "Unknown".to_string(),
+            };
+            if obj["spec"]["unschedulable"].as_bool() == Some(true) {
+                state.push_str(",SchedulingDisabled");
+            }
+            let mut roles: Vec<String> = obj["metadata"]["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
+                .map(String::from)
+                .collect();
+            roles.sort();
+            let address = |kind: &str| {
+                status["addresses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["type"] == kind)
+                    .map(|a| str_of(&a["address"]))
+                    .unwrap_or_default()
+            };
+            let info = &status["nodeInfo"];
+            vec![
+                name,
+                json!(state),
+                json!(none_if_empty(roles.join(","))),
+                age,
+                json!(str_of(&info["kubeletVersion"])),
+                json!(none_if_empty(address("InternalIP"))),
+                json!(none_if_empty(address("ExternalIP"))),
+                json!(if info["osImage"].is_string() {
+                    str_of(&info["osImage"])
+                } else {
+                    "<unknown>".into()
+                }),
+                json!(if info["kernelVersion"].is_string() {
+                    str_of(&info["kernelVersion"])
+                } else {
+                    "<unknown>".into()
+                }),
+                json!(if info["containerRuntimeVersion"].is_string() {
+                    str_of(&info["containerRuntimeVersion"])
+                } else {
+                    "<unknown>".into()
+                }),
+            ]
+        }
+        Printer::Event => {
+            let ts = |v: &Value| {
+                v.as_str()
+                    .and_then(|t| t.parse::<Timestamp>().ok())
+                    .map(|t| human_duration(now.as_second() - t.as_second()))
+            };
+            let last = ts(&obj["lastTimestamp"])
+                .or_else(|| ts(&obj["eventTime"]))
+                .or_else(|| ts(&obj["metadata"]["creationTimestamp"]))
+                .unwrap_or_else(|| "<unknown>".into());
+            let first = ts(&obj["firstTimestamp"])
+                .or_else(|| ts(&obj["eventTime"]))
+                .unwrap_or_else(|| "<unknown>".into());
+            let io = &obj["involvedObject"];
+            let source = match (
+                str_of(&obj["source"]["component"]),
+                str_of(&obj["source"]["host"]),
+            ) {
+                (c, h) if h.is_empty() => c,
+                (c, h) => format!("{c}, {h}"),
+            };
+            vec![
+                json!(last),
+                json!(str_of(&obj["type"])),
+                json!(str_of(&obj["reason"])),
+                json!(format!(
+                    "{}/{}",
+                    str_of(&io["kind"]).to_lowercase(),
+                    str_of(&io["name"])
+                )),
+                json!(str_of(&io["fieldPath"])),
+                json!(source),
+                json!(str_of(&obj["message"])),
+                json!(first),
+                json!(obj["count"].as_i64().unwrap_or(1)),
+                name,
+            ]
+        }
+        Printer::Endpoints => {
+            let mut addrs = Vec::new();
+            for subset in obj["subsets"].as_array().into_iter().flatten() {
+                let ports: Vec<i64> = subset["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["port"].as_i64())
+                    .collect();
+                for a in subset["addresses"].as_array().into_iter().flatten() {
+                    let ip = str_of(&a["ip"]);
+                    if ports.is_empty() {
+                        addrs.push(ip.clone());
+                    }
+                    for p in &ports {
+                        addrs.push(format!("{ip}:{p}"));
+                    }
+                }
+            }
+            vec![name, json!(endpoint_list(addrs)), age]
+        }
+        Printer::EndpointSlice => {
+            let ports: Vec<String> = obj["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["port"].as_i64().map(|p| p.to_string()))
+                .collect();
+            let addrs: Vec<String> = obj["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            let ports = if obj["ports"].is_array() {
+                none_if_empty(ports.join(","))
+            } else {
+                "<unset>".into()
+            };
+            vec![
+                name,
+                json!(str_of(&obj["addressType"])),
+                json!(ports),
+                json!(endpoint_list(addrs)),
+                age,
+            ]
+        }
+        Printer::PersistentVolume => {
+            let spec = &obj["spec"];
+            let claim = &spec["claimRef"];
+            let claim = if claim.is_object() {
+                format!("{}/{}", str_of(&claim["namespace"]), str_of(&claim["name"]))
+            } else {
+                String::new()
+            };
+            vec![
+                name,
+                json!(str_of(&spec["capacity"]["storage"])),
+                json!(access_modes(&spec["accessModes"])),
+                json!(str_of(&spec["persistentVolumeReclaimPolicy"])),
+                json!(str_of(&obj["status"]["phase"])),
+                json!(claim),
+                json!(str_of(&spec["storageClassName"])),
+                json!(
+                    none_if_empty(str_of(&spec["volumeAttributesClassName"]))
+                        .replace("<none>", "<unset>")
+                ),
+                json!(str_of(&obj["status"]["reason"])),
+                age,
+                json!(str_of(&spec["volumeMode"])),
+            ]
+        }
+        Printer::PersistentVolumeClaim => {
+            let spec = &obj["spec"];
+            let status = &obj["status"];
+            let bound = !str_of(&spec["volumeName"]).is_empty();
+            vec![
+                name,
+                json!(str_of(&status["phase"])),
+                json!(str_of(&spec["volumeName"])),
+                json!(if bound {
+                    str_of(&status["capacity"]["storage"])
+                } else {
+                    String::new()
+                }),
+                json!(if bound {
+                    access_modes(&status["accessModes"])
+                } else {
+                    String::new()
+                }),
+                json!(str_of(&spec["storageClassName"])),
+                json!(
+                    none_if_empty(str_of(&spec["volumeAttributesClassName"]))
+                        .replace("<none>", "<unset>")
+                ),
+                age,
+                json!(str_of(&spec["volumeMode"])),
+            ]
+        }
+        Printer::ResourceQuota => {
+            let hard = &obj["spec"]["hard"];
+            let used = &obj["status"]["used"];
+            let (mut requests, mut limits) = (Vec::new(), Vec::new());
+            let mut keys: Vec<&String> = hard
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k)
+                .collect();
+            keys.sort();
+            for k in keys {
+                let cell = format!(
+                    "{k}: {}/{}",
+                    used[k].as_str().unwrap_or("0"),
+                    hard[k].as_str().unwrap_or("")
+                );
+                if k.starts_with("limits.") {
+                    limits.push(cell);
+                } else {
+                    requests.push(cell);
+                }
+            }
+            vec![
+                name,
+                age,
+                json!(requests.join(", ")),
+                json!(limits.join(", ")),
+            ]
+        }
+        Printer::ServiceAccount => {
+            let secrets = obj["secrets"].as_array().map(Vec::len).unwrap_or(0);
+            vec![name, json!(secrets.to_string()), age]
+        }
+        Printer::Lease => vec![name, json!(str_of(&obj["spec"]["holderIdentity"])), age],
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Target<'a> {
     pub info: &'a ResourceInfo,
     pub namespace: Option<String>,
     pub name: Option<String>,
+    /// `status`, `scale` or `binding`.
+    pub subresource: Option<String>,
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
@@ -128,14 +130,29 @@ impl Registry {
                 "the server could not find the requested resource",
             )
         };
-        let (namespace, resource, name) = match rest {
-            [res] => (None, *res, None),
-            ["namespaces", ns, res] => (Some(*ns), *res, None),
-            ["namespaces", ns, res, name] => (Some(*ns), *res, Some(*name)),
-            [res, name] => (None, *res, Some(*name)),
+        let (namespace, resource, name, sub) = match rest {
+            [res] => (None, *res, None, None),
+            // `/api/v1/namespaces/<name>/status`: the namespace's own subresource.
+            ["namespaces", name, sub]
+                if group.is_empty() && self.find(group, version, sub).is_none() =>
+            {
+                (None, "namespaces", Some(*name), Some(*sub))
+            }
+            ["namespaces", ns, res] => (Some(*ns), *res, None, None),
+            ["namespaces", ns, res, name] => (Some(*ns), *res, Some(*name), None),
+            ["namespaces", ns, res, name, sub] => (Some(*ns), *res, Some(*name), Some(*sub)),
+            [res, name] => (None, *res, Some(*name), None),
+            [res, name, sub] => (None, *res, Some(*name), Some(*sub)),
             _ => return Err(not_found()),
         };
         let info = self.find(group, version, resource).ok_or_else(not_found)?;
+        if let Some(sub) = sub
+            && !crate::discovery::subresources(info)
+                .iter()
+                .any(|(s, ..)| *s == sub)
+        {
+            return Err(not_found());
+        }
         if namespace.is_some() && !info.namespaced {
             return Err(not_found());
         }
@@ -146,6 +163,7 @@ impl Registry {
             info,
             namespace: namespace.map(String::from),
             name: name.map(String::from),
+            subresource: sub.map(String::from),
         })
     }
 
@@ -439,7 +457,19 @@ impl Registry {
             .map_err(|e| ApiError::from_storage(e, "namespaces", "", namespace))?;
         match stored {
             None => Err(ApiError::not_found("namespaces", "", namespace)),
-            Some(_) => Ok(()),
+            Some(s) => {
+                let ns: Value = serde_json::from_slice(&s.value).unwrap_or(Value::Null);
+                if ns["metadata"]["deletionTimestamp"].is_string() {
+                    return Err(ApiError::new(
+                        403,
+                        "Forbidden",
+                        format!(
+                            "unable to create new content in namespace {namespace} because it is being terminated"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -530,8 +560,18 @@ impl Registry {
         headers: &HeaderMap,
         body: &Bytes,
     ) -> ApiResult {
+        let obj = parse_json_body(headers, body)?;
+        self.create_value(t, query, obj).await
+    }
+
+    /// Creates `obj` (already decoded) in `t`'s collection.
+    async fn create_value(
+        &self,
+        t: &Target<'_>,
+        query: &HashMap<String, String>,
+        mut obj: Value,
+    ) -> ApiResult {
         let info = t.info;
-        let mut obj = parse_json_body(headers, body)?;
         if obj["metadata"]["name"].as_str().unwrap_or("").is_empty()
             && let Some(base) = obj["metadata"]["generateName"].as_str()
         {
@@ -572,20 +612,57 @@ impl Registry {
         namespace: Option<&str>,
         name: &str,
         current: &Value,
-        mut obj: Value,
+        obj: Value,
         expected: i64,
         query: &HashMap<String, String>,
     ) -> Result<Value, ApiError> {
+        self.replace_sub(info, namespace, name, current, obj, expected, query, None)
+            .await
+    }
+
+    /// [`Self::replace`] for a subresource: `Some("status")` writes only `status` (and keeps
+    /// everything else of `current`).
+    #[allow(clippy::too_many_arguments)]
+    async fn replace_sub(
+        &self,
+        info: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        current: &Value,
+        mut obj: Value,
+        expected: i64,
+        query: &HashMap<String, String>,
+        sub: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let status_only = sub == Some("status");
+        if status_only {
+            let mut merged = current.clone();
+            merged["status"] = obj["status"].clone();
+            obj = merged;
+        }
         self.admit(info, namespace, &mut obj, query)?;
         if obj["metadata"]["name"].as_str() != Some(name) {
             return Err(ApiError::bad_request(
                 "the name of the object does not match the name on the URL",
             ));
         }
-        for field in ["uid", "creationTimestamp", "generation"] {
-            obj["metadata"][field] = current["metadata"][field].clone();
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
+            match current["metadata"].get(field) {
+                Some(v) => obj["metadata"][field] = v.clone(),
+                None => {
+                    if let Some(meta) = obj["metadata"].as_object_mut() {
+                        meta.remove(field);
+                    }
+                }
+            }
         }
-        if resources::has_status(info) {
+        if resources::has_status(info) && !status_only {
             obj["status"] = current["status"].clone();
             if obj["status"].is_null()
                 && let Some(map) = obj.as_object_mut()
@@ -601,6 +678,14 @@ impl Registry {
             return Ok(obj);
         }
         let key = self.key(info, namespace, name);
+        if obj["metadata"]["deletionTimestamp"].is_string() && !has_finalizers(&obj) {
+            // The last finalizer is gone: the deletion completes now.
+            self.storage
+                .delete(&key, expected, self.children(info, name))
+                .await
+                .map_err(|e| ApiError::from_storage(e, info.resource, info.group, name))?;
+            return Ok(obj);
+        }
         let revision = self
             .storage
             .update(&key, Self::encode(&obj), expected)
@@ -639,7 +724,7 @@ impl Registry {
             _ => stored.revision,
         };
         let obj = self
-            .replace(
+            .replace_sub(
                 t.info,
                 t.namespace.as_deref(),
                 &name,
@@ -647,6 +732,7 @@ impl Registry {
                 obj,
                 expected,
                 query,
+                t.subresource.as_deref(),
             )
             .await?;
         Ok(json_response(StatusCode::OK, &obj))
@@ -661,6 +747,9 @@ impl Registry {
     ) -> ApiResult {
         let name = t.name.clone().unwrap_or_default();
         let ct = content_type(headers);
+        if ct == "application/apply-patch+yaml" && t.subresource.is_none() {
+            return self.server_side_apply(t, query, body).await;
+        }
         let patch_doc: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
         let precondition = patch_doc["metadata"]["resourceVersion"]
@@ -674,14 +763,242 @@ impl Registry {
                 return Err(ApiError::conflict(t.info.resource, t.info.group, &name));
             }
             let mut obj = current.clone();
-            match ct.as_str() {
-                "application/merge-patch+json" => patch::merge_patch(&mut obj, &patch_doc),
-                "application/strategic-merge-patch+json" => {
-                    patch::strategic_merge_patch(&mut obj, &patch_doc)
-                        .map_err(ApiError::bad_request)?
-                }
-                other => return Err(ApiError::unsupported_media_type(other)),
+            apply_patch(&ct, &mut obj, &patch_doc)?;
+            if let Some(meta) = obj["metadata"].as_object_mut() {
+                meta.remove("resourceVersion");
             }
+            match self
+                .replace_sub(
+                    t.info,
+                    t.namespace.as_deref(),
+                    &name,
+                    &current,
+                    obj,
+                    stored.revision,
+                    query,
+                    t.subresource.as_deref(),
+                )
+                .await
+            {
+                Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
+                Err(e) => return Err(e),
+                Ok(obj) => return Ok(json_response(StatusCode::OK, &obj)),
+            }
+        }
+        Err(ApiError::conflict(t.info.resource, t.info.group, &name))
+    }
+
+    /// Server-side apply (`application/apply-patch+yaml`): creates the object, or merges the
+    /// applied configuration into it. Each apply manager owns the fields it applied
+    /// (`managedFields`); setting a field another apply manager owns to a different value is a
+    /// 409 conflict unless `force=true`, and fields a manager stops applying are removed.
+    async fn server_side_apply(
+        &self,
+        t: &Target<'_>,
+        query: &HashMap<String, String>,
+        body: &Bytes,
+    ) -> ApiResult {
+        let info = t.info;
+        let name = t.name.clone().unwrap_or_default();
+        let manager = query
+            .get("fieldManager")
+            .filter(|m| !m.is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::bad_request("PATCH, application/apply-patch+yaml requires fieldManager")
+            })?;
+        let force = query.get("force").map(String::as_str) == Some("true");
+        // kubectl sends JSON, which is YAML too; YAML-only syntax is not parsed here.
+        let applied: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "error decoding apply configuration (JSON is supported): {e}"
+            ))
+        })?;
+        if !applied.is_object() {
+            return Err(ApiError::bad_request(
+                "the apply configuration must be an object",
+            ));
+        }
+        if let Some(n) = applied["metadata"]["name"].as_str()
+            && n != name
+        {
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        let fields = patch::fields_of(&applied);
+        let entry = |fields: Value| {
+            json!({"manager": manager, "operation": "Apply", "apiVersion": info.api_version(),
+                   "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": fields})
+        };
+        for _ in 0..PATCH_RETRIES_MAX {
+            let key = self.key(info, t.namespace.as_deref(), &name);
+            let stored = self
+                .storage
+                .get(&key)
+                .await
+                .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
+            let Some(stored) = stored else {
+                let mut obj = applied.clone();
+                obj["metadata"]["name"] = json!(name);
+                obj["metadata"]["managedFields"] = json!([entry(fields.clone())]);
+                match self.create_value(t, query, obj).await {
+                    Err(e) if e.reason == "AlreadyExists" => continue,
+                    other => return other,
+                }
+            };
+            let current = self.decode(info, &stored)?;
+            let mine = patch::leaves(&fields);
+            let mut managed: Vec<Value> = current["metadata"]["managedFields"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            // Conflicts: fields another apply manager owns that this apply sets differently.
+            let mut conflicts = Vec::new();
+            for other in managed.iter_mut().filter(|m| {
+                m["manager"].as_str() != Some(manager.as_str())
+                    && m["operation"].as_str() == Some("Apply")
+            }) {
+                let owned = patch::leaves(&other["fieldsV1"]);
+                let (lost, kept): (Vec<_>, Vec<_>) = owned.into_iter().partition(|p| {
+                    mine.contains(p) && patch::value_at(&applied, p) != patch::value_at(&current, p)
+                });
+                for p in &lost {
+                    conflicts.push(format!(
+                        "conflict with \"{}\": {}",
+                        other["manager"].as_str().unwrap_or(""),
+                        patch::path_string(p)
+                    ));
+                }
+                if force {
+                    other["fieldsV1"] = patch::fields_from_leaves(&kept);
+                }
+            }
+            if !conflicts.is_empty() && !force {
+                let n = conflicts.len();
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Apply failed with {n} conflict{}: {}",
+                        if n == 1 { "" } else { "s" },
+                        conflicts.join("\n")
+                    ),
+                ));
+            }
+            let mut obj = current.clone();
+            // Fields this manager applied before, no longer applies, and nobody else owns.
+            let previous = managed
+                .iter()
+                .find(|m| {
+                    m["manager"].as_str() == Some(manager.as_str()) && m["operation"] == "Apply"
+                })
+                .map(|m| patch::leaves(&m["fieldsV1"]))
+                .unwrap_or_default();
+            let others: Vec<Vec<String>> = managed
+                .iter()
+                .filter(|m| m["manager"].as_str() != Some(manager.as_str()))
+                .flat_map(|m| patch::leaves(&m["fieldsV1"]))
+                .collect();
+            for p in previous
+                .iter()
+                .filter(|p| !mine.contains(p) && !others.contains(p))
+            {
+                patch::remove_at(&mut obj, p);
+            }
+            let mut doc = applied.clone();
+            if let Some(meta) = doc["metadata"].as_object_mut() {
+                meta.remove("managedFields");
+                meta.remove("resourceVersion");
+            }
+            patch::strategic_merge_patch(&mut obj, &doc).map_err(ApiError::bad_request)?;
+            managed.retain(|m| {
+                let mine =
+                    m["manager"].as_str() == Some(manager.as_str()) && m["operation"] == "Apply";
+                let owns_nothing = patch::leaves(&m["fieldsV1"]).is_empty();
+                !mine && !owns_nothing
+            });
+            managed.push(entry(fields.clone()));
+            obj["metadata"]["managedFields"] = json!(managed);
+            if let Some(meta) = obj["metadata"].as_object_mut() {
+                meta.remove("resourceVersion");
+            }
+            match self
+                .replace(
+                    info,
+                    t.namespace.as_deref(),
+                    &name,
+                    &current,
+                    obj,
+                    stored.revision,
+                    query,
+                )
+                .await
+            {
+                Err(e) if e.reason == "Conflict" => continue,
+                Err(e) => return Err(e),
+                Ok(obj) => return Ok(json_response(StatusCode::OK, &obj)),
+            }
+        }
+        Err(ApiError::conflict(info.resource, info.group, &name))
+    }
+
+    /// `GET …/scale`: the object's `autoscaling/v1 Scale`.
+    pub async fn get_scale(&self, t: &Target<'_>) -> ApiResult {
+        let name = t.name.clone().unwrap_or_default();
+        let (_, obj) = self.current(t, &name).await?;
+        Ok(json_response(StatusCode::OK, &scale_of(&obj)))
+    }
+
+    /// `PUT`/`PATCH …/scale`: sets `spec.replicas` from the (patched) Scale.
+    pub async fn write_scale(
+        &self,
+        t: &Target<'_>,
+        method: &Method,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> ApiResult {
+        let name = t.name.clone().unwrap_or_default();
+        let put = method == Method::PUT;
+        let doc = if put {
+            parse_json_body(headers, body)?
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+        };
+        let precondition = doc["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|rv| !rv.is_empty())
+            .map(String::from);
+        for _ in 0..PATCH_RETRIES_MAX {
+            let (stored, current) = self.current(t, &name).await?;
+            if let Some(rv) = &precondition
+                && *rv != stored.revision.to_string()
+            {
+                return Err(ApiError::conflict(t.info.resource, t.info.group, &name));
+            }
+            let scale = if put {
+                doc.clone()
+            } else {
+                let mut scale = scale_of(&current);
+                apply_patch(&content_type(headers), &mut scale, &doc)?;
+                scale
+            };
+            let replicas = scale["spec"]["replicas"].as_i64().unwrap_or(0);
+            if replicas < 0 {
+                return Err(ApiError::invalid(
+                    "Scale",
+                    "autoscaling",
+                    &name,
+                    &[(
+                        "spec.replicas".into(),
+                        format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                    )],
+                ));
+            }
+            let mut obj = current.clone();
+            obj["spec"]["replicas"] = json!(replicas);
             if let Some(meta) = obj["metadata"].as_object_mut() {
                 meta.remove("resourceVersion");
             }
@@ -699,10 +1016,63 @@ impl Registry {
             {
                 Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
                 Err(e) => return Err(e),
-                Ok(obj) => return Ok(json_response(StatusCode::OK, &obj)),
+                Ok(obj) => return Ok(json_response(StatusCode::OK, &scale_of(&obj))),
             }
         }
         Err(ApiError::conflict(t.info.resource, t.info.group, &name))
+    }
+
+    /// `POST …/pods/<name>/binding`: assigns the pod to `target.name` once.
+    pub async fn bind(
+        &self,
+        t: &Target<'_>,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> ApiResult {
+        let name = t.name.clone().unwrap_or_default();
+        let binding = parse_json_body(headers, body)?;
+        let node = binding["target"]["name"].as_str().unwrap_or("");
+        if node.is_empty() {
+            return Err(ApiError::invalid(
+                "Binding",
+                "",
+                &name,
+                &[("target.name".into(), "Required value".into())],
+            ));
+        }
+        let (stored, current) = self.current(t, &name).await?;
+        if let Some(assigned) = current["spec"]["nodeName"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{assigned}\""
+                ),
+            ));
+        }
+        let mut obj = current.clone();
+        obj["spec"]["nodeName"] = json!(node);
+        if let Some(meta) = obj["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+        self.replace(
+            t.info,
+            t.namespace.as_deref(),
+            &name,
+            &current,
+            obj,
+            stored.revision,
+            query,
+        )
+        .await?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
     }
 
     pub async fn delete(
@@ -739,25 +1109,134 @@ impl Registry {
         {
             return Err(ApiError::conflict(info.resource, info.group, &name));
         }
-        if is_dry_run(query) {
-            return Ok(json_response(StatusCode::OK, &obj));
-        }
-        // Deleting a namespace deletes what is in it, in the same transaction.
-        let children = if info.kind == "Namespace" {
+        let obj = self.delete_one(info, &stored, obj, query).await?;
+        Ok(json_response(StatusCode::OK, &obj))
+    }
+
+    /// Deletes what is in a namespace along with it (same transaction).
+    fn children(&self, info: &ResourceInfo, name: &str) -> Vec<String> {
+        if info.kind == "Namespace" {
             self.resources
                 .iter()
                 .filter(|r| r.namespaced)
-                .map(|r| self.collection_prefix(r, Some(&name)))
+                .map(|r| self.collection_prefix(r, Some(name)))
                 .collect()
         } else {
             Vec::new()
-        };
+        }
+    }
+
+    /// Deletes one object; one with finalizers only gets a `deletionTimestamp` (a namespace
+    /// turns `Terminating`) and goes when its last finalizer is removed.
+    async fn delete_one(
+        &self,
+        info: &ResourceInfo,
+        stored: &Stored,
+        obj: Value,
+        query: &HashMap<String, String>,
+    ) -> Result<Value, ApiError> {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if is_dry_run(query) {
+            return Ok(obj);
+        }
+        if has_finalizers(&obj) {
+            if obj["metadata"]["deletionTimestamp"].is_string() {
+                return Ok(obj);
+            }
+            let mut marked = obj;
+            marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            if info.kind == "Namespace" {
+                marked["status"]["phase"] = json!("Terminating");
+            }
+            let revision = self
+                .storage
+                .update(&stored.key, Self::encode(&marked), stored.revision)
+                .await
+                .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
+            marked["metadata"]["resourceVersion"] = json!(revision.to_string());
+            return Ok(marked);
+        }
         self.storage
-            .delete(&stored.key, stored.revision, children)
+            .delete(&stored.key, stored.revision, self.children(info, &name))
             .await
             .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
-        Ok(json_response(StatusCode::OK, &obj))
+        Ok(obj)
     }
+
+    /// `DELETE` on a collection: deletes every object the selectors match.
+    pub async fn delete_collection(
+        &self,
+        t: &Target<'_>,
+        query: &HashMap<String, String>,
+    ) -> ApiResult {
+        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))
+            .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s))
+            .map_err(ApiError::bad_request)?;
+        let prefix = self.collection_prefix(t.info, t.namespace.as_deref());
+        let page = self
+            .storage
+            .list(&prefix, "", 0, 0)
+            .await
+            .map_err(|e| ApiError::from_storage(e, t.info.resource, t.info.group, ""))?;
+        let mut deleted = Vec::new();
+        for stored in &page.items {
+            let obj = self.decode(t.info, stored)?;
+            let protected = t.info.kind == "Namespace"
+                && ["default", "kube-system", "kube-public"]
+                    .contains(&obj["metadata"]["name"].as_str().unwrap_or(""));
+            if protected || !(labels.matches(&labels_of(&obj)) && fields.matches(&obj)) {
+                continue;
+            }
+            match self.delete_one(t.info, stored, obj, query).await {
+                Ok(obj) => deleted.push(obj),
+                // Changed or deleted meanwhile: someone else got there first.
+                Err(e) if matches!(e.reason, "Conflict" | "NotFound") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let list = json!({"kind": t.info.list_kind, "apiVersion": t.info.api_version(),
+                          "metadata": {"resourceVersion": page.revision.to_string()}, "items": deleted});
+        Ok(json_response(StatusCode::OK, &list))
+    }
+}
+
+/// Applies a patch document of content type `ct` to `obj`.
+fn apply_patch(ct: &str, obj: &mut Value, patch_doc: &Value) -> Result<(), ApiError> {
+    match ct {
+        "application/merge-patch+json" => patch::merge_patch(obj, patch_doc),
+        "application/strategic-merge-patch+json" => {
+            patch::strategic_merge_patch(obj, patch_doc).map_err(ApiError::bad_request)?
+        }
+        "application/json-patch+json" => patch::json_patch(obj, patch_doc).map_err(|e| {
+            ApiError::new(
+                422,
+                "Invalid",
+                format!("the server rejected our request due to an error in our request: {e}"),
+            )
+        })?,
+        other => return Err(ApiError::unsupported_media_type(other)),
+    }
+    Ok(())
+}
+
+/// The `autoscaling/v1 Scale` of a Deployment or ReplicaSet.
+fn scale_of(obj: &Value) -> Value {
+    let meta = &obj["metadata"];
+    json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+           "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+                        "resourceVersion": meta["resourceVersion"],
+                        "creationTimestamp": meta["creationTimestamp"]},
+           "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0)},
+           "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0),
+                      "selector": LabelSelector::from_object(&obj["spec"]["selector"]).to_string_form()}})
+}
+
+fn has_finalizers(obj: &Value) -> bool {
+    obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
 }
 
 fn set_create_metadata(obj: &mut Value) {
@@ -879,6 +1358,19 @@ pub async fn dispatch(
     body: &Bytes,
 ) -> ApiResult {
     let t = registry.target(group, version, rest)?;
+    if let Some(sub) = t.subresource.as_deref() {
+        return match (sub, method.as_str()) {
+            ("status", "GET") => registry.get(&t, headers).await,
+            ("status", "PUT") => registry.update(&t, query, headers, body).await,
+            ("status", "PATCH") => registry.patch(&t, query, headers, body).await,
+            ("scale", "GET") => registry.get_scale(&t).await,
+            ("scale", "PUT" | "PATCH") => {
+                registry.write_scale(&t, method, query, headers, body).await
+            }
+            ("binding", "POST") => registry.bind(&t, query, headers, body).await,
+            _ => Err(ApiError::method_not_allowed()),
+        };
+    }
     let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     match (method.as_str(), t.name.is_some()) {
         ("GET", _) if watching => registry.clone().watch(&t, query, headers).await,
@@ -893,6 +1385,7 @@ pub async fn dispatch(
         ("PUT", true) => registry.update(&t, query, headers, body).await,
         ("PATCH", true) => registry.patch(&t, query, headers, body).await,
         ("DELETE", true) => registry.delete(&t, query, body).await,
+        ("DELETE", false) => registry.delete_collection(&t, query).await,
         _ => Err(ApiError::method_not_allowed()),
     }
 }

@@ -164,8 +164,32 @@ pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
-/// Fields every kind supports (kube-apiserver's `DefaultClusterScopedAttr`/`NamespaceScoped`).
-const SUPPORTED_FIELDS: [&str; 2] = ["metadata.name", "metadata.namespace"];
+/// Fields every kind supports (kube-apiserver's `DefaultClusterScopedAttr`/`NamespaceScoped`),
+/// and the per-kind ones clients use (pods, events, nodes, secrets, replicasets); this slice
+/// accepts the per-kind fields on every kind (a kind without the field has it empty).
+const SUPPORTED_FIELDS: [&str; 21] = [
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "type",
+    "reportingComponent",
+    "spec.unschedulable",
+    "status.replicas",
+];
 
 impl FieldSelector {
     pub fn parse(s: &str) -> Result<FieldSelector, String> {
@@ -193,11 +217,20 @@ impl FieldSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
-            let actual = match field.as_str() {
-                "metadata.name" => obj["metadata"]["name"].as_str().unwrap_or(""),
-                _ => obj["metadata"]["namespace"].as_str().unwrap_or(""),
+            let mut v = obj;
+            for part in field.split('.') {
+                v = &v[part];
+            }
+            let actual = match v {
+                Value::String(s) => s.clone(),
+                Value::Null => match field.as_str() {
+                    "spec.unschedulable" => "false".into(),
+                    "status.replicas" => "0".into(),
+                    _ => String::new(),
+                },
+                other => other.to_string(),
             };
-            (actual == value) == *equal
+            (actual == *value) == *equal
         })
     }
 }
@@ -245,6 +278,28 @@ mod tests {
         assert_eq!(
             FieldSelector::parse("spec.foo=x").unwrap_err(),
             "field label not supported: spec.foo"
+        );
+    }
+
+    #[test]
+    fn field_selector_on_nested_fields() {
+        let ev = serde_json::json!({"metadata": {"name": "e"},
+            "involvedObject": {"kind": "Pod", "name": "p"}, "type": "Normal"});
+        assert!(
+            FieldSelector::parse("involvedObject.kind=Pod,involvedObject.name=p,type=Normal")
+                .unwrap()
+                .matches(&ev)
+        );
+        assert!(
+            !FieldSelector::parse("involvedObject.name=q")
+                .unwrap()
+                .matches(&ev)
+        );
+        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&ev));
+        assert!(
+            FieldSelector::parse("spec.unschedulable=false")
+                .unwrap()
+                .matches(&ev)
         );
     }
 }

@@ -48,6 +48,14 @@ pub struct ApiServerConfig {
     pub token_auth_file: Option<PathBuf>,
     /// `--anonymous-auth`.
     pub anonymous_auth: bool,
+    /// `--client-ca-file`: client certificates signed by these CAs authenticate (CN = user,
+    /// O = groups).
+    pub client_ca_file: Option<PathBuf>,
+    /// `--authorization-mode`: AlwaysAllow (default) or AlwaysDeny.
+    pub authorization_mode: String,
+    /// `--grpc-port`: serve the gRPC automation API (`skiff.api.v1.Resources`, health,
+    /// reflection) on this port of the bind address, with the same certificate; None = off.
+    pub grpc_port: Option<u16>,
     /// `--write-kubeconfig`: write an admin kubeconfig for this server here.
     pub write_kubeconfig: Option<PathBuf>,
 }
@@ -64,6 +72,9 @@ impl Default for ApiServerConfig {
             cert_dir: PathBuf::from("apiserver.local.config/certificates"),
             token_auth_file: None,
             anonymous_auth: false,
+            client_ca_file: None,
+            authorization_mode: "AlwaysAllow".into(),
+            grpc_port: None,
             write_kubeconfig: None,
         }
     }
@@ -90,6 +101,7 @@ impl ApiServerConfig {
                 "--tls-cert-file and --tls-private-key-file must be given together".into(),
             ));
         }
+        crate::auth::authorizer(&self.authorization_mode).map_err(Error::Config)?;
         Ok(())
     }
 }
@@ -176,15 +188,44 @@ struct AppState {
     registry: Arc<Registry>,
     tokens: Tokens,
     anonymous: bool,
+    authorizer: Arc<dyn crate::auth::Authorizer>,
 }
 
 type Shared = Arc<AppState>;
 
-/// Authentication: a known bearer token, or anonymous when allowed. Health endpoints are open.
-async fn authenticate(State(state): State<Shared>, req: Request, next: Next) -> Response {
+/// Authentication: a verified client certificate, else a known bearer token (a wrong one is
+/// 401), else anonymous when allowed; then the authorizer. Health endpoints are open.
+async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if matches!(path, "/healthz" | "/livez" | "/readyz") {
         return next.run(req).await;
+    }
+    let user = authenticated_user(&state, &req);
+    let Some(user) = user else {
+        return ApiError::unauthorized().into_response();
+    };
+    let attrs = crate::auth::Attributes {
+        user: &user,
+        verb: crate::auth::verb(req.method(), path, req.uri().query()),
+        path,
+    };
+    if let crate::auth::Decision::Deny(reason) = state.authorizer.authorize(&attrs) {
+        let mut message = format!(
+            "User \"{}\" cannot {} {}",
+            user.name, attrs.verb, attrs.path
+        );
+        if !reason.is_empty() {
+            message = format!("{message}: {reason}");
+        }
+        return ApiError::new(403, "Forbidden", message).into_response();
+    }
+    req.extensions_mut().insert(user);
+    next.run(req).await
+}
+
+fn authenticated_user(state: &AppState, req: &Request) -> Option<User> {
+    if let Some(crate::auth::PeerIdentity(Some(user))) = req.extensions().get() {
+        return Some(user.clone());
     }
     let token = req
         .headers()
@@ -192,15 +233,11 @@ async fn authenticate(State(state): State<Shared>, req: Request, next: Next) -> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let allowed = match token {
-        Some(token) => state.tokens.authenticate(token).is_some(),
-        None => state.anonymous,
-    };
-    if !allowed {
-        return ApiError::unauthorized().into_response();
+    match token {
+        Some(token) => state.tokens.authenticate(token).cloned(),
+        None if state.anonymous => Some(crate::auth::anonymous_user()),
+        None => None,
     }
-    // Authorization (--authorization-mode) goes here; AlwaysAllow for now.
-    next.run(req).await
 }
 
 async fn handle_api(
@@ -311,11 +348,14 @@ fn router(state: Shared) -> Router {
         .route("/openapi/v3", get(openapi_v3))
         .route("/openapi/v3/{*path}", get(openapi_v3_doc))
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(not_found().to_status())) })
+        // YAML bodies become JSON after authentication (layers run outermost first).
+        .layer(axum::middleware::from_fn(crate::yaml::yaml_bodies))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ))
         .layer(DefaultBodyLimit::max(rest::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(crate::errors::status_errors))
         .with_state(state)
 }
 
@@ -403,7 +443,10 @@ fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
         .map_err(|e| io_err("chmod", path, e))
 }
 
-fn tls_acceptor(serving: &ServingCert) -> Result<tokio_rustls::TlsAcceptor, Error> {
+fn tls_acceptor(
+    serving: &ServingCert,
+    client_ca_pem: Option<&[u8]>,
+) -> Result<tokio_rustls::TlsAcceptor, Error> {
     let bad = |e: &dyn std::fmt::Display| Error::Config(format!("serving certificate: {e}"));
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
@@ -411,12 +454,16 @@ fn tls_acceptor(serving: &ServingCert) -> Result<tokio_rustls::TlsAcceptor, Erro
             .map_err(|e| bad(&e))?;
     let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).map_err(|e| bad(&e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| bad(&e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
         .map_err(|e| bad(&e))?;
+    let builder = match client_ca_pem {
+        Some(pem) => builder.with_client_cert_verifier(
+            crate::auth::client_verifier(pem, provider).map_err(Error::Config)?,
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder.with_single_cert(certs, key).map_err(|e| bad(&e))?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
@@ -447,7 +494,12 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
         None => Tokens::default(),
     };
     let serving = serving_cert(&config)?;
-    let acceptor = tls_acceptor(&serving)?;
+    let client_ca = match &config.client_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| io_err("read", path, e))?),
+        None => None,
+    };
+    let acceptor = tls_acceptor(&serving, client_ca.as_deref())?;
+    let authorizer = crate::auth::authorizer(&config.authorization_mode).map_err(Error::Config)?;
     let addr = SocketAddr::new(config.bind_address, config.secure_port);
     let listener = TcpListener::bind(addr)
         .await
@@ -516,11 +568,38 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
         registry,
         tokens,
         anonymous: config.anonymous_auth,
+        authorizer,
     });
-    let app = router(state);
+    let app = router(state.clone());
+    let _grpc = match config.grpc_port {
+        Some(port) => {
+            let api = crate::grpc::GrpcApi::new(app.clone(), state.registry.clone());
+            let tls = crate::grpc::GrpcTls {
+                cert_pem: serving.cert_pem.clone(),
+                key_pem: serving.key_pem.clone(),
+                client_ca_pem: client_ca.clone(),
+            };
+            let addr = SocketAddr::new(config.bind_address, port);
+            let (local, task) = crate::grpc::serve(addr, tls, api)
+                .await
+                .map_err(Error::Io)?;
+            info!(address = %local, "serving the gRPC automation API");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     info!(address = %local, "serving the Kubernetes API over HTTPS");
     serve(listener, acceptor, app, shutdown).await;
     Ok(())
+}
+
+/// Aborts a background task when dropped (the gRPC server ends with [`run`]).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn serve(
@@ -557,6 +636,21 @@ async fn serve(
                     }
                     Err(_) => return,
                 };
+            // The user of a verified client certificate, for every request on this connection.
+            let peer_user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| crate::auth::user_from_cert(leaf));
+            let app = tower::ServiceExt::map_request(
+                app,
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(crate::auth::PeerIdentity(peer_user.clone()));
+                    req
+                },
+            );
             let service = hyper_util::service::TowerToHyperService::new(app);
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());

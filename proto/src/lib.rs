@@ -150,3 +150,13 @@ mod tests {
         assert_eq!(blob.encode_to_vec(), vec![0x0a, 0x03, 1, 2, 3]);
     }
 }
+
+/// skiff's gRPC automation API (package `skiff.api.v1`, service `Resources`).
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs)]
+pub mod skiff_api {
+    tonic::include_proto!("skiff.api.v1");
+
+    /// The encoded file descriptor set of `skiff/api.proto`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("skiff_api_descriptor");
+}

@@ -487,6 +487,15 @@ struct ApiserverArgs {
     /// Serve requests that carry no credentials.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     anonymous_auth: bool,
+    /// Client certificates signed by a CA in this PEM file authenticate: CN = user, O = groups.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    /// Authorization: AlwaysAllow or AlwaysDeny.
+    #[arg(long, default_value = "AlwaysAllow")]
+    authorization_mode: String,
+    /// Serve the gRPC automation API (skiff.api.v1.Resources, health, reflection) on this port.
+    #[arg(long)]
+    grpc_port: Option<u16>,
     /// Write an admin kubeconfig (CA + bearer token) for this server to this path.
     #[arg(long)]
     write_kubeconfig: Option<PathBuf>,
@@ -512,6 +521,9 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
         cert_dir: args.cert_dir,
         token_auth_file: args.token_auth_file,
         anonymous_auth: args.anonymous_auth,
+        client_ca_file: args.client_ca_file,
+        authorization_mode: args.authorization_mode,
+        grpc_port: args.grpc_port,
         write_kubeconfig: args.write_kubeconfig,
     };
     if let Err(err) = config.validate() {

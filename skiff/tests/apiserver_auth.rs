@@ -1,0 +1,321 @@
+//! `skiff apiserver` authentication and authorization (client certificates, bearer tokens,
+//! anonymous requests, `--authorization-mode`) and its answers to bad input, over real HTTPS
+//! with curl and kubectl.
+#[path = "common/apiserver.rs"]
+mod apiserver;
+mod common;
+
+use std::process::Command;
+
+use apiserver::{ADMIN_TOKEN, ApiHome, bearer, client_pki, status_of};
+use common::{Cluster, skiff_bin};
+use serde_json::Value;
+
+#[test]
+fn client_certificates_tokens_anonymous_and_authorization() {
+    let cluster = Cluster::start(1);
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, jane_crt, jane_key) = client_pki(pki.path(), "jane", "jane", &["dev", "ops"]);
+    let (_, rogue_crt, rogue_key) = client_pki(pki.path(), "rogue", "mallory", &["system:masters"]);
+    let ca_arg = ca.to_string_lossy().into_owned();
+    let home = ApiHome::new();
+    let api = home.start(&cluster.endpoints(), &["--client-ca-file", &ca_arg]);
+
+    eprintln!("--- kubectl with a client certificate (no token)");
+    let kubeconfig = home.path().join("jane.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+             users:\n- name: jane\n  user:\n    client-certificate: {}\n    client-key: {}\n\
+             contexts:\n- name: s\n  context: {{cluster: s, user: jane}}\ncurrent-context: s\n",
+            api.url(""),
+            api.ca().display(),
+            jane_crt.display(),
+            jane_key.display()
+        ),
+    )
+    .expect("kubeconfig");
+    let out = api.kubectl(
+        &kubeconfig,
+        &[
+            "create",
+            "configmap",
+            "by-jane",
+            "-n",
+            "default",
+            "--from-literal=a=b",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}\n{}", api.log());
+    let out = api.kubectl(&kubeconfig, &["get", "configmap", "by-jane", "-o", "name"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "configmap/by-jane\n",
+        "{out:?}"
+    );
+
+    let jane = [
+        "--cert",
+        &jane_crt.to_string_lossy(),
+        "--key",
+        &jane_key.to_string_lossy(),
+    ]
+    .map(str::to_string);
+    let jane: Vec<&str> = jane.iter().map(String::as_str).collect();
+    let resp = api.curl(&jane, "/api/v1/namespaces/default/configmaps/by-jane");
+    assert_eq!((resp.0, resp.1["data"]["a"].as_str()), (200, Some("b")));
+
+    eprintln!("--- a certificate from another CA is refused in the handshake");
+    let rogue = [
+        "--cert",
+        &rogue_crt.to_string_lossy(),
+        "--key",
+        &rogue_key.to_string_lossy(),
+    ]
+    .map(str::to_string);
+    let rogue: Vec<&str> = rogue.iter().map(String::as_str).collect();
+    assert_eq!(api.curl(&rogue, "/api/v1/namespaces").0, 0);
+
+    eprintln!("--- tokens: right → 200, wrong → 401 Status, none → 401 Status");
+    assert_eq!(
+        api.curl(&["-H", &bearer(ADMIN_TOKEN)], "/api/v1/namespaces")
+            .0,
+        200
+    );
+    let wrong = api.curl(&["-H", &bearer("wrong")], "/api/v1/namespaces");
+    assert_eq!(status_of(&wrong), (401, "Unauthorized"));
+    let none = api.curl(&[], "/api/v1/namespaces");
+    assert_eq!(status_of(&none), (401, "Unauthorized"));
+    let empty = home.path().join("empty.kubeconfig");
+    std::fs::write(&empty, "apiVersion: v1\nkind: Config\n").expect("kubeconfig");
+    let (server, ca_flag) = (
+        api.url(""),
+        format!("--certificate-authority={}", api.ca().display()),
+    );
+    let out = api.kubectl(
+        &empty,
+        &[
+            "--server", &server, &ca_flag, "--token", "wrong", "get", "ns",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
+        "{out:?}"
+    );
+    // Health stays open; the server still serves.
+    assert_eq!(api.curl(&[], "/healthz").0, 200);
+    assert_eq!(api.curl(&jane, "/api/v1/namespaces").0, 200);
+
+    eprintln!("--- --anonymous-auth=true with --authorization-mode AlwaysDeny: 403 for everyone");
+    let deny = home.start(
+        &cluster.endpoints(),
+        &[
+            "--anonymous-auth=true",
+            "--authorization-mode",
+            "AlwaysDeny",
+        ],
+    );
+    let anon = deny.curl(&[], "/api/v1/namespaces");
+    assert_eq!(status_of(&anon), (403, "Forbidden"));
+    let message = anon.1["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("system:anonymous") && message.contains("list"),
+        "{message}"
+    );
+    let admin = deny.curl(&["-H", &bearer(ADMIN_TOKEN)], "/api/v1/namespaces/default");
+    assert_eq!(status_of(&admin), (403, "Forbidden"));
+    assert!(
+        admin.1["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("\"admin\" cannot get")
+    );
+    // A wrong token is still 401 even where anonymous requests are allowed.
+    assert_eq!(
+        status_of(&deny.curl(&["-H", &bearer("wrong")], "/api")),
+        (401, "Unauthorized")
+    );
+
+    eprintln!("--- --anonymous-auth=true with AlwaysAllow: anonymous reads work");
+    let open = home.start(&cluster.endpoints(), &["--anonymous-auth=true"]);
+    assert_eq!(open.curl(&[], "/api/v1/namespaces").0, 200);
+
+    eprintln!("--- a bad --authorization-mode exits with code 2");
+    let out = Command::new(skiff_bin())
+        .args([
+            "apiserver",
+            "--authorization-mode",
+            "Nope",
+            "--secure-port",
+            "0",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// Bad requests get the Status code and reason kube-apiserver gives them, and the server keeps
+/// serving.
+#[test]
+fn bad_input_gets_the_right_status() {
+    let cluster = Cluster::start(1);
+    let home = ApiHome::new();
+    let api = home.start(&cluster.endpoints(), &[]);
+    const CMS: &str = "/api/v1/namespaces/default/configmaps";
+    let post = |content_type: &str, body: &str, path: &str| {
+        let file = home.path().join("body");
+        std::fs::write(&file, body).expect("write body");
+        let data = format!("@{}", file.display());
+        let ct = format!("Content-Type: {content_type}");
+        api.admin(&["-X", "POST", "-H", &ct, "--data-binary", &data], path)
+    };
+    let json = "application/json";
+    let big = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"k":"{}"}}}}"#,
+        "x".repeat(3 << 20)
+    );
+    let cases: Vec<(&str, (u16, Value), u16, &str)> = vec![
+        (
+            "malformed JSON",
+            post(json, r#"{"apiVersion": "v1", "kind": "#, CMS),
+            400,
+            "BadRequest",
+        ),
+        ("a JSON array", post(json, "[1, 2]", CMS), 400, "BadRequest"),
+        (
+            "a field of the wrong type",
+            post(
+                json,
+                r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"t"},"data":{"a":1}}"#,
+                CMS,
+            ),
+            400,
+            "BadRequest",
+        ),
+        (
+            "an unknown field under fieldValidation=Strict",
+            post(
+                json,
+                r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"s"},"bogus":1}"#,
+                &format!("{CMS}?fieldValidation=Strict"),
+            ),
+            400,
+            "BadRequest",
+        ),
+        (
+            "an invalid name",
+            post(
+                json,
+                r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Bad_Name"}}"#,
+                CMS,
+            ),
+            422,
+            "Invalid",
+        ),
+        (
+            "a kind that does not match the URL",
+            post(
+                json,
+                r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"k"}}"#,
+                CMS,
+            ),
+            400,
+            "BadRequest",
+        ),
+        (
+            "malformed YAML",
+            post(
+                "application/yaml",
+                "apiVersion: v1\nkind: [ConfigMap\nmetadata: }",
+                CMS,
+            ),
+            400,
+            "BadRequest",
+        ),
+        (
+            "YAML with a field of the wrong type",
+            post(
+                "application/yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: wrong-type}\ndata: {a: [1]}\n",
+                CMS,
+            ),
+            400,
+            "BadRequest",
+        ),
+        (
+            "an unsupported media type",
+            post("text/plain", "hello", CMS),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "a body over 3 MiB",
+            post(json, &big, CMS),
+            413,
+            "RequestEntityTooLarge",
+        ),
+        (
+            "an unknown resource",
+            api.admin(&[], "/api/v1/namespaces/default/widgets"),
+            404,
+            "NotFound",
+        ),
+        (
+            "a wrong token",
+            api.curl(&["-H", &bearer("wrong")], CMS),
+            401,
+            "Unauthorized",
+        ),
+        ("no credentials", api.curl(&[], CMS), 401, "Unauthorized"),
+    ];
+    let mut failures = Vec::new();
+    for (what, resp, code, reason) in &cases {
+        let got = (resp.0, resp.1["kind"].as_str(), resp.1["reason"].as_str());
+        if got != (*code, Some("Status"), Some(*reason)) {
+            failures.push(format!(
+                "{what}: want {code} {reason}, got {got:?}: {}",
+                resp.1
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let find = |what: &str| &cases.iter().find(|c| c.0 == what).expect("case").1.1;
+    let strict = &find("an unknown field under fieldValidation=Strict")["message"];
+    assert!(
+        strict
+            .as_str()
+            .unwrap_or("")
+            .contains(r#"unknown field "bogus""#),
+        "{strict}"
+    );
+    let limit = &find("a body over 3 MiB")["message"];
+    assert_eq!(limit, "Request entity too large: limit is 3145728");
+
+    let yaml = post(
+        "application/yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n",
+        CMS,
+    );
+    assert_eq!(
+        (yaml.0, yaml.1["data"]["k"].as_str()),
+        (201, Some("v")),
+        "{yaml:?}"
+    );
+    // Without Strict an unknown field is dropped; the server still serves.
+    let ok = post(
+        json,
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"lax"},"bogus":1}"#,
+        CMS,
+    );
+    assert_eq!(ok.0, 201, "{ok:?}");
+    assert_eq!(ok.1.get("bogus"), None);
+    let list = api.admin(&[], CMS);
+    assert_eq!(list.0, 200);
+    assert_eq!(
+        list.1["items"].as_array().map(Vec::len),
+        Some(2),
+        "only the valid objects were stored: {}",
+        list.1
+    );
+}

@@ -1,0 +1,235 @@
+//! kube-rs (the Rust Kubernetes client) against `skiff apiserver`: typed create/list/get/
+//! replace/watch of ConfigMaps, and a `kube::runtime::watcher` that survives a 410 Expired
+//! (its apiserver restarts after the store was compacted past its resourceVersion) by relisting.
+#[path = "common/apiserver.rs"]
+mod apiserver;
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use apiserver::{ApiHome, ApiServer};
+use common::Cluster;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ListParams, PostParams, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Api, Client, Config};
+
+async fn client(api: &ApiServer, path: &Path) -> Client {
+    api.write_kubeconfig(path);
+    let kubeconfig = Kubeconfig::read_from(path).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kube config");
+    Client::try_from(config).expect("kube client")
+}
+
+fn configmap(name: &str, data: &[(&str, &str)]) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([("app".into(), "kr".into())])),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+}
+
+fn api_code(err: &kube::Error) -> u16 {
+    match err {
+        kube::Error::Api(status) => status.code,
+        other => panic!("not an API error: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_create_list_get_replace_watch() {
+    let cluster = Cluster::start(1);
+    let home = ApiHome::new();
+    let api = home.start(&cluster.endpoints(), &[]);
+    let client = client(&api, &home.path().join("kubeconfig")).await;
+    create_namespace(&client, "kr").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kr");
+
+    let created = cms
+        .create(&PostParams::default(), &configmap("one", &[("k", "v")]))
+        .await
+        .expect("create");
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    let rv = created.metadata.resource_version.clone().expect("rv");
+    let err = cms
+        .create(&PostParams::default(), &configmap("one", &[]))
+        .await
+        .expect_err("exists");
+    assert_eq!(api_code(&err), 409);
+
+    let list = cms
+        .list(&ListParams::default().labels("app=kr"))
+        .await
+        .expect("list");
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(cms.get("one").await.expect("get").data, created.data);
+    assert_eq!(api_code(&cms.get("nope").await.expect_err("missing")), 404);
+
+    // Watch from the create; an update and a second create arrive in order.
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(60), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let mut changed = created.clone();
+    changed.data = Some(BTreeMap::from([("k".into(), "v2".into())]));
+    let replaced = cms
+        .replace("one", &PostParams::default(), &changed)
+        .await
+        .expect("replace");
+    assert_ne!(
+        replaced.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    // A replace at the old resourceVersion conflicts.
+    let stale = cms.replace("one", &PostParams::default(), &changed).await;
+    assert_eq!(api_code(&stale.expect_err("stale")), 409);
+    cms.create(&PostParams::default(), &configmap("two", &[]))
+        .await
+        .expect("create two");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(20), stream.try_next())
+            .await
+            .expect("an event in time")
+            .expect("no error")
+            .expect("stream open");
+        match event {
+            WatchEvent::Modified(cm) => {
+                seen.push(("MODIFIED", cm.metadata.name.unwrap_or_default()))
+            }
+            WatchEvent::Added(cm) => seen.push(("ADDED", cm.metadata.name.unwrap_or_default())),
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, [("MODIFIED", "one".into()), ("ADDED", "two".into())]);
+    drop(api);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_watcher_relists_after_410_expired() {
+    let cluster = Cluster::start(1);
+    let home = ApiHome::new();
+    let port = common::free_port();
+    let mut a = home.start_on(port, &cluster.endpoints(), &[]);
+    let b = home.start(&cluster.endpoints(), &[]);
+    let client_a = client(&a, &home.path().join("a.kubeconfig")).await;
+    let client_b = client(&b, &home.path().join("b.kubeconfig")).await;
+    create_namespace(&client_a, "kr").await;
+    let via_a: Api<ConfigMap> = Api::namespaced(client_a.clone(), "kr");
+    let via_b: Api<ConfigMap> = Api::namespaced(client_b.clone(), "kr");
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = watcher(via_a.clone(), watcher::Config::default());
+    tokio::spawn(async move {
+        let mut stream = stream.boxed();
+        while let Some(item) = stream.next().await {
+            if tx.send(item).is_err() {
+                return;
+            }
+        }
+    });
+    let next = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<_>| {
+        tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("a watcher event in time")
+            .expect("watcher running")
+    };
+    // The initial list (empty), then the create as an Apply.
+    loop {
+        if let Ok(watcher::Event::InitDone) = next(&mut rx).await {
+            break;
+        }
+    }
+    via_a
+        .create(&PostParams::default(), &configmap("x-0", &[]))
+        .await
+        .expect("create");
+    match next(&mut rx).await {
+        Ok(watcher::Event::Apply(cm)) => assert_eq!(cm.metadata.name.as_deref(), Some("x-0")),
+        other => panic!("want Apply(x-0), got {other:?}"),
+    }
+
+    // A goes away; writes continue through B; the store is compacted past the watcher's
+    // resourceVersion; A comes back on the same port.
+    a.kill9();
+    for i in 1..=5 {
+        via_b
+            .create(&PostParams::default(), &configmap(&format!("x-{i}"), &[]))
+            .await
+            .expect("create via B");
+    }
+    let mut etcd = etcd_client::Client::connect([cluster.endpoints()], None)
+        .await
+        .expect("etcd client");
+    let revision = etcd
+        .get("/registry", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    etcd.compact(revision, None).await.expect("compact");
+    let _a = home.start_on(port, &cluster.endpoints(), &[]);
+
+    // The watcher reports the 410, relists, and its fresh list has all six objects.
+    let (mut expired, mut names) = (false, Vec::new());
+    loop {
+        match next(&mut rx).await {
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => expired = true,
+            Err(_) => {} // connection refused while A was down
+            Ok(watcher::Event::Init) => names.clear(),
+            Ok(watcher::Event::InitApply(cm)) => names.push(cm.metadata.name.unwrap_or_default()),
+            Ok(watcher::Event::InitDone) => break,
+            Ok(other) => panic!("unexpected {other:?} before the relist"),
+        }
+    }
+    assert!(expired, "the watcher never saw 410 Expired");
+    names.sort();
+    assert_eq!(names, ["x-0", "x-1", "x-2", "x-3", "x-4", "x-5"]);
+    // And it keeps watching after the relist.
+    via_b
+        .create(&PostParams::default(), &configmap("x-6", &[]))
+        .await
+        .expect("create x-6");
+    loop {
+        match next(&mut rx).await {
+            Ok(watcher::Event::Apply(cm)) => {
+                assert_eq!(cm.metadata.name.as_deref(), Some("x-6"));
+                break;
+            }
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => {}
+        }
+    }
+}
