@@ -1,6 +1,10 @@
 //! kube-rs (the Rust Kubernetes client) against `skiff apiserver`: typed create/list/get/
 //! replace/watch of ConfigMaps, and a `kube::runtime::watcher` that survives a 410 Expired
 //! (its apiserver restarts after the store was compacted past its resourceVersion) by relisting.
+
+/// Watcher events buffered between the watcher task and the test.
+const WATCHER_EVENT_QUEUE: usize = 256;
+
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
@@ -149,17 +153,18 @@ async fn runtime_watcher_relists_after_410_expired() {
     let via_a: Api<ConfigMap> = Api::namespaced(client_a.clone(), "kr");
     let via_b: Api<ConfigMap> = Api::namespaced(client_b.clone(), "kr");
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Bounded: the watcher task waits when the test falls behind.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(WATCHER_EVENT_QUEUE);
     let stream = watcher(via_a.clone(), watcher::Config::default());
     tokio::spawn(async move {
         let mut stream = stream.boxed();
         while let Some(item) = stream.next().await {
-            if tx.send(item).is_err() {
+            if tx.send(item).await.is_err() {
                 return;
             }
         }
     });
-    let next = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<_>| {
+    let next = async |rx: &mut tokio::sync::mpsc::Receiver<_>| {
         tokio::time::timeout(Duration::from_secs(60), rx.recv())
             .await
             .expect("a watcher event in time")

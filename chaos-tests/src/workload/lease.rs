@@ -76,6 +76,9 @@ impl LeaseKeys {
     }
 }
 
+/// Keep-alive requests queued on one stream (one is outstanding at a time).
+const KEEPALIVE_REQUEST_QUEUE: usize = 8;
+
 async fn lread(
     ctx: &Ctx,
     kv: &mut KvClient<Channel>,
@@ -206,7 +209,9 @@ pub async fn worker(ctx: Ctx, w: usize, keys: std::sync::Arc<LeaseKeys>) {
         if rng.random_bool(0.6) {
             // keep alive for a while, reading the key now and then
             let until = Instant::now() + Duration::from_millis(rng.random_range(0..6_000));
-            let (tx, rx) = futures::channel::mpsc::unbounded::<LeaseKeepAliveRequest>();
+            // One request is outstanding at a time, so a small bound never blocks.
+            let (mut tx, rx) =
+                futures::channel::mpsc::channel::<LeaseKeepAliveRequest>(KEEPALIVE_REQUEST_QUEUE);
             let stream = timed(Duration::from_secs(2), async {
                 lc.lease_keep_alive(rx).await
             })
@@ -222,7 +227,7 @@ pub async fn worker(ctx: Ctx, w: usize, keys: std::sync::Arc<LeaseKeys>) {
                         Value::Int(id),
                         node,
                     ));
-                    let _ = tx.unbounded_send(LeaseKeepAliveRequest { id });
+                    let _ = tx.try_send(LeaseKeepAliveRequest { id });
                     match timed(ctx.op_timeout, async {
                         stream.message().await.map(|m| m.map(|m| m.ttl))
                     })

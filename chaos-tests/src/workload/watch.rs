@@ -41,6 +41,9 @@ const KEYS: u64 = 8;
 
 static NEXT_VALUE: AtomicU64 = AtomicU64::new(1);
 
+/// Requests (create, progress) queued on one watch stream; the workload sends a handful.
+const WATCH_REQUEST_QUEUE: usize = 64;
+
 fn unique_value() -> String {
     format!("v{}", NEXT_VALUE.fetch_add(1, Ordering::Relaxed))
 }
@@ -192,7 +195,7 @@ async fn session(
         high_event: start - 1,
         error: None,
     };
-    let (tx, rx) = futures::channel::mpsc::unbounded::<WatchRequest>();
+    let (mut tx, rx) = futures::channel::mpsc::channel::<WatchRequest>(WATCH_REQUEST_QUEUE);
     let create = WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
             WatchCreateRequest {
@@ -204,7 +207,7 @@ async fn session(
             },
         )),
     };
-    let _ = tx.unbounded_send(create);
+    let _ = tx.try_send(create);
     let mut client = WatchClient::new(channel(node));
     let stream = match timed(Duration::from_secs(2), async { client.watch(rx).await }).await {
         Ok(s) => s.into_inner(),
@@ -292,7 +295,7 @@ async fn session(
                 }
             }
             _ = tick.tick(), if progress => {
-                let _ = tx.unbounded_send(WatchRequest {
+                let _ = tx.try_send(WatchRequest {
                     request_union: Some(watch_request::RequestUnion::ProgressRequest(WatchProgressRequest {})),
                 });
             }
