@@ -537,20 +537,24 @@ pub struct PeerApi {
     pub node: Arc<StoreNode>,
 }
 
+impl PeerApi {
+    /// Raft traffic from a member this cluster removed is refused with a status that
+    /// makes the sender stop (see `PeerChannels::removed`).
+    fn refuse_removed(&self, vote: &openraft::Vote<crate::types::MemberId>) -> Result<(), Status> {
+        let sender = vote.leader_id().voted_for().unwrap_or(0);
+        if self.node.sm.read().removed.contains(&sender) {
+            return Err(crate::network::removed_status());
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerApi {
     async fn append_entries(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
             from_blob(request.get_ref())?;
-        if self
-            .node
-            .sm
-            .read()
-            .removed
-            .contains(&rpc.vote.leader_id().voted_for().unwrap_or(0))
-        {
-            return Err(crate::network::removed_status());
-        }
+        self.refuse_removed(&rpc.vote)?;
         let result = self.node.raft.append_entries(rpc).await;
         Ok(Response::new(to_blob(&result)?))
     }
@@ -558,15 +562,7 @@ impl Peer for PeerApi {
     async fn vote(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc: openraft::raft::VoteRequest<crate::types::MemberId> =
             from_blob(request.get_ref())?;
-        if self
-            .node
-            .sm
-            .read()
-            .removed
-            .contains(&rpc.vote.leader_id().voted_for().unwrap_or(0))
-        {
-            return Err(crate::network::removed_status());
-        }
+        self.refuse_removed(&rpc.vote)?;
         let result = self.node.raft.vote(rpc).await;
         Ok(Response::new(to_blob(&result)?))
     }
