@@ -52,6 +52,13 @@ impl EtcdApi {
         Ok(())
     }
 
+    /// Encode a request for replication, refusing it if over `--max-request-bytes`.
+    fn encode_checked(&self, req: &impl Message) -> Result<Vec<u8>, Status> {
+        let raw = req.encode_to_vec();
+        self.check_size(raw.len())?;
+        Ok(raw)
+    }
+
     fn check_size(&self, len: usize) -> Result<(), Status> {
         if len > self.node.config.max_request_bytes {
             return Err(Error::RequestTooLarge.into());
@@ -338,8 +345,7 @@ impl Kv for EtcdApi {
         let require_leader = self.admit_write(&request)?;
         let req = request.into_inner();
         check_put(&req)?;
-        let raw = req.encode_to_vec();
-        self.check_size(raw.len())?;
+        let raw = self.encode_checked(&req)?;
         crate::maintenance::check_quota(&self.node, crate::maintenance::put_cost(&req)).await?;
         Ok(Response::new(
             self.replicate(Command::Put(raw), require_leader).await?,
@@ -355,8 +361,7 @@ impl Kv for EtcdApi {
         if req.key.is_empty() {
             return Err(Error::EmptyKey.into());
         }
-        let raw = req.encode_to_vec();
-        self.check_size(raw.len())?;
+        let raw = self.encode_checked(&req)?;
         Ok(Response::new(
             self.replicate(Command::DeleteRange(raw), require_leader)
                 .await?,
@@ -383,8 +388,7 @@ impl Kv for EtcdApi {
             response.header = Some(self.node.header(revision));
             return Ok(Response::new(response));
         }
-        let raw = req.encode_to_vec();
-        self.check_size(raw.len())?;
+        let raw = self.encode_checked(&req)?;
         crate::maintenance::check_quota(&self.node, crate::maintenance::txn_cost(&req)).await?;
         Ok(Response::new(
             self.replicate(Command::Txn(raw), require_leader).await?,
