@@ -1,8 +1,13 @@
-//! `/version`, legacy discovery (`/api`, `/apis`, `/api/v1`, `/apis/<g>/<v>`) and the minimal
-//! `/openapi/v3` that lets `kubectl apply` and `create -f` use server-side field validation.
+//! `/version`, aggregated discovery (`apidiscovery.k8s.io/v2`), legacy discovery (`/api`,
+//! `/apis`, `/api/v1`, `/apis/<g>/<v>`) and `/openapi/v3`: per group-version, the PATCH
+//! operations that let `kubectl apply` and `create -f` use server-side field validation, and the
+//! kinds' schemas (from k8s-openapi) for `kubectl explain`.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
+
+use k8s_openapi::schemars::generate::SchemaSettings;
 
 use serde_json::{Value, json};
 
@@ -138,6 +143,75 @@ pub fn api_resource_list(resources: &[ResourceInfo], group: &str, version: &str)
     )
 }
 
+/// The content type of aggregated discovery, answered exactly so (client-go compares `g`, `v`
+/// and `as`).
+pub const AGGREGATED_DISCOVERY: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether an `Accept` header asks for aggregated discovery v2 (any entry with
+/// `g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList`).
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|media| {
+        let params = media.split(';').skip(1).filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            Some((k.trim(), v.trim()))
+        });
+        let (mut g, mut v, mut r#as) = (false, false, false);
+        for (key, value) in params {
+            match key {
+                "g" => g = value == "apidiscovery.k8s.io",
+                "v" => v = value == "v2",
+                "as" => r#as = value == "APIGroupDiscoveryList",
+                _ => {}
+            }
+        }
+        g && v && r#as
+    })
+}
+
+/// `apidiscovery.k8s.io/v2 APIGroupDiscoveryList`: for `/api` (`core`) the core group alone
+/// (one item with empty metadata), for `/apis` every named group.
+pub fn aggregated(resources: &[ResourceInfo], core: bool) -> Value {
+    let mut items: Vec<Value> = Vec::new();
+    for (group, version) in group_versions(resources) {
+        if group.is_empty() != core {
+            continue;
+        }
+        let mut list: Vec<Value> = Vec::new();
+        for r in resources
+            .iter()
+            .filter(|r| r.group == group && r.version == version)
+        {
+            let subresources: Vec<Value> = subresources(r)
+                .into_iter()
+                .map(|(sub, g, v, kind, verbs)| {
+                    json!({"subresource": sub,
+                           "responseKind": {"group": g, "version": v, "kind": kind},
+                           "verbs": verbs})
+                })
+                .collect();
+            let mut res = json!({"resource": r.resource,
+                "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": r.singular, "verbs": VERBS, "shortNames": r.short_names,
+                "subresources": subresources});
+            if matches!(r.kind, "Pod" | "Service" | "Deployment" | "ReplicaSet") {
+                res["categories"] = json!(["all"]);
+            }
+            list.push(res);
+        }
+        let metadata = if core {
+            json!({})
+        } else {
+            json!({"name": group})
+        };
+        items.push(json!({"metadata": metadata, "versions": [
+            {"version": version, "freshness": "Current", "resources": list}]}));
+    }
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
+           "metadata": {}, "items": items})
+}
+
 /// The OpenAPI v3 path of a group-version ("api/v1", "apis/apps/v1").
 fn openapi_path(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -156,6 +230,28 @@ pub fn openapi_group_version(
     group: &str,
     version: &str,
 ) -> Option<Value> {
+    // The documents never change while the process runs; build each once (the schemas of
+    // core/v1 are large).
+    static DOCS: OnceLock<BTreeMap<(String, String), Value>> = OnceLock::new();
+    let docs = DOCS.get_or_init(|| {
+        group_versions(resources)
+            .into_iter()
+            .filter_map(|(g, v)| {
+                let doc = build_openapi_group_version(resources, g, v)?;
+                Some(((g.to_string(), v.to_string()), doc))
+            })
+            .collect()
+    });
+    docs.get(&(group.to_string(), version.to_string())).cloned()
+}
+
+fn build_openapi_group_version(
+    resources: &[ResourceInfo],
+    group: &str,
+    version: &str,
+) -> Option<Value> {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut kinds: Vec<(String, Value)> = Vec::new();
     let mut paths = serde_json::Map::new();
     for r in resources
         .iter()
@@ -171,6 +267,25 @@ pub fn openapi_group_version(
         } else {
             format!("{root}/{}/{{name}}", r.resource)
         };
+        let gvk = json!({"group": group, "version": version, "kind": r.kind});
+        let reference = (r.schema)(&mut generator);
+        let schema_name = reference
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|s| s.rsplit('/').next())
+            .unwrap_or(r.kind)
+            .to_string();
+        kinds.push((schema_name.clone(), gvk.clone()));
+        // `kubectl explain` finds a resource's kind through the GET of its collection
+        // (all namespaces), then the schema carrying that kind.
+        paths.insert(
+            format!("{root}/{}", r.resource),
+            json!({"get": {
+                "x-kubernetes-group-version-kind": gvk,
+                "x-kubernetes-action": "list",
+                "responses": {"200": {"description": "OK", "content": {"application/json": {
+                    "schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}}}}}),
+        );
         let body = json!({"schema": {"type": "object"}});
         paths.insert(
             path,
@@ -190,9 +305,15 @@ pub fn openapi_group_version(
     if paths.is_empty() {
         return None;
     }
+    let mut schemas = generator.take_definitions(true);
+    for (name, gvk) in kinds {
+        if let Some(schema) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
+            schema.insert("x-kubernetes-group-version-kind".into(), json!([gvk]));
+        }
+    }
     Some(json!({"openapi": "3.0.0",
                 "info": {"title": "Kubernetes", "version": KUBE_GIT_VERSION},
-                "paths": paths, "components": {"schemas": {}}}))
+                "paths": paths, "components": {"schemas": schemas}}))
 }
 
 /// A stable hash of a document, for the `?hash=` of `serverRelativeURL`.
@@ -202,19 +323,25 @@ pub fn doc_hash(doc: &Value) -> String {
     format!("{:016X}", hasher.finish())
 }
 
+/// `GET /openapi/v3`: each group-version's document URL with its content hash (kubectl caches
+/// documents by that URL). Built once: hashing the documents is not free and kubectl fetches
+/// the index on every apply.
 pub fn openapi_index(resources: &[ResourceInfo]) -> Value {
-    let mut paths = BTreeMap::new();
-    for (g, v) in group_versions(resources) {
-        let Some(doc) = openapi_group_version(resources, g, v) else {
-            continue;
-        };
-        let path = openapi_path(g, v);
-        paths.insert(
-            path.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", doc_hash(&doc))}),
-        );
-    }
-    json!({"paths": paths})
+    static INDEX: OnceLock<Value> = OnceLock::new();
+    INDEX
+        .get_or_init(|| {
+            let mut paths = BTreeMap::new();
+            for (g, v) in group_versions(resources) {
+                let Some(doc) = openapi_group_version(resources, g, v) else {
+                    continue;
+                };
+                let path = openapi_path(g, v);
+                let url = format!("/openapi/v3/{path}?hash={}", doc_hash(&doc));
+                paths.insert(path, json!({ "serverRelativeURL": url }));
+            }
+            json!({ "paths": paths })
+        })
+        .clone()
 }
 
 #[cfg(test)]
@@ -239,6 +366,34 @@ mod tests {
             ["namespaces", "configmaps", "secrets", "services", "pods"]
         );
         assert!(names.contains(&"persistentvolumeclaims"));
+        let agg = aggregated(&reg, false);
+        let apps = agg["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["metadata"]["name"] == "apps")
+            .unwrap();
+        let deploy = &apps["versions"][0]["resources"][0];
+        assert_eq!(deploy["responseKind"]["kind"], "Deployment");
+        assert_eq!(deploy["scope"], "Namespaced");
+        assert_eq!(
+            aggregated(&reg, true)["items"][0]["versions"][0]["version"],
+            "v1"
+        );
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        ));
+        assert!(!wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"
+        ));
+        assert!(!wants_aggregated("application/json"));
+        let doc = openapi_group_version(&reg, "apps", "v1").unwrap();
+        let deployment = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deployment["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        assert!(doc["components"]["schemas"]["io.k8s.api.apps.v1.DeploymentSpec"]["properties"]["replicas"].is_object());
         let index = openapi_index(&reg);
         assert!(
             index["paths"]["apis/apps/v1"]["serverRelativeURL"]

@@ -4,15 +4,17 @@
 //! - [`storage`]: the [`storage::Storage`] trait and its etcd v3 gRPC implementation.
 //! - [`rest`]: the REST verbs (get, list, watch, create, update, patch, delete).
 //! - [`resources`]: the served kinds (k8s-openapi types), validation, defaults, Tables.
-//! - [`discovery`]: `/version`, `/api`, `/apis`, `/openapi/v3`.
+//! - [`discovery`]: `/version`, `/api`, `/apis` (aggregated and legacy), `/openapi/v3`.
 //! - [`server`]: TLS, authentication, the admin kubeconfig, [`run`].
 //! - [`auth`]: client certificates, anonymous users, the authorization hook.
 //! - [`grpc`]: the gRPC automation API (`skiff.api.v1.Resources`) over the same router.
+//! - [`metrics`]: `/metrics` (request counts and latencies by verb and resource).
 
 pub mod auth;
 pub mod discovery;
 pub mod errors;
 pub mod grpc;
+pub mod metrics;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;

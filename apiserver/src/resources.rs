@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use k8s_openapi::{ListableResource, NamespaceResourceScope, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -65,6 +66,9 @@ pub struct ResourceInfo {
     /// Decode into the k8s-openapi type and encode back: the normalised object, with fields the
     /// type does not know dropped. Errors are decode errors.
     pub normalize: fn(&Value) -> Result<Value, String>,
+    /// Adds the kind's OpenAPI schema (and every schema it refers to) to the generator's
+    /// definitions; returns the `$ref` to it.
+    pub schema: fn(&mut SchemaGenerator) -> Schema,
 }
 
 impl ResourceInfo {
@@ -88,7 +92,7 @@ fn info<K>(
     printer: Printer,
 ) -> ResourceInfo
 where
-    K: Resource + ListableResource + DeserializeOwned + Serialize + 'static,
+    K: Resource + ListableResource + DeserializeOwned + Serialize + JsonSchema + 'static,
     K::Scope: 'static,
 {
     ResourceInfo {
@@ -102,6 +106,7 @@ where
         singular,
         printer,
         normalize: normalize::<K>,
+        schema: |generator| generator.subschema_for::<K>(),
     }
 }
 
@@ -404,16 +409,17 @@ pub fn columns(printer: Printer) -> Vec<Value> {
             s("Nominated Node", 1),
             s("Readiness Gates", 1),
         ],
-        Printer::Deployment => vec![
-            name,
-            s("Ready", 0),
-            column("Up-to-date", "integer", "", 0),
-            column("Available", "integer", "", 0),
-            age,
-            s("Containers", 1),
-            s("Images", 1),
-            s("Selector", 1),
-        ],
+        Printer::Deployment => [
+            vec![
+                name,
+                s("Ready", 0),
+                column("Up-to-date", "integer", "", 0),
+                column("Available", "integer", "", 0),
+                age,
+            ],
+            workload_columns(),
+        ]
+        .concat(),
         Printer::Node => vec![
             name,
             s("Status", 0),
@@ -439,16 +445,17 @@ pub fn columns(printer: Printer) -> Vec<Value> {
             column("Name", "string", "name", 1),
         ],
         Printer::Endpoints => vec![name, s("Endpoints", 0), age],
-        Printer::ReplicaSet => vec![
-            name,
-            column("Desired", "integer", "", 0),
-            column("Current", "integer", "", 0),
-            column("Ready", "integer", "", 0),
-            age,
-            s("Containers", 1),
-            s("Images", 1),
-            s("Selector", 1),
-        ],
+        Printer::ReplicaSet => [
+            vec![
+                name,
+                column("Desired", "integer", "", 0),
+                column("Current", "integer", "", 0),
+                column("Ready", "integer", "", 0),
+                age,
+            ],
+            workload_columns(),
+        ]
+        .concat(),
         Printer::PersistentVolume => vec![
             name,
             s("Capacity", 0),
@@ -484,6 +491,31 @@ pub fn columns(printer: Printer) -> Vec<Value> {
             age,
         ],
     }
+}
+
+/// The `-o wide` columns Deployments and ReplicaSets share (kube-apiserver's printers).
+fn workload_columns() -> Vec<Value> {
+    ["Containers", "Images", "Selector"]
+        .into_iter()
+        .map(|n| column(n, "string", "", 1))
+        .collect()
+}
+
+/// The cells of [`workload_columns`]: container names, images, and the selector.
+fn workload_cells(spec: &Value) -> Vec<Value> {
+    let tpl = &spec["template"]["spec"];
+    vec![
+        json!(join_containers(tpl, "name")),
+        json!(join_containers(tpl, "image")),
+        json!(none_if_empty(
+            LabelSelector::from_object(&spec["selector"]).to_string_form()
+        )),
+    ]
+}
+
+/// An empty string as `<unset>` (kubectl's VOLUMEATTRIBUTESCLASS column).
+fn unset_if_empty(s: String) -> String {
+    if s.is_empty() { "<unset>".into() } else { s }
 }
 
 fn access_modes(v: &Value) -> String {
@@ -688,41 +720,34 @@ pub fn cells(printer: Printer, obj: &Value, now: Timestamp) -> Vec<Value> {
             let spec = &obj["spec"];
             let status = &obj["status"];
             let n = |v: &Value| v.as_i64().unwrap_or(0);
-            let tpl = &spec["template"]["spec"];
-            vec![
-                name,
-                json!(format!(
-                    "{}/{}",
-                    n(&status["readyReplicas"]),
-                    n(&spec["replicas"])
-                )),
-                json!(n(&status["updatedReplicas"])),
-                json!(n(&status["availableReplicas"])),
-                age,
-                json!(join_containers(tpl, "name")),
-                json!(join_containers(tpl, "image")),
-                json!(none_if_empty(
-                    LabelSelector::from_object(&spec["selector"]).to_string_form()
-                )),
+            let ready = format!("{}/{}", n(&status["readyReplicas"]), n(&spec["replicas"]));
+            [
+                vec![
+                    name,
+                    json!(ready),
+                    json!(n(&status["updatedReplicas"])),
+                    json!(n(&status["availableReplicas"])),
+                    age,
+                ],
+                workload_cells(spec),
             ]
+            .concat()
         }
         Printer::ReplicaSet => {
             let spec = &obj["spec"];
             let status = &obj["status"];
             let n = |v: &Value| v.as_i64().unwrap_or(0);
-            let tpl = &spec["template"]["spec"];
-            vec![
-                name,
-                json!(n(&spec["replicas"])),
-                json!(n(&status["replicas"])),
-                json!(n(&status["readyReplicas"])),
-                age,
-                json!(join_containers(tpl, "name")),
-                json!(join_containers(tpl, "image")),
-                json!(none_if_empty(
-                    LabelSelector::from_object(&spec["selector"]).to_string_form()
-                )),
+            [
+                vec![
+                    name,
+                    json!(n(&spec["replicas"])),
+                    json!(n(&status["replicas"])),
+                    json!(n(&status["readyReplicas"])),
+                    age,
+                ],
+                workload_cells(spec),
             ]
+            .concat()
         }
         Printer::Node => {
             let status = &obj["status"];
@@ -758,6 +783,10 @@ pub fn cells(printer: Printer, obj: &Value, now: Timestamp) -> Vec<Value> {
                     .unwrap_or_default()
             };
             let info = &status["nodeInfo"];
+            let or_unknown = |v: &Value| {
+                v.as_str()
+                    .map_or_else(|| "<unknown>".to_string(), String::from)
+            };
             vec![
                 name,
                 json!(state),
@@ -766,21 +795,9 @@ pub fn cells(printer: Printer, obj: &Value, now: Timestamp) -> Vec<Value> {
                 json!(str_of(&info["kubeletVersion"])),
                 json!(none_if_empty(address("InternalIP"))),
                 json!(none_if_empty(address("ExternalIP"))),
-                json!(if info["osImage"].is_string() {
-                    str_of(&info["osImage"])
-                } else {
-                    "<unknown>".into()
-                }),
-                json!(if info["kernelVersion"].is_string() {
-                    str_of(&info["kernelVersion"])
-                } else {
-                    "<unknown>".into()
-                }),
-                json!(if info["containerRuntimeVersion"].is_string() {
-                    str_of(&info["containerRuntimeVersion"])
-                } else {
-                    "<unknown>".into()
-                }),
+                json!(or_unknown(&info["osImage"])),
+                json!(or_unknown(&info["kernelVersion"])),
+                json!(or_unknown(&info["containerRuntimeVersion"])),
             ]
         }
         Printer::Event => {
@@ -885,10 +902,7 @@ pub fn cells(printer: Printer, obj: &Value, now: Timestamp) -> Vec<Value> {
                 json!(str_of(&obj["status"]["phase"])),
                 json!(claim),
                 json!(str_of(&spec["storageClassName"])),
-                json!(
-                    none_if_empty(str_of(&spec["volumeAttributesClassName"]))
-                        .replace("<none>", "<unset>")
-                ),
+                json!(unset_if_empty(str_of(&spec["volumeAttributesClassName"]))),
                 json!(str_of(&obj["status"]["reason"])),
                 age,
                 json!(str_of(&spec["volumeMode"])),
@@ -913,10 +927,7 @@ pub fn cells(printer: Printer, obj: &Value, now: Timestamp) -> Vec<Value> {
                     String::new()
                 }),
                 json!(str_of(&spec["storageClassName"])),
-                json!(
-                    none_if_empty(str_of(&spec["volumeAttributesClassName"]))
-                        .replace("<none>", "<unset>")
-                ),
+                json!(unset_if_empty(str_of(&spec["volumeAttributesClassName"]))),
                 age,
                 json!(str_of(&spec["volumeMode"])),
             ]

@@ -25,6 +25,12 @@ pub const MAX_BODY_BYTES: usize = 3 << 20;
 const PATCH_RETRIES_MAX: usize = 5;
 /// A watch without `timeoutSeconds` is closed after this long (kube: 30–60 minutes).
 const WATCH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1800);
+/// How often the namespace finalizer looks for `Terminating` namespaces to empty (it also runs
+/// at once when this replica marks a namespace for deletion).
+const NAMESPACE_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// The finalizer kube-apiserver puts in every namespace's `spec.finalizers`: the namespace goes
+/// only after everything in it is deleted.
+const NAMESPACE_FINALIZER: &str = "kubernetes";
 
 /// What the handlers share.
 pub struct Registry {
@@ -32,6 +38,8 @@ pub struct Registry {
     /// The key prefix (`--etcd-prefix`), without a trailing slash.
     pub prefix: String,
     pub resources: Vec<ResourceInfo>,
+    /// Wakes [`Registry::run_namespace_finalizer`] when a namespace starts terminating.
+    namespace_kick: tokio::sync::Notify,
 }
 
 pub type ApiResult = Result<Response, ApiError>;
@@ -110,6 +118,15 @@ fn parse_json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError>
 }
 
 impl Registry {
+    pub fn new(storage: Arc<dyn Storage>, prefix: &str, resources: Vec<ResourceInfo>) -> Registry {
+        Registry {
+            storage,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            resources,
+            namespace_kick: tokio::sync::Notify::new(),
+        }
+    }
+
     pub fn find(&self, group: &str, version: &str, resource: &str) -> Option<&ResourceInfo> {
         self.resources
             .iter()
@@ -301,8 +318,9 @@ impl Registry {
     ) -> ApiResult {
         let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))
             .map_err(ApiError::bad_request)?;
-        let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s))
-            .map_err(ApiError::bad_request)?;
+        let fields =
+            FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s), t.info.kind)
+                .map_err(ApiError::bad_request)?;
         let limit: usize = query
             .get("limit")
             .map(|l| {
@@ -312,14 +330,22 @@ impl Registry {
             .transpose()?
             .unwrap_or(0);
         let prefix = self.collection_prefix(t.info, t.namespace.as_deref());
-        let (start, revision) = match query.get("continue").filter(|c| !c.is_empty()) {
+        let continuing = query.get("continue").filter(|c| !c.is_empty());
+        let (start, revision) = match continuing {
             Some(token) => decode_continue(token, &prefix)?,
             None => (String::new(), list_revision(query)?),
         };
         let filter = |obj: &Value| labels.matches(&labels_of(obj)) && fields.matches(obj);
         let (items, revision, next, remaining) = self
             .list_objects(t.info, &prefix, start, limit, revision, &filter)
-            .await?;
+            .await
+            .map_err(|e| match e.code {
+                // An exact resourceVersion the store has compacted (kube-apiserver's message).
+                410 if continuing.is_none() => {
+                    ApiError::gone("The resourceVersion for the provided list is too old.")
+                }
+                _ => e,
+            })?;
         let cont = next.map(|start| encode_continue(revision, &start));
         if wants_table(headers) {
             let include = query.get("includeObject").map(String::as_str) == Some("Object");
@@ -358,7 +384,7 @@ impl Registry {
             // A watch on one object is a watch on its collection with a name selector.
             field_sel = format!("metadata.name={name},{field_sel}");
         }
-        let fields = FieldSelector::parse(&field_sel).map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(&field_sel, info.kind).map_err(ApiError::bad_request)?;
         let timeout = query
             .get("timeoutSeconds")
             .and_then(|t| t.parse::<u64>().ok())
@@ -662,6 +688,18 @@ impl Registry {
                 }
             }
         }
+        if info.kind == "Namespace" {
+            // As kube-apiserver's namespace strategy: only the namespace finalizer changes
+            // `spec.finalizers` (through the store, below this layer).
+            match current["spec"].get("finalizers") {
+                Some(f) => obj["spec"]["finalizers"] = f.clone(),
+                None => {
+                    if let Some(spec) = obj["spec"].as_object_mut() {
+                        spec.remove("finalizers");
+                    }
+                }
+            }
+        }
         if resources::has_status(info) && !status_only {
             obj["status"] = current["status"].clone();
             if obj["status"].is_null()
@@ -678,7 +716,7 @@ impl Registry {
             return Ok(obj);
         }
         let key = self.key(info, namespace, name);
-        if obj["metadata"]["deletionTimestamp"].is_string() && !has_finalizers(&obj) {
+        if obj["metadata"]["deletionTimestamp"].is_string() && !holds_deletion(info, &obj) {
             // The last finalizer is gone: the deletion completes now.
             self.storage
                 .delete(&key, expected, self.children(info, name))
@@ -745,7 +783,6 @@ impl Registry {
         headers: &HeaderMap,
         body: &Bytes,
     ) -> ApiResult {
-        let name = t.name.clone().unwrap_or_default();
         let ct = content_type(headers);
         if ct == "application/apply-patch+yaml" && t.subresource.is_none() {
             return self.server_side_apply(t, query, body).await;
@@ -755,37 +792,20 @@ impl Registry {
         let precondition = patch_doc["metadata"]["resourceVersion"]
             .as_str()
             .map(String::from);
-        for _ in 0..PATCH_RETRIES_MAX {
-            let (stored, current) = self.current(t, &name).await?;
-            if let Some(rv) = &precondition
-                && *rv != stored.revision.to_string()
-            {
-                return Err(ApiError::conflict(t.info.resource, t.info.group, &name));
-            }
-            let mut obj = current.clone();
-            apply_patch(&ct, &mut obj, &patch_doc)?;
-            if let Some(meta) = obj["metadata"].as_object_mut() {
-                meta.remove("resourceVersion");
-            }
-            match self
-                .replace_sub(
-                    t.info,
-                    t.namespace.as_deref(),
-                    &name,
-                    &current,
-                    obj,
-                    stored.revision,
-                    query,
-                    t.subresource.as_deref(),
-                )
-                .await
-            {
-                Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
-                Err(e) => return Err(e),
-                Ok(obj) => return Ok(json_response(StatusCode::OK, &obj)),
-            }
-        }
-        Err(ApiError::conflict(t.info.resource, t.info.group, &name))
+        let obj = self
+            .read_modify_write(
+                t,
+                query,
+                precondition.as_deref(),
+                t.subresource.as_deref(),
+                |current| {
+                    let mut obj = current.clone();
+                    apply_patch(&ct, &mut obj, &patch_doc)?;
+                    Ok(obj)
+                },
+            )
+            .await?;
+        Ok(json_response(StatusCode::OK, &obj))
     }
 
     /// Server-side apply (`application/apply-patch+yaml`): creates the object, or merges the
@@ -971,57 +991,39 @@ impl Registry {
             .as_str()
             .filter(|rv| !rv.is_empty())
             .map(String::from);
-        for _ in 0..PATCH_RETRIES_MAX {
-            let (stored, current) = self.current(t, &name).await?;
-            if let Some(rv) = &precondition
-                && *rv != stored.revision.to_string()
-            {
-                return Err(ApiError::conflict(t.info.resource, t.info.group, &name));
-            }
-            let scale = if put {
-                doc.clone()
-            } else {
-                let mut scale = scale_of(&current);
-                apply_patch(&content_type(headers), &mut scale, &doc)?;
-                scale
-            };
-            let replicas = scale["spec"]["replicas"].as_i64().unwrap_or(0);
-            if replicas < 0 {
-                return Err(ApiError::invalid(
-                    "Scale",
-                    "autoscaling",
-                    &name,
-                    &[(
-                        "spec.replicas".into(),
-                        format!("Invalid value: {replicas}: must be greater than or equal to 0"),
-                    )],
-                ));
-            }
-            let mut obj = current.clone();
-            obj["spec"]["replicas"] = json!(replicas);
-            if let Some(meta) = obj["metadata"].as_object_mut() {
-                meta.remove("resourceVersion");
-            }
-            match self
-                .replace(
-                    t.info,
-                    t.namespace.as_deref(),
-                    &name,
-                    &current,
-                    obj,
-                    stored.revision,
-                    query,
-                )
-                .await
-            {
-                Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
-                Err(e) => return Err(e),
-                Ok(obj) => return Ok(json_response(StatusCode::OK, &scale_of(&obj))),
-            }
-        }
-        Err(ApiError::conflict(t.info.resource, t.info.group, &name))
+        let ct = content_type(headers);
+        let obj = self
+            .read_modify_write(t, query, precondition.as_deref(), None, |current| {
+                let scale = if put {
+                    doc.clone()
+                } else {
+                    let mut scale = scale_of(current);
+                    apply_patch(&ct, &mut scale, &doc)?;
+                    scale
+                };
+                let replicas = scale["spec"]["replicas"].as_i64().unwrap_or(0);
+                if replicas < 0 {
+                    return Err(ApiError::invalid(
+                        "Scale",
+                        "autoscaling",
+                        &name,
+                        &[(
+                            "spec.replicas".into(),
+                            format!(
+                                "Invalid value: {replicas}: must be greater than or equal to 0"
+                            ),
+                        )],
+                    ));
+                }
+                let mut obj = current.clone();
+                obj["spec"]["replicas"] = json!(replicas);
+                Ok(obj)
+            })
+            .await?;
+        Ok(json_response(StatusCode::OK, &scale_of(&obj)))
     }
 
+    /// `POST …/pods/<name>/binding`: assigns the pod to `target.name` once.
     /// `POST …/pods/<name>/binding`: assigns the pod to `target.name` once.
     pub async fn bind(
         &self,
@@ -1041,38 +1043,73 @@ impl Registry {
                 &[("target.name".into(), "Required value".into())],
             ));
         }
-        let (stored, current) = self.current(t, &name).await?;
-        if let Some(assigned) = current["spec"]["nodeName"]
-            .as_str()
-            .filter(|n| !n.is_empty())
-        {
-            return Err(ApiError::new(
-                409,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{assigned}\""
-                ),
-            ));
-        }
-        let mut obj = current.clone();
-        obj["spec"]["nodeName"] = json!(node);
-        if let Some(meta) = obj["metadata"].as_object_mut() {
-            meta.remove("resourceVersion");
-        }
-        self.replace(
-            t.info,
-            t.namespace.as_deref(),
-            &name,
-            &current,
-            obj,
-            stored.revision,
-            query,
-        )
+        self.read_modify_write(t, query, None, None, |current| {
+            if let Some(assigned) = current["spec"]["nodeName"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+            {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{assigned}\""
+                    ),
+                ));
+            }
+            let mut obj = current.clone();
+            obj["spec"]["nodeName"] = json!(node);
+            Ok(obj)
+        })
         .await?;
         Ok(json_response(
             StatusCode::CREATED,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
         ))
+    }
+
+    /// Read-modify-write of the object `t` names: reads it, checks the client's `precondition`
+    /// resourceVersion, lets `modify` derive the new object from the current one, and writes it
+    /// conditionally on the revision read (through [`Self::replace_sub`] with `sub`). A write
+    /// that loses a race is retried up to [`PATCH_RETRIES_MAX`] times, unless the client gave a
+    /// precondition: then the lost race is the client's 409.
+    async fn read_modify_write(
+        &self,
+        t: &Target<'_>,
+        query: &HashMap<String, String>,
+        precondition: Option<&str>,
+        sub: Option<&str>,
+        modify: impl Fn(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let name = t.name.clone().unwrap_or_default();
+        for _ in 0..PATCH_RETRIES_MAX {
+            let (stored, current) = self.current(t, &name).await?;
+            if let Some(rv) = precondition
+                && rv != stored.revision.to_string()
+            {
+                return Err(ApiError::conflict(t.info.resource, t.info.group, &name));
+            }
+            let mut obj = modify(&current)?;
+            if let Some(meta) = obj["metadata"].as_object_mut() {
+                meta.remove("resourceVersion");
+            }
+            match self
+                .replace_sub(
+                    t.info,
+                    t.namespace.as_deref(),
+                    &name,
+                    &current,
+                    obj,
+                    stored.revision,
+                    query,
+                    sub,
+                )
+                .await
+            {
+                Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(t.info.resource, t.info.group, &name))
     }
 
     pub async fn delete(
@@ -1139,7 +1176,7 @@ impl Registry {
         if is_dry_run(query) {
             return Ok(obj);
         }
-        if has_finalizers(&obj) {
+        if holds_deletion(info, &obj) {
             if obj["metadata"]["deletionTimestamp"].is_string() {
                 return Ok(obj);
             }
@@ -1155,6 +1192,9 @@ impl Registry {
                 .await
                 .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
             marked["metadata"]["resourceVersion"] = json!(revision.to_string());
+            if info.kind == "Namespace" {
+                self.namespace_kick.notify_one();
+            }
             return Ok(marked);
         }
         self.storage
@@ -1162,6 +1202,100 @@ impl Registry {
             .await
             .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
         Ok(obj)
+    }
+
+    /// The namespace finalizer (kube-controller-manager's namespace controller, run by every
+    /// replica): empties each `Terminating` namespace, then drops its `kubernetes` finalizer, so
+    /// that it goes once its contents are gone. Every step is a conditional write, so replicas
+    /// running it at once do no harm. Runs until the process ends.
+    pub async fn run_namespace_finalizer(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.finalize_namespaces().await {
+                tracing::debug!(error = %e.message, "namespace finalizer pass failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(NAMESPACE_SWEEP_INTERVAL) => {}
+                _ = self.namespace_kick.notified() => {}
+            }
+        }
+    }
+
+    /// One pass of the namespace finalizer over every `Terminating` namespace.
+    async fn finalize_namespaces(&self) -> Result<(), ApiError> {
+        let ns_info = self.namespace_info();
+        let prefix = self.collection_prefix(ns_info, None);
+        let page = self
+            .storage
+            .list(&prefix, "", 0, 0)
+            .await
+            .map_err(|e| ApiError::from_storage(e, "namespaces", "", ""))?;
+        for stored in &page.items {
+            let ns = self.decode(ns_info, stored)?;
+            if ns["metadata"]["deletionTimestamp"].is_string() {
+                self.finalize_namespace(stored, ns).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes everything in one terminating namespace (objects with finalizers get their
+    /// `deletionTimestamp` and stay until those are removed); when nothing is left, removes the
+    /// `kubernetes` finalizer, which deletes the namespace unless `metadata.finalizers` hold it.
+    async fn finalize_namespace(&self, stored: &Stored, mut ns: Value) -> Result<(), ApiError> {
+        let name = ns["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let none = HashMap::new();
+        let mut left = 0;
+        for info in self.resources.iter().filter(|r| r.namespaced) {
+            let prefix = self.collection_prefix(info, Some(&name));
+            let page = self
+                .storage
+                .list(&prefix, "", 0, 0)
+                .await
+                .map_err(|e| ApiError::from_storage(e, info.resource, info.group, ""))?;
+            for item in &page.items {
+                let obj = self.decode(info, item)?;
+                match self.delete_one(info, item, obj, &none).await {
+                    Ok(obj) if obj["metadata"]["deletionTimestamp"].is_string() => left += 1,
+                    Ok(_) => {}
+                    Err(e) if matches!(e.reason, "Conflict" | "NotFound") => left += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let finalizers = ns["spec"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if left > 0 || !finalizers.iter().any(|f| f == NAMESPACE_FINALIZER) {
+            return Ok(());
+        }
+        let kept: Vec<Value> = finalizers
+            .into_iter()
+            .filter(|f| f != NAMESPACE_FINALIZER)
+            .collect();
+        ns["spec"]["finalizers"] = json!(kept);
+        let info = self.namespace_info();
+        let written = if holds_deletion(info, &ns) {
+            self.storage
+                .update(&stored.key, Self::encode(&ns), stored.revision)
+                .await
+        } else {
+            self.storage
+                .delete(&stored.key, stored.revision, self.children(info, &name))
+                .await
+        };
+        match written {
+            // Changed meanwhile (e.g. a new finalizer pass elsewhere): the next pass decides.
+            Ok(_) | Err(StorageError::Conflict | StorageError::NotFound) => Ok(()),
+            Err(e) => Err(ApiError::from_storage(e, "namespaces", "", &name)),
+        }
+    }
+
+    fn namespace_info(&self) -> &ResourceInfo {
+        self.resources
+            .iter()
+            .find(|r| r.kind == "Namespace")
+            .expect("namespaces are served")
     }
 
     /// `DELETE` on a collection: deletes every object the selectors match.
@@ -1172,8 +1306,9 @@ impl Registry {
     ) -> ApiResult {
         let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))
             .map_err(ApiError::bad_request)?;
-        let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s))
-            .map_err(ApiError::bad_request)?;
+        let fields =
+            FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s), t.info.kind)
+                .map_err(ApiError::bad_request)?;
         let prefix = self.collection_prefix(t.info, t.namespace.as_deref());
         let page = self
             .storage
@@ -1237,6 +1372,16 @@ fn has_finalizers(obj: &Value) -> bool {
     obj["metadata"]["finalizers"]
         .as_array()
         .is_some_and(|f| !f.is_empty())
+}
+
+/// Whether a deletion must wait: finalizers in `metadata`, or for a namespace the
+/// `spec.finalizers` (`kubernetes`: its contents are not deleted yet).
+fn holds_deletion(info: &ResourceInfo, obj: &Value) -> bool {
+    has_finalizers(obj)
+        || (info.kind == "Namespace"
+            && obj["spec"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty()))
 }
 
 fn set_create_metadata(obj: &mut Value) {

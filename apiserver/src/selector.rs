@@ -1,5 +1,6 @@
 //! Label selectors (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`) and field selectors
-//! (`metadata.name`, `metadata.namespace`), parsed from query strings as kube-apiserver does.
+//! (`metadata.name`, `metadata.namespace` and each kind's own fields), parsed from query strings
+//! as kube-apiserver does.
 
 use std::collections::BTreeMap;
 
@@ -164,35 +165,48 @@ pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
-/// Fields every kind supports (kube-apiserver's `DefaultClusterScopedAttr`/`NamespaceScoped`),
-/// and the per-kind ones clients use (pods, events, nodes, secrets, replicasets); this slice
-/// accepts the per-kind fields on every kind (a kind without the field has it empty).
-const SUPPORTED_FIELDS: [&str; 21] = [
-    "metadata.name",
-    "metadata.namespace",
-    "spec.nodeName",
-    "spec.restartPolicy",
-    "spec.schedulerName",
-    "spec.serviceAccountName",
-    "status.phase",
-    "status.podIP",
-    "status.nominatedNodeName",
-    "involvedObject.kind",
-    "involvedObject.namespace",
-    "involvedObject.name",
-    "involvedObject.uid",
-    "involvedObject.apiVersion",
-    "involvedObject.resourceVersion",
-    "involvedObject.fieldPath",
-    "reason",
-    "type",
-    "reportingComponent",
-    "spec.unschedulable",
-    "status.replicas",
-];
+/// Fields every kind supports (kube-apiserver's `DefaultClusterScopedAttr`/`NamespaceScoped`).
+const COMMON_FIELDS: [&str; 2] = ["metadata.name", "metadata.namespace"];
+
+/// The fields a kind supports besides [`COMMON_FIELDS`], as kube-apiserver registers them in
+/// each kind's `GetAttrs`/`AddFieldLabelConversionFunc`.
+fn kind_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "Pod" => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        "Event" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        "Secret" => &["type"],
+        "Namespace" => &["status.phase"],
+        "Node" => &["spec.unschedulable"],
+        "ReplicaSet" => &["status.replicas"],
+        _ => &[],
+    }
+}
 
 impl FieldSelector {
-    pub fn parse(s: &str) -> Result<FieldSelector, String> {
+    /// Parses a field selector for `kind`: a field the kind does not support is
+    /// `field label not supported: <field>` (a 400 from the handlers).
+    pub fn parse(s: &str, kind: &str) -> Result<FieldSelector, String> {
         let mut reqs = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (field, equal, value) = if let Some((f, v)) = part.split_once("!=") {
@@ -207,7 +221,7 @@ impl FieldSelector {
                 ));
             };
             let field = field.trim();
-            if !SUPPORTED_FIELDS.contains(&field) {
+            if !COMMON_FIELDS.contains(&field) && !kind_fields(kind).contains(&field) {
                 return Err(format!("field label not supported: {field}"));
             }
             reqs.push((field.to_string(), equal, value.trim().to_string()));
@@ -217,14 +231,20 @@ impl FieldSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
+            // An Event's `source` selects on `source.component`.
+            let path = if field == "source" {
+                "source.component"
+            } else {
+                field.as_str()
+            };
             let mut v = obj;
-            for part in field.split('.') {
+            for part in path.split('.') {
                 v = &v[part];
             }
             let actual = match v {
                 Value::String(s) => s.clone(),
                 Value::Null => match field.as_str() {
-                    "spec.unschedulable" => "false".into(),
+                    "spec.unschedulable" | "spec.hostNetwork" => "false".into(),
                     "status.replicas" => "0".into(),
                     _ => String::new(),
                 },
@@ -263,20 +283,20 @@ mod tests {
     }
 
     #[test]
-    fn field_selector_supports_name_and_namespace_only() {
+    fn field_selector_supports_common_fields_on_every_kind() {
         let obj = serde_json::json!({"metadata": {"name": "a", "namespace": "ns"}});
         assert!(
-            FieldSelector::parse("metadata.name=a")
+            FieldSelector::parse("metadata.name=a", "ConfigMap")
                 .unwrap()
                 .matches(&obj)
         );
         assert!(
-            !FieldSelector::parse("metadata.namespace!=ns")
+            !FieldSelector::parse("metadata.namespace!=ns", "ConfigMap")
                 .unwrap()
                 .matches(&obj)
         );
         assert_eq!(
-            FieldSelector::parse("spec.foo=x").unwrap_err(),
+            FieldSelector::parse("spec.foo=x", "Pod").unwrap_err(),
             "field label not supported: spec.foo"
         );
     }
@@ -286,18 +306,52 @@ mod tests {
         let ev = serde_json::json!({"metadata": {"name": "e"},
             "involvedObject": {"kind": "Pod", "name": "p"}, "type": "Normal"});
         assert!(
-            FieldSelector::parse("involvedObject.kind=Pod,involvedObject.name=p,type=Normal")
+            FieldSelector::parse(
+                "involvedObject.kind=Pod,involvedObject.name=p,type=Normal",
+                "Event"
+            )
+            .unwrap()
+            .matches(&ev)
+        );
+        assert!(
+            !FieldSelector::parse("involvedObject.name=q", "Event")
                 .unwrap()
                 .matches(&ev)
         );
+        let pod = serde_json::json!({"metadata": {"name": "p"}, "spec": {}});
         assert!(
-            !FieldSelector::parse("involvedObject.name=q")
+            FieldSelector::parse("spec.nodeName=", "Pod")
                 .unwrap()
-                .matches(&ev)
+                .matches(&pod)
         );
-        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&ev));
+        let node = serde_json::json!({"metadata": {"name": "n"}});
         assert!(
-            FieldSelector::parse("spec.unschedulable=false")
+            FieldSelector::parse("spec.unschedulable=false", "Node")
+                .unwrap()
+                .matches(&node)
+        );
+    }
+
+    #[test]
+    fn field_selector_labels_are_per_kind() {
+        for (selector, kind) in [
+            ("status.phase=Running", "ConfigMap"),
+            ("spec.nodeName=n", "Event"),
+            ("involvedObject.name=x", "Pod"),
+            ("type=Opaque", "ConfigMap"),
+        ] {
+            let field = selector.split('=').next().unwrap();
+            assert_eq!(
+                FieldSelector::parse(selector, kind).unwrap_err(),
+                format!("field label not supported: {field}"),
+                "{kind}"
+            );
+        }
+        assert!(FieldSelector::parse("type=Opaque", "Secret").is_ok());
+        assert!(FieldSelector::parse("status.phase=Active", "Namespace").is_ok());
+        let ev = serde_json::json!({"source": {"component": "kubelet"}});
+        assert!(
+            FieldSelector::parse("source=kubelet", "Event")
                 .unwrap()
                 .matches(&ev)
         );

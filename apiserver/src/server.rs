@@ -58,6 +58,57 @@ pub struct ApiServerConfig {
     pub grpc_port: Option<u16>,
     /// `--write-kubeconfig`: write an admin kubeconfig for this server here.
     pub write_kubeconfig: Option<PathBuf>,
+    /// `--etcd-compaction-interval`: how often the store is compacted (to the revision it had
+    /// one interval earlier, as kube-apiserver does); zero turns compaction off.
+    pub etcd_compaction_interval: Duration,
+    /// `--max-requests-inflight`: read requests served at once (watches excluded); more get
+    /// 429 TooManyRequests. Zero = no limit.
+    pub max_requests_inflight: usize,
+    /// `--max-mutating-requests-inflight`: the same for create, update, patch and delete.
+    pub max_mutating_requests_inflight: usize,
+}
+
+/// kube-apiserver's default `--max-requests-inflight`.
+pub const MAX_REQUESTS_INFLIGHT_DEFAULT: usize = 400;
+/// kube-apiserver's default `--max-mutating-requests-inflight`.
+pub const MAX_MUTATING_REQUESTS_INFLIGHT_DEFAULT: usize = 200;
+
+/// kube-apiserver's default `--etcd-compaction-interval`.
+pub const ETCD_COMPACTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(5 * 60);
+
+/// Parses a Go duration as kube-apiserver's flags take them: `5m`, `1m30s`, `500ms`, `2h`, `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?} (want e.g. 5m, 30s, 500ms, 0)");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(bad()),
+        };
+        total += Duration::try_from_secs_f64(number * seconds).map_err(|_| bad())?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 impl Default for ApiServerConfig {
@@ -76,6 +127,9 @@ impl Default for ApiServerConfig {
             authorization_mode: "AlwaysAllow".into(),
             grpc_port: None,
             write_kubeconfig: None,
+            etcd_compaction_interval: ETCD_COMPACTION_INTERVAL_DEFAULT,
+            max_requests_inflight: MAX_REQUESTS_INFLIGHT_DEFAULT,
+            max_mutating_requests_inflight: MAX_MUTATING_REQUESTS_INFLIGHT_DEFAULT,
         }
     }
 }
@@ -186,6 +240,7 @@ fn split_csv(line: &str) -> Vec<String> {
 
 struct AppState {
     registry: Arc<Registry>,
+    metrics: crate::metrics::Metrics,
     tokens: Tokens,
     anonymous: bool,
     authorizer: Arc<dyn crate::auth::Authorizer>,
@@ -223,6 +278,74 @@ async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next)
     next.run(req).await
 }
 
+/// The in-flight request limits (kube-apiserver's `WithMaxInFlightLimit`): one pool for reads,
+/// one for writes; None = unlimited.
+#[derive(Clone)]
+struct InFlight {
+    reads: Option<Arc<tokio::sync::Semaphore>>,
+    writes: Option<Arc<tokio::sync::Semaphore>>,
+    /// For `apiserver_current_inflight_requests`.
+    metrics: crate::metrics::Metrics,
+}
+
+impl InFlight {
+    fn new(config: &ApiServerConfig, metrics: crate::metrics::Metrics) -> InFlight {
+        let pool = |n: usize| (n > 0).then(|| Arc::new(tokio::sync::Semaphore::new(n)));
+        InFlight {
+            reads: pool(config.max_requests_inflight),
+            writes: pool(config.max_mutating_requests_inflight),
+            metrics,
+        }
+    }
+}
+
+/// Middleware (inside authentication): a request beyond its pool's limit is 429
+/// TooManyRequests with `Retry-After: 1`. Long-running requests (watches), health checks and
+/// `system:masters` members are not limited, as in kube-apiserver.
+async fn limit_inflight(State(limits): State<InFlight>, req: Request, next: Next) -> Response {
+    let watching = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let privileged = req
+        .extensions()
+        .get::<User>()
+        .is_none_or(|u| u.groups.iter().any(|g| g == "system:masters"));
+    let mutating = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    let pool = if mutating {
+        &limits.writes
+    } else {
+        &limits.reads
+    };
+    if watching {
+        return next.run(req).await;
+    }
+    let _counted = limits.metrics.in_flight(mutating);
+    let Some(pool) = pool.as_ref().filter(|_| !privileged) else {
+        return next.run(req).await;
+    };
+    let Ok(_permit) = pool.clone().try_acquire_owned() else {
+        // Read what the client is still sending (up to the body limit), so that the refusal is
+        // not lost in a connection reset.
+        let _ = axum::body::to_bytes(req.into_body(), rest::MAX_BODY_BYTES).await;
+        let mut err = ApiError::new(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        );
+        err.details = Some(serde_json::json!({"retryAfterSeconds": 1}));
+        let mut response = err.into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    };
+    next.run(req).await
+}
+
 fn authenticated_user(state: &AppState, req: &Request) -> Option<User> {
     if let Some(crate::auth::PeerIdentity(Some(user))) = req.extensions().get() {
         return Some(user.clone());
@@ -252,6 +375,7 @@ async fn handle_api(
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let resources = &state.registry.resources;
     let result = match segments.as_slice() {
+        [] if wants_aggregated(&headers) => Ok(aggregated(resources, true)),
         [] => Ok(Json(discovery::api_versions()).into_response()),
         ["v1"] => discovery::api_resource_list(resources, "", "v1")
             .map(|l| Json(l).into_response())
@@ -286,6 +410,7 @@ async fn handle_apis(
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let resources = &state.registry.resources;
     let result = match segments.as_slice() {
+        [] if wants_aggregated(&headers) => Ok(aggregated(resources, false)),
         [] => Ok(Json(discovery::api_group_list(resources)).into_response()),
         [group] => discovery::api_group(resources, group)
             .map(|g| Json(g).into_response())
@@ -308,6 +433,22 @@ async fn handle_apis(
         }
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(discovery::wants_aggregated)
+}
+
+/// Aggregated discovery, with the exact content type client-go looks for.
+fn aggregated(resources: &[resources::ResourceInfo], core: bool) -> Response {
+    (
+        [(header::CONTENT_TYPE, discovery::AGGREGATED_DISCOVERY)],
+        Json(discovery::aggregated(resources, core)),
+    )
+        .into_response()
 }
 
 fn not_found() -> ApiError {
@@ -335,7 +476,7 @@ async fn openapi_v3_doc(State(state): State<Shared>, UrlPath(path): UrlPath<Stri
     }
 }
 
-fn router(state: Shared) -> Router {
+fn router(state: Shared, limits: InFlight) -> Router {
     Router::new()
         .route("/version", get(|| async { Json(discovery::version()) }))
         .route("/healthz", get(|| async { "ok" }))
@@ -347,15 +488,24 @@ fn router(state: Shared) -> Router {
         .route("/apis/{*rest}", any(handle_apis))
         .route("/openapi/v3", get(openapi_v3))
         .route("/openapi/v3/{*path}", get(openapi_v3_doc))
+        .route(
+            "/metrics",
+            get(crate::metrics::serve).with_state(state.metrics.clone()),
+        )
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(not_found().to_status())) })
         // YAML bodies become JSON after authentication (layers run outermost first).
         .layer(axum::middleware::from_fn(crate::yaml::yaml_bodies))
+        .layer(axum::middleware::from_fn_with_state(limits, limit_inflight))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ))
         .layer(DefaultBodyLimit::max(rest::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(crate::errors::status_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::observe,
+        ))
         .with_state(state)
 }
 
@@ -545,13 +695,13 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
         info!(path = %path.display(), "wrote admin kubeconfig");
     }
 
-    let storage: Arc<dyn Storage> =
-        Arc::new(EtcdStorage::connect(&config.etcd_servers).map_err(Error::Config)?);
-    let registry = Arc::new(Registry {
+    let etcd = EtcdStorage::connect(&config.etcd_servers).map_err(Error::Config)?;
+    let storage: Arc<dyn Storage> = Arc::new(etcd.clone());
+    let registry = Arc::new(Registry::new(
         storage,
-        prefix: config.etcd_prefix.trim_end_matches('/').to_string(),
-        resources: resources::registry(),
-    });
+        &config.etcd_prefix,
+        resources::registry(),
+    ));
     // Seed the initial namespaces; wait for the store if it is not up yet.
     let mut delay = Duration::from_millis(100);
     loop {
@@ -564,13 +714,27 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
             }
         }
     }
+    let _compactor = (!config.etcd_compaction_interval.is_zero()).then(|| {
+        AbortOnDrop(tokio::spawn(
+            etcd.run_compactor(config.etcd_compaction_interval),
+        ))
+    });
+    let _namespace_finalizer =
+        AbortOnDrop(tokio::spawn(registry.clone().run_namespace_finalizer()));
     let state = Arc::new(AppState {
+        metrics: crate::metrics::Metrics::new(registry.resources.iter().map(|r| {
+            (
+                r.group.to_string(),
+                r.version.to_string(),
+                r.resource.to_string(),
+            )
+        })),
         registry,
         tokens,
         anonymous: config.anonymous_auth,
         authorizer,
     });
-    let app = router(state.clone());
+    let app = router(state.clone(), InFlight::new(&config, state.metrics.clone()));
     let _grpc = match config.grpc_port {
         Some(port) => {
             let api = crate::grpc::GrpcApi::new(app.clone(), state.registry.clone());
@@ -593,7 +757,8 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
     Ok(())
 }
 
-/// Aborts a background task when dropped (the gRPC server ends with [`run`]).
+/// Aborts a background task when dropped (the gRPC server, the compactor and the namespace
+/// finalizer end with [`run`]).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -679,5 +844,16 @@ mod tests {
         assert!(tokens.authenticate("nope").is_none());
         assert_eq!(tokens.admin_token().as_deref(), Some("abc"));
         assert!(Tokens::parse("onlytoken\n").is_err());
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5x").is_err());
     }
 }

@@ -18,8 +18,8 @@ use skiff_proto::etcdserverpb::response_op::Response;
 use skiff_proto::etcdserverpb::watch_client::WatchClient;
 use skiff_proto::etcdserverpb::watch_request::RequestUnion;
 use skiff_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchCreateRequest, WatchProgressRequest, WatchRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
 };
 use skiff_proto::mvccpb::event::EventType;
 use tonic::transport::Channel;
@@ -147,6 +147,103 @@ impl EtcdStorage {
             watch: WatchClient::new(channel),
             progress_interval: Duration::from_secs(5),
         })
+    }
+}
+
+/// The key API servers coordinate compaction through, as kube-apiserver's compactor does
+/// (`staging/src/k8s.io/apiserver/pkg/storage/etcd3/compact.go`): its version counts
+/// compaction rounds, its value is the revision the last round saw.
+pub const COMPACT_REV_KEY: &str = "compact_rev_key";
+
+impl EtcdStorage {
+    /// One round of kube-apiserver's compactor. `seen_version` is the version of
+    /// [`COMPACT_REV_KEY`] this replica saw last round, `seen_revision` the store revision then.
+    /// If nobody wrote the key since, this replica wins the round: it records the current
+    /// revision and compacts to `seen_revision` (the revision one interval ago). Otherwise
+    /// another replica compacted; this one only catches up. Returns the new
+    /// `(seen_version, seen_revision)` and the revision compacted to, if any.
+    pub async fn compact_round(
+        &self,
+        seen_version: i64,
+        seen_revision: i64,
+    ) -> Result<(i64, i64, Option<i64>)> {
+        let key = COMPACT_REV_KEY.as_bytes().to_vec();
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Version as i32,
+                key: key.clone(),
+                target_union: Some(TargetUnion::Version(seen_version)),
+                range_end: Vec::new(),
+            }],
+            success: vec![RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: key.clone(),
+                    value: seen_revision.to_string().into_bytes(),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![range_op(COMPACT_REV_KEY)],
+        };
+        let resp = self
+            .kv
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let current = resp.header.map(|h| h.revision).unwrap_or_default();
+        if !resp.succeeded {
+            let version = resp
+                .responses
+                .into_iter()
+                .find_map(|r| match r.response {
+                    Some(Response::ResponseRange(range)) => range.kvs.into_iter().next(),
+                    _ => None,
+                })
+                .map(|kv| kv.version)
+                .unwrap_or(0);
+            return Ok((version, current, None));
+        }
+        if seen_revision == 0 {
+            // The first round only records where the store is.
+            return Ok((seen_version + 1, current, None));
+        }
+        match self
+            .kv
+            .clone()
+            .compact(CompactionRequest {
+                revision: seen_revision,
+                physical: false,
+            })
+            .await
+        {
+            Ok(_) => Ok((seen_version + 1, current, Some(seen_revision))),
+            // Someone (an operator, another tool) compacted further already.
+            Err(status) if status.message().contains("compacted") => {
+                Ok((seen_version + 1, current, None))
+            }
+            Err(status) => Err(status_error(status)),
+        }
+    }
+
+    /// kube-apiserver's periodic compaction (`--etcd-compaction-interval`): every `interval`,
+    /// one [`Self::compact_round`]; the store is compacted to the revision it had one interval
+    /// earlier, by whichever replica wins the round. Runs until the process ends.
+    pub async fn run_compactor(self, interval: Duration) {
+        let (mut version, mut revision) = (0, 0);
+        loop {
+            tokio::time::sleep(interval).await;
+            match self.compact_round(version, revision).await {
+                Ok((v, r, compacted)) => {
+                    (version, revision) = (v, r);
+                    if let Some(to) = compacted {
+                        tracing::info!(revision = to, "compacted the store");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "compaction round failed"),
+            }
+        }
     }
 }
 

@@ -499,6 +499,17 @@ struct ApiserverArgs {
     /// Write an admin kubeconfig (CA + bearer token) for this server to this path.
     #[arg(long)]
     write_kubeconfig: Option<PathBuf>,
+    /// How often to compact the store, to the revision it had one interval earlier (as
+    /// kube-apiserver; replicas coordinate through the key `compact_rev_key`); 0 = never.
+    #[arg(long, default_value = "5m", value_parser = skiff_apiserver::server::parse_duration)]
+    etcd_compaction_interval: std::time::Duration,
+    /// Read requests served at once (watches and system:masters excluded); more get 429. 0 =
+    /// no limit.
+    #[arg(long, default_value_t = skiff_apiserver::server::MAX_REQUESTS_INFLIGHT_DEFAULT)]
+    max_requests_inflight: usize,
+    /// Create/update/patch/delete requests served at once; more get 429. 0 = no limit.
+    #[arg(long, default_value_t = skiff_apiserver::server::MAX_MUTATING_REQUESTS_INFLIGHT_DEFAULT)]
+    max_mutating_requests_inflight: usize,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     log_level: String,
@@ -525,6 +536,9 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
         authorization_mode: args.authorization_mode,
         grpc_port: args.grpc_port,
         write_kubeconfig: args.write_kubeconfig,
+        etcd_compaction_interval: args.etcd_compaction_interval,
+        max_requests_inflight: args.max_requests_inflight,
+        max_mutating_requests_inflight: args.max_mutating_requests_inflight,
     };
     if let Err(err) = config.validate() {
         eprintln!("skiff: {err}");

@@ -7,19 +7,17 @@ mod common;
 
 use std::process::Command;
 
-use apiserver::{ADMIN_TOKEN, ApiHome, bearer, client_pki, status_of};
-use common::{Cluster, skiff_bin};
+use apiserver::{ADMIN_TOKEN, ApiHome, Backend, DEV_TOKEN, bearer, client_pki, status_of};
+use common::skiff_bin;
 use serde_json::Value;
 
-#[test]
-fn client_certificates_tokens_anonymous_and_authorization() {
-    let cluster = Cluster::start(1);
+fn client_certificates_tokens_anonymous_and_authorization(store: &Backend) {
     let pki = tempfile::tempdir().expect("tempdir");
     let (ca, jane_crt, jane_key) = client_pki(pki.path(), "jane", "jane", &["dev", "ops"]);
     let (_, rogue_crt, rogue_key) = client_pki(pki.path(), "rogue", "mallory", &["system:masters"]);
     let ca_arg = ca.to_string_lossy().into_owned();
     let home = ApiHome::new();
-    let api = home.start(&cluster.endpoints(), &["--client-ca-file", &ca_arg]);
+    let api = home.start(&store.endpoints(), &["--client-ca-file", &ca_arg]);
 
     eprintln!("--- kubectl with a client certificate (no token)");
     let kubeconfig = home.path().join("jane.kubeconfig");
@@ -109,7 +107,7 @@ fn client_certificates_tokens_anonymous_and_authorization() {
 
     eprintln!("--- --anonymous-auth=true with --authorization-mode AlwaysDeny: 403 for everyone");
     let deny = home.start(
-        &cluster.endpoints(),
+        &store.endpoints(),
         &[
             "--anonymous-auth=true",
             "--authorization-mode",
@@ -138,7 +136,7 @@ fn client_certificates_tokens_anonymous_and_authorization() {
     );
 
     eprintln!("--- --anonymous-auth=true with AlwaysAllow: anonymous reads work");
-    let open = home.start(&cluster.endpoints(), &["--anonymous-auth=true"]);
+    let open = home.start(&store.endpoints(), &["--anonymous-auth=true"]);
     assert_eq!(open.curl(&[], "/api/v1/namespaces").0, 200);
 
     eprintln!("--- a bad --authorization-mode exits with code 2");
@@ -157,11 +155,9 @@ fn client_certificates_tokens_anonymous_and_authorization() {
 
 /// Bad requests get the Status code and reason kube-apiserver gives them, and the server keeps
 /// serving.
-#[test]
-fn bad_input_gets_the_right_status() {
-    let cluster = Cluster::start(1);
+fn bad_input_gets_the_right_status(store: &Backend) {
     let home = ApiHome::new();
-    let api = home.start(&cluster.endpoints(), &[]);
+    let api = home.start(&store.endpoints(), &[]);
     const CMS: &str = "/api/v1/namespaces/default/configmaps";
     let post = |content_type: &str, body: &str, path: &str| {
         let file = home.path().join("body");
@@ -171,6 +167,7 @@ fn bad_input_gets_the_right_status() {
         api.admin(&["-X", "POST", "-H", &ct, "--data-binary", &data], path)
     };
     let json = "application/json";
+    let protobuf = "application/vnd.kubernetes.protobuf";
     let big = format!(
         r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"k":"{}"}}}}"#,
         "x".repeat(3 << 20)
@@ -183,6 +180,18 @@ fn bad_input_gets_the_right_status() {
             "BadRequest",
         ),
         ("a JSON array", post(json, "[1, 2]", CMS), 400, "BadRequest"),
+        (
+            "protobuf without the k8s envelope",
+            post(protobuf, "not protobuf at all", CMS),
+            400,
+            "BadRequest",
+        ),
+        (
+            "truncated protobuf (a field longer than the body)",
+            post(protobuf, "k8s\0\x0a\x7f\x0a\x02v1", CMS),
+            400,
+            "BadRequest",
+        ),
         (
             "a field of the wrong type",
             post(
@@ -318,4 +327,138 @@ fn bad_input_gets_the_right_status() {
         "only the valid objects were stored: {}",
         list.1
     );
+}
+
+/// `--max-mutating-requests-inflight`: a write beyond the limit is 429 TooManyRequests (with
+/// `retryAfterSeconds`) while reads, watches and `system:masters` go on; once the slot frees,
+/// writes are served again.
+fn too_many_requests_in_flight(store: &Backend) {
+    use std::io::Write as _;
+    let home = ApiHome::new();
+    let api = home.start(
+        &store.endpoints(),
+        &["--max-mutating-requests-inflight", "1"],
+    );
+    const CMS: &str = "/api/v1/namespaces/default/configmaps";
+    let dev = bearer(DEV_TOKEN);
+    let create = |auth: &str, name: &str| {
+        let body =
+            format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}}}}"#);
+        let args = [
+            "-H",
+            auth,
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+        ];
+        let mut all = args.to_vec();
+        all.extend(["--data-binary", &body]);
+        api.curl(&all, CMS)
+    };
+
+    eprintln!("--- a create whose body is still arriving holds the one write slot");
+    let mut holder = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(api.ca())
+        .args([
+            "-H",
+            &dev,
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Expect:",
+        ])
+        .args(["-X", "POST", "-T", "-", "-w", "\n%{http_code}"])
+        .arg(api.url(CMS))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn curl");
+    let mut stdin = holder.stdin.take().expect("piped");
+    stdin
+        .write_all(br#"{"apiVersion":"v1","kind":"ConfigMap","#)
+        .expect("first half of the body");
+    stdin.flush().expect("flush");
+    // The server's in-flight gauge says when the held create has the slot.
+    let started = std::time::Instant::now();
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let metrics = Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(api.ca())
+            .args(["-H", &bearer(ADMIN_TOKEN)])
+            .arg(api.url("/metrics"))
+            .output()
+            .expect("curl /metrics");
+        let text = String::from_utf8_lossy(&metrics.stdout);
+        if text
+            .lines()
+            .any(|l| l == r#"apiserver_current_inflight_requests{request_kind="mutating"} 1"#)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the held create never showed as in flight:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!("the held create was in flight after {polls} poll(s) of /metrics");
+    let refused = create(&dev, "refused");
+    assert_eq!(status_of(&refused), (429, "TooManyRequests"));
+    assert_eq!(refused.1["details"]["retryAfterSeconds"], 1, "{refused:?}");
+    // Reads have their own pool; system:masters is not limited.
+    assert_eq!(api.curl(&["-H", &dev], CMS).0, 200);
+    assert_eq!(create(&bearer(ADMIN_TOKEN), "by-admin").0, 201);
+
+    eprintln!("--- the held create completes; writes are served again");
+    stdin
+        .write_all(br#""metadata":{"name":"held"}}"#)
+        .expect("rest of the body");
+    drop(stdin);
+    let out = holder.wait_with_output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n201"), "{text}");
+    assert_eq!(create(&dev, "after").0, 201);
+    let names: Vec<String> = api.admin(&[], CMS).1["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    assert_eq!(names, ["after", "by-admin", "held"]);
+}
+
+// Each scenario runs on a skiff store and on real etcd (issue 6 acceptance).
+
+#[test]
+fn too_many_requests_in_flight_on_a_skiff_store() {
+    too_many_requests_in_flight(&Backend::skiff());
+}
+
+#[test]
+fn too_many_requests_in_flight_on_real_etcd() {
+    too_many_requests_in_flight(&Backend::etcd());
+}
+
+#[test]
+fn client_certificates_tokens_anonymous_and_authorization_on_a_skiff_store() {
+    client_certificates_tokens_anonymous_and_authorization(&Backend::skiff());
+}
+
+#[test]
+fn client_certificates_tokens_anonymous_and_authorization_on_real_etcd() {
+    client_certificates_tokens_anonymous_and_authorization(&Backend::etcd());
+}
+
+#[test]
+fn bad_input_gets_the_right_status_on_a_skiff_store() {
+    bad_input_gets_the_right_status(&Backend::skiff());
+}
+
+#[test]
+fn bad_input_gets_the_right_status_on_real_etcd() {
+    bad_input_gets_the_right_status(&Backend::etcd());
 }

@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use apiserver::{ADMIN_TOKEN, ApiHome, client_pki};
-use common::{Cluster, free_port};
+use apiserver::{ADMIN_TOKEN, ApiHome, Backend, client_pki};
+use common::free_port;
 use serde_json::{Value, json};
 use skiff_proto::skiff_api::resources_client::ResourcesClient;
 use skiff_proto::skiff_api::{
@@ -57,14 +57,12 @@ fn doc(value: Value) -> Vec<u8> {
     value.to_string().into_bytes()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resources_service_over_grpc() {
-    let cluster = Cluster::start(1);
+async fn resources_service_over_grpc(store: &Backend) {
     let home = ApiHome::new();
     let (ca, crt, key) = client_pki(home.path(), "client", "jane", &["dev"]);
     let grpc_port = free_port();
     let api = home.start(
-        &cluster.endpoints(),
+        &store.endpoints(),
         &[
             "--grpc-port",
             &grpc_port.to_string(),
@@ -343,15 +341,10 @@ async fn resources_service_over_grpc() {
 }
 
 /// A Python client generated from proto/ by grpcio-tools (installed by scripts/test.sh).
-#[test]
-fn python_client_generated_from_the_proto() {
-    let cluster = Cluster::start(1);
+fn python_client_generated_from_the_proto(store: &Backend) {
     let home = ApiHome::new();
     let grpc_port = free_port();
-    let api = home.start(
-        &cluster.endpoints(),
-        &["--grpc-port", &grpc_port.to_string()],
-    );
+    let api = home.start(&store.endpoints(), &["--grpc-port", &grpc_port.to_string()]);
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out_dir = home.path().join("py");
     std::fs::create_dir_all(&out_dir).expect("mkdir");
@@ -371,4 +364,26 @@ fn python_client_generated_from_the_proto() {
         String::from_utf8_lossy(&out.stderr),
         api.log()
     );
+}
+
+// Each scenario runs on a skiff store and on real etcd (issue 6 acceptance).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_service_over_grpc_on_a_skiff_store() {
+    resources_service_over_grpc(&Backend::skiff()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_service_over_grpc_on_real_etcd() {
+    resources_service_over_grpc(&Backend::etcd()).await;
+}
+
+#[test]
+fn python_client_generated_from_the_proto_on_a_skiff_store() {
+    python_client_generated_from_the_proto(&Backend::skiff());
+}
+
+#[test]
+fn python_client_generated_from_the_proto_on_real_etcd() {
+    python_client_generated_from_the_proto(&Backend::etcd());
 }

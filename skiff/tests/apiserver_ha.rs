@@ -1,6 +1,7 @@
-//! Two `skiff apiserver` replicas on one skiff store: watches see writes made through the other
-//! replica, a watcher resumes on the survivor from its last resourceVersion after its replica is
-//! killed (no missing or duplicated events), and optimistic concurrency holds across replicas.
+//! Two `skiff apiserver` replicas on one store (a skiff store, and real etcd): watches see
+//! writes made through the other replica, a watcher resumes on the survivor from its last
+//! resourceVersion after its replica is killed (no missing or duplicated events), and optimistic
+//! concurrency holds across replicas.
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
@@ -10,8 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use apiserver::{ADMIN_TOKEN, ApiHome, ApiServer, bearer, status_of};
-use common::Cluster;
+use apiserver::{ADMIN_TOKEN, ApiHome, ApiServer, Backend, bearer, status_of};
 use serde_json::{Value, json};
 
 /// A raw `?watch=true` stream (curl -N), one parsed event per line.
@@ -75,12 +75,10 @@ fn rv_of(obj: &Value) -> i64 {
 
 const CMS: &str = "/api/v1/namespaces/ha/configmaps";
 
-#[test]
-fn two_replicas_share_watches_resume_and_conflicts() {
-    let cluster = Cluster::start(1);
+fn two_replicas_share_watches_resume_and_conflicts(store: &Backend) {
     let home = ApiHome::new();
-    let mut a = home.start(&cluster.endpoints(), &[]);
-    let b = home.start(&cluster.endpoints(), &[]);
+    let mut a = home.start(&store.endpoints(), &[]);
+    let b = home.start(&store.endpoints(), &[]);
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ha"}});
     assert_eq!(a.send("POST", "/api/v1/namespaces", &ns).0, 201);
 
@@ -199,4 +197,98 @@ fn two_replicas_share_watches_resume_and_conflicts() {
         b.admin(&[], CMS).1["items"].as_array().map(Vec::len),
         Some(5 + N)
     );
+}
+
+/// `--etcd-compaction-interval`: replicas compact the store (coordinated through
+/// `compact_rev_key`, as kube-apiserver) to the revision it had one interval earlier, so a list
+/// or watch at an old resourceVersion then gets 410 Expired, while current reads go on.
+fn periodic_compaction_expires_old_resource_versions(store: &Backend) {
+    let home = ApiHome::new();
+    let fast = ["--etcd-compaction-interval", "1s"];
+    let a = home.start(&store.endpoints(), &fast);
+    let _b = home.start(&store.endpoints(), &fast);
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ha"}});
+    assert_eq!(a.send("POST", "/api/v1/namespaces", &ns).0, 201);
+    assert_eq!(a.send("POST", CMS, &configmap("old-1")).0, 201);
+    assert_eq!(a.send("POST", CMS, &configmap("old-2")).0, 201);
+    let rv0 = rv_of(&a.admin(&[], CMS).1);
+    // A paginated list started now: its continue token pins revision rv0.
+    let first_page = a.admin(&[], &format!("{CMS}?limit=1"));
+    let token = first_page.1["metadata"]["continue"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no continue token: {first_page:?}"))
+        .to_string();
+
+    eprintln!("--- writes go on until a list at resourceVersion {rv0} is 410 Expired");
+    let old_list = format!("{CMS}?resourceVersion={rv0}&resourceVersionMatch=Exact");
+    let started = Instant::now();
+    let mut writes = 0;
+    loop {
+        let resp = a.send("POST", CMS, &configmap(&format!("w-{writes}")));
+        assert_eq!(resp.0, 201, "{resp:?}");
+        writes += 1;
+        let resp = a.admin(&[], &old_list);
+        if resp.0 != 200 {
+            assert_eq!(status_of(&resp), (410, "Expired"), "{resp:?}");
+            assert_eq!(
+                resp.1["message"],
+                "The resourceVersion for the provided list is too old."
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the store was never compacted past {rv0}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "a list at resourceVersion {rv0} expired after {writes} writes, {:.1}s with a 1s interval",
+        started.elapsed().as_secs_f64()
+    );
+    let rest = a.admin(&[], &format!("{CMS}?limit=1&continue={token}"));
+    assert_eq!(status_of(&rest), (410, "Expired"), "{rest:?}");
+    let watch = Watch::start(&a, &format!("{CMS}?watch=true&resourceVersion={rv0}"));
+    let event = watch.next(Duration::from_secs(20)).expect("an event");
+    assert_eq!(
+        (event["type"].as_str(), event["object"]["code"].as_i64()),
+        (Some("ERROR"), Some(410)),
+        "{event}"
+    );
+    let now = a.admin(&[], CMS);
+    assert_eq!(
+        (now.0, now.1["items"].as_array().map(Vec::len)),
+        (200, Some(writes + 2))
+    );
+    let out = common::etcdctl(
+        &store.endpoints(),
+        &["get", "compact_rev_key", "--print-value-only"],
+    );
+    let recorded: i64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("compact_rev_key: {out:?}"));
+    assert!(recorded >= rv0, "compact_rev_key {recorded} < {rv0}");
+}
+
+// Each scenario runs on a skiff store and on real etcd (issue 6 acceptance).
+
+#[test]
+fn periodic_compaction_expires_old_resource_versions_on_a_skiff_store() {
+    periodic_compaction_expires_old_resource_versions(&Backend::skiff());
+}
+
+#[test]
+fn periodic_compaction_expires_old_resource_versions_on_real_etcd() {
+    periodic_compaction_expires_old_resource_versions(&Backend::etcd());
+}
+
+#[test]
+fn two_replicas_share_watches_resume_and_conflicts_on_a_skiff_store() {
+    two_replicas_share_watches_resume_and_conflicts(&Backend::skiff());
+}
+
+#[test]
+fn two_replicas_share_watches_resume_and_conflicts_on_real_etcd() {
+    two_replicas_share_watches_resume_and_conflicts(&Backend::etcd());
 }

@@ -13,8 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use apiserver::{ApiHome, ApiServer};
-use common::Cluster;
+use apiserver::{ApiHome, ApiServer, Backend};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -69,11 +68,9 @@ fn api_code(err: &kube::Error) -> u16 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typed_create_list_get_replace_watch() {
-    let cluster = Cluster::start(1);
+async fn typed_create_list_get_replace_watch(store: &Backend) {
     let home = ApiHome::new();
-    let api = home.start(&cluster.endpoints(), &[]);
+    let api = home.start(&store.endpoints(), &[]);
     let client = client(&api, &home.path().join("kubeconfig")).await;
     create_namespace(&client, "kr").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kr");
@@ -140,13 +137,11 @@ async fn typed_create_list_get_replace_watch() {
     drop(api);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runtime_watcher_relists_after_410_expired() {
-    let cluster = Cluster::start(1);
+async fn runtime_watcher_relists_after_410_expired(store: &Backend) {
     let home = ApiHome::new();
     let port = common::free_port();
-    let mut a = home.start_on(port, &cluster.endpoints(), &[]);
-    let b = home.start(&cluster.endpoints(), &[]);
+    let mut a = home.start_on(port, &store.endpoints(), &[]);
+    let b = home.start(&store.endpoints(), &[]);
     let client_a = client(&a, &home.path().join("a.kubeconfig")).await;
     let client_b = client(&b, &home.path().join("b.kubeconfig")).await;
     create_namespace(&client_a, "kr").await;
@@ -194,7 +189,7 @@ async fn runtime_watcher_relists_after_410_expired() {
             .await
             .expect("create via B");
     }
-    let mut etcd = etcd_client::Client::connect([cluster.endpoints()], None)
+    let mut etcd = etcd_client::Client::connect([store.endpoints()], None)
         .await
         .expect("etcd client");
     let revision = etcd
@@ -205,7 +200,7 @@ async fn runtime_watcher_relists_after_410_expired() {
         .expect("header")
         .revision();
     etcd.compact(revision, None).await.expect("compact");
-    let _a = home.start_on(port, &cluster.endpoints(), &[]);
+    let _a = home.start_on(port, &store.endpoints(), &[]);
 
     // The watcher reports the 410, relists, and its fresh list has all six objects.
     let (mut expired, mut names) = (false, Vec::new());
@@ -237,4 +232,26 @@ async fn runtime_watcher_relists_after_410_expired() {
             Ok(_) => {}
         }
     }
+}
+
+// Each scenario runs on a skiff store and on real etcd (issue 6 acceptance).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_create_list_get_replace_watch_on_a_skiff_store() {
+    typed_create_list_get_replace_watch(&Backend::skiff()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_create_list_get_replace_watch_on_real_etcd() {
+    typed_create_list_get_replace_watch(&Backend::etcd()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_watcher_relists_after_410_expired_on_a_skiff_store() {
+    runtime_watcher_relists_after_410_expired(&Backend::skiff()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_watcher_relists_after_410_expired_on_real_etcd() {
+    runtime_watcher_relists_after_410_expired(&Backend::etcd()).await;
 }

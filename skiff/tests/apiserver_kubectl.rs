@@ -164,6 +164,15 @@ fn kubectl_suite(etcd_endpoints: &str) {
     ] {
         assert!(squashed.iter().any(|l| l == line), "{resources}");
     }
+    // kubectl takes the whole discovery from aggregated /api and /apis: no per-group requests.
+    let out = api.kubectl(&["api-resources", "-v=6"]);
+    let log = stderr(&out);
+    assert!(
+        out.status.success() && log.contains("/apis?timeout=") && !log.contains("/apis/apps/v1?"),
+        "{log}"
+    );
+
+    discovery_and_openapi(&api);
 
     tracing_free_section("create namespace (a protobuf body) and apply");
     assert_eq!(
@@ -187,8 +196,14 @@ fn kubectl_suite(etcd_endpoints: &str) {
         "czNjcmV0"
     );
 
-    tracing_free_section("re-apply: new image, changed env, sidecar removed (strategic merge)");
+    tracing_free_section(
+        "re-apply: new image, changed env, new label, sidecar removed (strategic merge)",
+    );
     let changed = APP
+        .replace(
+            "metadata: {name: web, namespace: demo, labels: {app: web}}\nspec:\n  replicas",
+            "metadata: {name: web, namespace: demo, labels: {app: web, release: v2}}\nspec:\n  replicas",
+        )
         .replace("nginx:1.26", "nginx:1.27")
         .replace("value: \"1\"", "value: \"2\"")
         .replace("      - name: sidecar\n        image: busybox\n", "");
@@ -205,6 +220,10 @@ fn kubectl_suite(etcd_endpoints: &str) {
     assert_eq!(containers[0]["env"][0]["value"], "2");
     assert_eq!(containers[0]["ports"][0]["containerPort"], 80);
     assert_eq!(after["metadata"]["generation"], 2);
+    assert_eq!(
+        after["metadata"]["labels"],
+        serde_json::json!({"app": "web", "release": "v2"})
+    );
     assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
     assert_ne!(
         after["metadata"]["resourceVersion"],
@@ -241,6 +260,20 @@ fn kubectl_suite(etcd_endpoints: &str) {
     assert_eq!(
         (row[0], row[1], row[5], row[6], row[7]),
         ("web", "0/2", "main", "nginx:1.27", "app=web")
+    );
+    let labelled = api.ok(&["get", "deployments", "-n", "demo", "--show-labels"]);
+    let mut lines = labelled.lines();
+    assert!(
+        lines.next().unwrap_or("").trim_end().ends_with("LABELS"),
+        "{labelled}"
+    );
+    assert_eq!(
+        lines
+            .next()
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or(""),
+        "app=web,release=v2",
+        "{labelled}"
     );
     let svc = api.ok(&["get", "svc", "-n", "demo"]);
     assert!(svc.starts_with("NAME   TYPE        CLUSTER-IP   EXTERNAL-IP   PORT(S)   AGE\nweb    ClusterIP   <none>       <none>        80/TCP"), "{svc}");
@@ -407,6 +440,8 @@ fn kubectl_suite(etcd_endpoints: &str) {
     verbs(&api);
     server_side_apply(&api);
 
+    metrics(&api);
+
     tracing_free_section("delete, then the objects are gone; deleting a namespace empties it");
     assert_eq!(
         api.ok(&["delete", "deployment", "web", "-n", "demo"]),
@@ -500,17 +535,26 @@ fn more_kinds(api: &ApiServer) {
             "{kind}: {resources}"
         );
     }
+    // -v=8 logs the request headers: the body really is protobuf.
+    let out = api.kubectl(&[
+        "create",
+        "deployment",
+        "pb",
+        "--image=busybox",
+        "--replicas=3",
+        "-n",
+        "demo",
+        "-v=8",
+    ]);
     assert_eq!(
-        api.ok(&[
-            "create",
-            "deployment",
-            "pb",
-            "--image=busybox",
-            "--replicas=3",
-            "-n",
-            "demo"
-        ]),
-        "deployment.apps/pb created\n"
+        String::from_utf8_lossy(&out.stdout),
+        "deployment.apps/pb created\n",
+        "{out:?}"
+    );
+    assert!(
+        stderr(&out).contains("Content-Type: application/vnd.kubernetes.protobuf"),
+        "{}",
+        stderr(&out)
     );
     let pb = api.json(&["get", "deployment", "pb", "-n", "demo", "-o", "json"]);
     assert_eq!(pb["spec"]["replicas"], 3, "{pb}");
@@ -641,6 +685,65 @@ fn event_field_selector(api: &ApiServer) {
         "name",
     ]);
     assert_eq!(out, "");
+
+    tracing_free_section("field selectors are per kind");
+    let out = api.kubectl(&[
+        "get",
+        "ev",
+        "-n",
+        "demo",
+        "--field-selector",
+        "spec.nodeName=x",
+    ]);
+    assert!(
+        stderr(&out).contains("field label not supported: spec.nodeName"),
+        "{out:?}"
+    );
+    let out = api.kubectl(&[
+        "get",
+        "cm",
+        "-n",
+        "demo",
+        "--field-selector",
+        "status.phase=Active",
+    ]);
+    assert!(
+        stderr(&out).contains("field label not supported: status.phase"),
+        "{out:?}"
+    );
+    assert_eq!(
+        api.ok(&[
+            "get",
+            "secrets",
+            "-n",
+            "demo",
+            "--field-selector",
+            "type=Opaque",
+            "-o",
+            "name"
+        ]),
+        "secret/sec\n"
+    );
+    let active = api.ok(&[
+        "get",
+        "ns",
+        "--field-selector",
+        "status.phase=Active",
+        "-o",
+        "name",
+    ]);
+    assert!(active.lines().any(|l| l == "namespace/demo"), "{active}");
+    assert_eq!(
+        api.ok(&[
+            "get",
+            "nodes",
+            "--field-selector",
+            "spec.unschedulable=false",
+            "-o",
+            "name"
+        ]),
+        "node/node-1\n"
+    );
 }
 
 fn subresources(api: &ApiServer) {
@@ -795,6 +898,30 @@ fn verbs(api: &ApiServer) {
         stderr(&out).contains("unable to replace nonexistent key: nope"),
         "{out:?}"
     );
+
+    tracing_free_section("strategic merge patch: env merged by name into the named container");
+    assert_eq!(
+        api.ok(&["patch", "deployment", "web", "-n", "demo", "--type=strategic", "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"main","env":[{"name":"B","value":"3"}]}]}}}}"#]),
+        "deployment.apps/web patched\n"
+    );
+    let web = api.json(&["get", "deployment", "web", "-n", "demo", "-o", "json"]);
+    let main = &web["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        (
+            web["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .map(Vec::len),
+            &main["image"],
+            &main["env"],
+        ),
+        (
+            Some(1),
+            &serde_json::json!("nginx:1.28"),
+            &serde_json::json!([{"name": "A", "value": "2"}, {"name": "B", "value": "3"}]),
+        ),
+        "{web}"
+    );
     assert_eq!(
         api.ok(&["label", "deployment", "web", "-n", "demo", "tier=front"]),
         "deployment.apps/web labeled\n"
@@ -927,14 +1054,17 @@ fn verbs(api: &ApiServer) {
     );
     assert!(stderr(&api.kubectl(&["get", "cm", "fin", "-n", "demo"])).contains("NotFound"));
 
-    tracing_free_section("a Terminating namespace refuses creates");
-    let ns = write(
-        api.dir.path(),
-        "term.yaml",
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: term, finalizers: [example.com/hold]}\n",
+    tracing_free_section(
+        "deleting a namespace: Terminating (refusing creates) until its contents are gone",
     );
-    api.ok(&["apply", "-f", &ns]);
-    api.ok(&["create", "configmap", "inside", "-n", "term"]);
+    api.ok(&["create", "namespace", "term"]);
+    api.ok(&["create", "configmap", "plain", "-n", "term"]);
+    let held = write(
+        api.dir.path(),
+        "term-held.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, namespace: term, finalizers: [example.com/hold]}\n",
+    );
+    api.ok(&["apply", "-f", &held]);
     api.ok(&["delete", "namespace", "term", "--wait=false"]);
     let row = api.ok(&["get", "namespace", "term", "--no-headers"]);
     assert!(
@@ -948,16 +1078,42 @@ fn verbs(api: &ApiServer) {
         ),
         "{out:?}"
     );
+    // The namespace finalizer deletes what it can; the held object waits for its finalizer.
+    api.ok(&[
+        "wait",
+        "--for=delete",
+        "configmap/plain",
+        "-n",
+        "term",
+        "--timeout=60s",
+    ]);
+    let held_obj = api.json(&["get", "cm", "held", "-n", "term", "-o", "json"]);
+    assert!(
+        held_obj["metadata"]["deletionTimestamp"].is_string(),
+        "{held_obj}"
+    );
+    let ns = api.json(&["get", "namespace", "term", "-o", "json"]);
+    assert_eq!(
+        (&ns["status"]["phase"], &ns["spec"]["finalizers"]),
+        (
+            &serde_json::json!("Terminating"),
+            &serde_json::json!(["kubernetes"])
+        ),
+        "{ns}"
+    );
     api.ok(&[
         "patch",
-        "namespace",
+        "cm",
+        "held",
+        "-n",
         "term",
         "--type=merge",
         "-p",
         r#"{"metadata":{"finalizers":null}}"#,
     ]);
+    api.ok(&["wait", "--for=delete", "namespace/term", "--timeout=60s"]);
     assert!(stderr(&api.kubectl(&["get", "namespace", "term"])).contains("NotFound"));
-    assert!(stderr(&api.kubectl(&["get", "cm", "inside", "-n", "term"])).contains("NotFound"));
+    assert!(stderr(&api.kubectl(&["get", "cm", "held", "-n", "term"])).contains("NotFound"));
 }
 
 fn server_side_apply(api: &ApiServer) {
@@ -1043,6 +1199,161 @@ fn server_side_apply(api: &ApiServer) {
     assert_eq!(
         api.json(&["get", "deployment", "ssa", "-n", "demo", "-o", "json"])["metadata"]["generation"],
         1
+    );
+}
+
+impl ApiServer {
+    /// The bearer token of the kubeconfig the server wrote.
+    fn token(&self) -> String {
+        let text = std::fs::read_to_string(self.kubeconfig()).expect("kubeconfig");
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("token: "))
+            .expect("a token in the kubeconfig")
+            .to_string()
+    }
+
+    /// `curl` as the admin: (HTTP code, Content-Type, body).
+    fn curl(&self, args: &[&str], path: &str) -> (u16, String, String) {
+        let out = Command::new("curl")
+            .args(["-sk", "-H"])
+            .arg(format!("Authorization: Bearer {}", self.token()))
+            .args(["-w", "\n%{content_type}\n%{http_code}"])
+            .args(args)
+            .arg(format!("https://127.0.0.1:{}{path}", self.port))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut parts = text.rsplitn(3, '\n');
+        let code = parts.next().unwrap_or("").trim().parse().unwrap_or(0);
+        let content_type = parts.next().unwrap_or("").to_string();
+        (code, content_type, parts.next().unwrap_or("").to_string())
+    }
+}
+
+/// Aggregated discovery v2 with its exact content type, legacy discovery for other clients, and
+/// `/openapi/v3` schemas good enough for `kubectl explain`.
+fn discovery_and_openapi(api: &ApiServer) {
+    tracing_free_section("aggregated discovery v2, legacy discovery, kubectl explain");
+    const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+    let accept = format!("Accept: {AGGREGATED},application/json");
+    let (code, content_type, body) = api.curl(&["-H", &accept], "/apis");
+    assert_eq!((code, content_type.as_str()), (200, AGGREGATED), "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(list["kind"], "APIGroupDiscoveryList");
+    let apps = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["metadata"]["name"] == "apps")
+        .unwrap_or_else(|| panic!("no apps group: {body}"));
+    let deployments = apps["versions"][0]["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["resource"] == "deployments")
+        .unwrap_or_else(|| panic!("no deployments: {body}"));
+    assert_eq!(
+        (
+            &deployments["scope"],
+            &deployments["responseKind"]["kind"],
+            &deployments["subresources"].as_array().map(|s| s
+                .iter()
+                .map(|s| s["subresource"].clone())
+                .collect::<Vec<_>>()),
+        ),
+        (
+            &serde_json::json!("Namespaced"),
+            &serde_json::json!("Deployment"),
+            &Some(vec![
+                serde_json::json!("status"),
+                serde_json::json!("scale")
+            ]),
+        ),
+        "{deployments}"
+    );
+    let (code, content_type, body) = api.curl(&["-H", &accept], "/api");
+    assert_eq!((code, content_type.as_str()), (200, AGGREGATED), "{body}");
+    assert!(body.contains(r#""resource":"pods""#), "{body}");
+    let (code, content_type, body) = api.curl(&["-H", "Accept: application/json"], "/apis");
+    assert_eq!(
+        (code, content_type.as_str()),
+        (200, "application/json"),
+        "{body}"
+    );
+    assert!(body.contains(r#""kind":"APIGroupList""#), "{body}");
+
+    let explain = api.ok(&["explain", "deployment.spec"]);
+    for want in [
+        "GROUP:      apps",
+        "KIND:       Deployment",
+        "VERSION:    v1",
+        "FIELD: spec <DeploymentSpec>",
+        "replicas\t<integer>",
+        "Number of desired pods.",
+        "template\t<PodTemplateSpec> -required-",
+    ] {
+        assert!(explain.contains(want), "{want:?} missing from:\n{explain}");
+    }
+    let explain = api.ok(&["explain", "configmap.data"]);
+    assert!(
+        explain.contains("KIND:       ConfigMap")
+            && explain.contains("FIELD: data <map[string]string>"),
+        "{explain}"
+    );
+    let out = api.kubectl(&["explain", "deployment.spec.nope"]);
+    assert!(
+        stderr(&out).contains("field \"nope\" does not exist"),
+        "{out:?}"
+    );
+}
+
+/// `/metrics`: kube-apiserver's request counter and latency histogram, by verb and resource.
+fn metrics(api: &ApiServer) {
+    tracing_free_section("/metrics counts requests by verb, resource and code");
+    let text = api.ok(&["get", "--raw", "/metrics"]);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    let labels = r#"group="apps",resource="deployments",subresource="",verb="PATCH",version="v1""#;
+    let patches = value(&format!("apiserver_request_total{{code=\"200\",{labels}}}"));
+    let count = value(&format!(
+        "apiserver_request_duration_seconds_count{{{labels}}}"
+    ));
+    let sum = value(&format!(
+        "apiserver_request_duration_seconds_sum{{{labels}}}"
+    ));
+    let under_inf = value(&format!(
+        "apiserver_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}}"
+    ));
+    let not_found = value(
+        r#"apiserver_request_total{code="404",group="",resource="configmaps",subresource="",verb="GET",version="v1"}"#,
+    );
+    let creates = value(
+        r#"apiserver_request_total{code="201",group="",resource="configmaps",subresource="",verb="POST",version="v1"}"#,
+    );
+    let watches = value(
+        r#"apiserver_request_total{code="200",group="",resource="configmaps",subresource="",verb="WATCH",version="v1"}"#,
+    );
+    eprintln!(
+        "metrics: {patches} deployment PATCHes (mean {:.1} ms), {creates} configmap creates, {not_found} configmap 404s, {watches} configmap watches",
+        sum / count * 1000.0
+    );
+    assert!(
+        patches >= 5.0 && count >= patches && under_inf == count,
+        "{text}"
+    );
+    assert!(
+        not_found >= 1.0 && creates >= 3.0 && watches >= 1.0,
+        "{text}"
+    );
+    let conflicts = value(
+        r#"apiserver_request_total{code="409",group="",resource="configmaps",subresource="",verb="PUT",version="v1"}"#,
+    );
+    assert_eq!(
+        conflicts, 1.0,
+        "the one 409 of the optimistic concurrency check"
     );
 }
 

@@ -1,0 +1,380 @@
+//! `/metrics` in the Prometheus text format: kube-apiserver's `apiserver_request_total` (by verb,
+//! group, version, resource, subresource, code) and `apiserver_request_duration_seconds` (a
+//! histogram by verb, group, version, resource, subresource), fed by a middleware, and
+//! `apiserver_current_inflight_requests` (fed by the in-flight limiter).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// kube-apiserver's request latency buckets, in seconds.
+const DURATION_BUCKETS: [f64; 23] = [
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0,
+    10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
+];
+
+/// What a request did, as kube-apiserver labels it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RequestLabels {
+    /// `GET`, `LIST`, `WATCH`, `POST`, `PUT`, `PATCH`, `APPLY`, `DELETE`, `DELETECOLLECTION`.
+    pub verb: String,
+    pub group: String,
+    pub version: String,
+    /// Empty for non-resource paths (`/version`, `/openapi/v3`, …).
+    pub resource: String,
+    pub subresource: String,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    /// Cumulative counts per [`DURATION_BUCKETS`] entry.
+    buckets: [u64; DURATION_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The served `(group, version, resource)`s: other URLs are counted without a resource, so
+    /// that made-up paths cannot grow the label sets without bound.
+    known: Vec<(String, String, String)>,
+    totals: BTreeMap<(RequestLabels, u16), u64>,
+    durations: BTreeMap<RequestLabels, Histogram>,
+}
+
+/// The request metrics of one API server process.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics(Arc<Mutex<Inner>>, Arc<InFlightGauges>);
+
+/// kube-apiserver's `apiserver_current_inflight_requests`: requests being served now (watches
+/// excluded), read-only and mutating.
+#[derive(Debug, Default)]
+struct InFlightGauges {
+    readonly: AtomicI64,
+    mutating: AtomicI64,
+}
+
+/// Counts one request in [`InFlightGauges`] while it lives.
+pub struct InFlightGuard(Arc<InFlightGauges>, bool);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let gauge = if self.1 {
+            &self.0.mutating
+        } else {
+            &self.0.readonly
+        };
+        gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The verbs counted by name; any other HTTP method is `OTHER`.
+const VERBS: [&str; 11] = [
+    "GET",
+    "LIST",
+    "WATCH",
+    "POST",
+    "PUT",
+    "PATCH",
+    "APPLY",
+    "DELETE",
+    "DELETECOLLECTION",
+    "HEAD",
+    "OPTIONS",
+];
+
+impl Metrics {
+    /// Metrics for a server of these `(group, version, resource)`s.
+    pub fn new(known: impl IntoIterator<Item = (String, String, String)>) -> Metrics {
+        let inner = Inner {
+            known: known.into_iter().collect(),
+            ..Inner::default()
+        };
+        Metrics(Arc::new(Mutex::new(inner)), Arc::default())
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn in_flight(&self, mutating: bool) -> InFlightGuard {
+        let gauge = if mutating {
+            &self.1.mutating
+        } else {
+            &self.1.readonly
+        };
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.1.clone(), mutating)
+    }
+
+    pub fn record(&self, mut labels: RequestLabels, code: u16, seconds: f64) {
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let served = (
+            labels.group.clone(),
+            labels.version.clone(),
+            labels.resource.clone(),
+        );
+        if !labels.resource.is_empty() && !inner.known.contains(&served) {
+            labels.group.clear();
+            labels.version.clear();
+            labels.resource.clear();
+            labels.subresource.clear();
+        }
+        if !matches!(
+            labels.subresource.as_str(),
+            "" | "status" | "scale" | "binding"
+        ) {
+            labels.subresource.clear();
+        }
+        if !VERBS.contains(&labels.verb.as_str()) {
+            labels.verb = "OTHER".into();
+        }
+        *inner.totals.entry((labels.clone(), code)).or_default() += 1;
+        let h = inner.durations.entry(labels).or_default();
+        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                h.buckets[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        out.push_str(
+            "# HELP apiserver_current_inflight_requests Maximal number of currently used inflight request limit of this apiserver per request kind in last second.\n\
+             # TYPE apiserver_current_inflight_requests gauge\n",
+        );
+        for (kind, gauge) in [
+            ("mutating", &self.1.mutating),
+            ("readOnly", &self.1.readonly),
+        ] {
+            let _ = writeln!(
+                out,
+                "apiserver_current_inflight_requests{{request_kind=\"{kind}\"}} {}",
+                gauge.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, group, version, resource, subresource and HTTP response code.\n\
+             # TYPE apiserver_request_total counter\n",
+        );
+        for ((l, code), n) in &inner.totals {
+            let _ = writeln!(
+                out,
+                "apiserver_request_total{{code=\"{code}\",{}}} {n}",
+                label_text(l)
+            );
+        }
+        out.push_str(
+            "# HELP apiserver_request_duration_seconds Response latency distribution in seconds for each verb, group, version, resource and subresource.\n\
+             # TYPE apiserver_request_duration_seconds histogram\n",
+        );
+        for (l, h) in &inner.durations {
+            let labels = label_text(l);
+            for (le, n) in DURATION_BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "apiserver_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
+        }
+        out
+    }
+}
+
+fn label_text(l: &RequestLabels) -> String {
+    format!(
+        "group=\"{}\",resource=\"{}\",subresource=\"{}\",verb=\"{}\",version=\"{}\"",
+        l.group, l.resource, l.subresource, l.verb, l.version
+    )
+}
+
+/// The labels of a request: the resource from the URL, the verb from the method, whether a
+/// name is given, `watch=` and the patch content type (server-side apply is `APPLY`).
+pub fn classify(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    content_type: &str,
+) -> RequestLabels {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segments.as_slice() {
+        ["api", v, rest @ ..] => ("", v, rest),
+        ["apis", g, v, rest @ ..] => (g, v, rest),
+        _ => ("", "", &[]),
+    };
+    let (resource, name, sub) = match rest {
+        [] => ("", None, ""),
+        ["namespaces", ns] => ("namespaces", Some(*ns), ""),
+        ["namespaces", ns, res] if *res == "status" || *res == "finalize" => {
+            ("namespaces", Some(*ns), *res)
+        }
+        ["namespaces", _, res] => (*res, None, ""),
+        ["namespaces", _, res, name, sub @ ..] => {
+            (*res, Some(*name), sub.first().copied().unwrap_or(""))
+        }
+        [res] => (*res, None, ""),
+        [res, name, sub @ ..] => (*res, Some(*name), sub.first().copied().unwrap_or("")),
+    };
+    let watching =
+        query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let verb = match (method.as_str(), name.is_some()) {
+        ("GET", _) if watching => "WATCH",
+        ("GET", false) if !resource.is_empty() => "LIST",
+        ("DELETE", false) if !resource.is_empty() => "DELETECOLLECTION",
+        ("PATCH", _) if content_type.starts_with("application/apply-patch") => "APPLY",
+        (m, _) => m,
+    };
+    RequestLabels {
+        verb: verb.to_string(),
+        group: group.to_string(),
+        version: version.to_string(),
+        resource: resource.to_string(),
+        subresource: sub.to_string(),
+    }
+}
+
+/// Middleware: counts every request and observes how long it took until the response head
+/// (for a watch: until the stream started).
+pub async fn observe(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let labels = classify(
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        &content_type,
+    );
+    let start = Instant::now();
+    let response = next.run(req).await;
+    metrics.record(
+        labels,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// `GET /metrics`.
+pub async fn serve(State(metrics): State<Metrics>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verb(method: Method, path: &str, query: Option<&str>, ct: &str) -> (String, String, String) {
+        let l = classify(&method, path, query, ct);
+        (l.verb, l.resource, l.subresource)
+    }
+
+    #[test]
+    fn requests_are_classified_like_kube_apiserver() {
+        let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+        assert_eq!(
+            verb(Method::GET, "/api/v1/namespaces/d/configmaps", None, ""),
+            s("LIST", "configmaps", "")
+        );
+        assert_eq!(
+            verb(Method::GET, "/api/v1/configmaps", Some("watch=true"), ""),
+            s("WATCH", "configmaps", "")
+        );
+        assert_eq!(
+            verb(
+                Method::GET,
+                "/apis/apps/v1/namespaces/d/deployments/w/scale",
+                None,
+                ""
+            ),
+            s("GET", "deployments", "scale")
+        );
+        assert_eq!(
+            verb(
+                Method::PATCH,
+                "/api/v1/namespaces/d/configmaps/c",
+                None,
+                "application/apply-patch+yaml"
+            ),
+            s("APPLY", "configmaps", "")
+        );
+        assert_eq!(
+            verb(Method::DELETE, "/api/v1/namespaces/d/configmaps", None, ""),
+            s("DELETECOLLECTION", "configmaps", "")
+        );
+        assert_eq!(
+            verb(Method::GET, "/api/v1/namespaces/d", None, ""),
+            s("GET", "namespaces", "")
+        );
+        assert_eq!(verb(Method::GET, "/version", None, ""), s("GET", "", ""));
+    }
+
+    #[test]
+    fn unknown_resources_and_methods_do_not_add_label_sets() {
+        let m = Metrics::new([("".into(), "v1".into(), "pods".into())]);
+        let widgets = classify(&Method::GET, "/api/v1/namespaces/d/widgets", None, "");
+        m.record(widgets, 404, 0.001);
+        let odd = classify(
+            &Method::from_bytes(b"BREW").unwrap(),
+            "/api/v1/namespaces/d/pods/p/nope",
+            None,
+            "",
+        );
+        m.record(odd, 405, 0.001);
+        let text = m.render();
+        assert!(
+            !text.contains("widgets") && !text.contains("BREW") && !text.contains("nope"),
+            "{text}"
+        );
+        assert!(text.contains(r#"apiserver_request_total{code="404",group="",resource="",subresource="",verb="LIST",version=""} 1"#), "{text}");
+        assert!(text.contains(r#"apiserver_request_total{code="405",group="",resource="pods",subresource="",verb="OTHER",version="v1"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::new([("".into(), "v1".into(), "pods".into())]);
+        let l = classify(&Method::GET, "/api/v1/namespaces/d/pods", None, "");
+        m.record(l.clone(), 200, 0.01);
+        m.record(l, 200, 0.3);
+        let text = m.render();
+        assert!(text.contains("apiserver_request_total{code=\"200\",group=\"\",resource=\"pods\",subresource=\"\",verb=\"LIST\",version=\"v1\"} 2"), "{text}");
+        assert!(text.contains("le=\"0.005\"} 0"), "{text}");
+        assert!(text.contains("le=\"0.025\"} 1"), "{text}");
+        assert!(text.contains("le=\"0.4\"} 2"), "{text}");
+        assert!(text.contains("le=\"+Inf\"} 2"), "{text}");
+    }
+}
