@@ -31,3 +31,34 @@ cargo test --workspace --exclude skiff
 # Process-level tests start real clusters; one test at a time keeps a 2-core machine
 # from starving their elections.
 cargo test -p skiff -- --test-threads=1
+
+# The chaos suite (issue 4, chaos-tests/README.md): the test build's own unit tests and lints,
+# then `skiff-chaos suite ci` against skiff and `skiff-chaos bugcheck` against a test build
+# with the store's bug switches (`--features chaos-bugs`, copied to skiff-buggy so the normal
+# binary stays clean). Needs root (network namespaces, iptables); CI runs as root.
+cargo clippy -p skiff-store --all-targets --features chaos-bugs -- -D warnings
+cargo test -p skiff-store --features chaos-bugs --lib -- chaos_bugs powerloss
+if [[ $(id -u) -ne 0 ]]; then
+  echo "skipping the chaos suite: it needs root"
+  exit 0
+fi
+chaos_need=()
+command -v iptables >/dev/null 2>&1 || chaos_need+=(iptables)
+command -v faketime >/dev/null 2>&1 || chaos_need+=(faketime libfaketime)
+[[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || chaos_need+=(fonts-dejavu-core)
+if ((${#chaos_need[@]})); then
+  echo "installing: ${chaos_need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${chaos_need[@]}"
+fi
+target_dir="${CARGO_TARGET_DIR:-target}"
+cargo build -p skiff --features chaos-bugs
+cp "$target_dir/debug/skiff" "$target_dir/debug/skiff-buggy"
+cargo build -p skiff -p skiff-chaos-tests
+chaos="$target_dir/debug/skiff-chaos"
+"$chaos" cleanup
+# Both run even if the first fails, so one CI run shows both verdicts.
+chaos_rc=0
+"$chaos" suite ci --out "$target_dir/chaos-results" || chaos_rc=1
+"$chaos" bugcheck --out "$target_dir/chaos-results" || chaos_rc=1
+exit "$chaos_rc"

@@ -45,6 +45,9 @@ pub fn analyze(
             "lease" => {
                 checks.insert("lease".into(), checker::lease::check(history));
             }
+            "k8s" => {
+                checks.insert("k8s".into(), checker::k8s::check(history));
+            }
             _ => {}
         }
         checks.insert("revisions".into(), checker::revisions::check(history));

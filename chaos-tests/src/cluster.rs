@@ -140,6 +140,10 @@ struct Slot {
     /// Member id, once learned.
     id: Option<u64>,
     starts: u32,
+    /// Extra environment of this slot only (e.g. `FAILPOINTS` while a failpoint fault holds).
+    env: Vec<(String, String)>,
+    /// An exit on its own is expected (a failpoint may crash it): not reported by [`Cluster::reap`].
+    expect_exit: bool,
     /// Joined a running cluster (restarts use `--initial-cluster-state existing`).
     joined: bool,
 }
@@ -176,6 +180,8 @@ impl Cluster {
                 member: i < spec.nodes,
                 id: None,
                 starts: 0,
+                env: Vec::new(),
+                expect_exit: false,
                 joined: false,
             })
             .collect();
@@ -276,7 +282,7 @@ impl Cluster {
             .stdout(stdout)
             .stderr(stderr);
         cmd.env("NO_COLOR", "1");
-        for (k, v) in &self.spec.extra_env {
+        for (k, v) in self.spec.extra_env.iter().chain(&slots[slot - 1].env) {
             cmd.env(k, v);
         }
         if self.spec.faketime {
@@ -386,7 +392,7 @@ impl Cluster {
                 && let Ok(Some(status)) = c.try_wait()
             {
                 // A member being removed may stop by itself: expected, not a crash.
-                if s.member {
+                if s.member && !s.expect_exit {
                     exits.push(Exit {
                         slot: i + 1,
                         status: status.to_string(),
@@ -404,6 +410,32 @@ impl Cluster {
         for slot in 1..=self.slot_count() {
             self.kill(slot);
         }
+    }
+
+    /// Sets the extra environment of one slot (used from its next start).
+    pub fn set_slot_env(&self, slot: usize, env: Vec<(String, String)>) {
+        self.lock()[slot - 1].env = env;
+    }
+
+    /// Whether a slot has extra environment of its own.
+    pub fn has_slot_env(&self, slot: usize) -> bool {
+        !self.lock()[slot - 1].env.is_empty()
+    }
+
+    /// Marks whether a slot may exit on its own without that being a crash.
+    pub fn set_expect_exit(&self, slot: usize, expect: bool) {
+        self.lock()[slot - 1].expect_exit = expect;
+    }
+
+    /// Whether the slot's stdout or stderr contains `pattern` (after its latest start marker).
+    pub fn log_contains(&self, slot: usize, pattern: &str) -> bool {
+        let dir = self.log_root.join(node_name(slot));
+        ["stdout", "stderr"].iter().any(|f| {
+            std::fs::read_to_string(dir.join(f)).is_ok_and(|text| {
+                let last = text.rfind("===== skiff-chaos: start #").unwrap_or(0);
+                text[last..].contains(pattern)
+            })
+        })
     }
 
     /// Records membership as the harness now knows it.

@@ -9,9 +9,11 @@
 //! - [`nemesis`]: faults, their schedule and their injection;
 //! - [`client`], [`workload`]: the clients and what they do;
 //! - [`analysis`], [`results`], [`plot`]: verdicts and the run directory;
-//! - [`runner`], [`suite`]: one run, and lists of runs.
+//! - [`runner`], [`suite`]: one run, and lists of runs;
+//! - [`bugcheck`]: every bug switch of a skiff test build must be caught.
 
 pub mod analysis;
+pub mod bugcheck;
 pub mod checker;
 pub mod client;
 pub mod cluster;

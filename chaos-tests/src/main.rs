@@ -1,5 +1,5 @@
-//! `skiff-chaos`: the command line of the chaos suite (`run`, `suite ci|soak`, `check DIR`,
-//! `cleanup`). Exit codes: 0 valid, 1 invalid, 2 unknown / harness error / bad usage.
+//! `skiff-chaos`: the command line of the chaos suite (`run`, `suite ci|soak`, `bugcheck`,
+//! `check DIR`, `cleanup`). Exit codes: 0 valid, 1 invalid, 2 unknown / harness error / bad usage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use skiff_chaos_tests::nemesis::NemesisSpec;
 use skiff_chaos_tests::results::RunInfo;
 use skiff_chaos_tests::runner::{self, RunConfig};
 use skiff_chaos_tests::workload::Workload;
-use skiff_chaos_tests::{analysis, net, suite};
+use skiff_chaos_tests::{analysis, bugcheck, net, suite};
 
 #[derive(Parser)]
 #[command(
@@ -29,8 +29,11 @@ struct Cli {
 enum Cmd {
     /// One workload × nemesis test.
     Run(RunArgs),
-    /// A list of tests: `ci` (fixed, ~6 min) or `soak` (random, --duration).
+    /// A list of tests: `ci` (fixed, ~7 min) or `soak` (random, --duration).
     Suite(SuiteArgs),
+    /// Run each bug switch of a skiff test build (`--features chaos-bugs`) and require the
+    /// checkers to catch it with the expected anomaly.
+    Bugcheck(BugcheckArgs),
     /// Re-check a run directory offline (writes results.json and anomalies.json again).
     Check {
         /// The run directory (holds run.json and history.jsonl).
@@ -65,7 +68,7 @@ struct Common {
 
 #[derive(Args)]
 struct RunArgs {
-    /// register | append | watch | lease
+    /// register | append | watch | lease | k8s
     #[arg(long, default_value = "register")]
     workload: String,
     /// `none`, or comma-separated fault kinds (kill, pause, partition, loss, member, clock) and
@@ -131,6 +134,25 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct BugcheckArgs {
+    /// The skiff test build (default: `skiff-buggy` next to this executable).
+    #[arg(long, env = "SKIFF_BUGGY_BIN")]
+    skiff_bin: Option<PathBuf>,
+    /// Results root.
+    #[arg(long, default_value = "chaos-results")]
+    out: PathBuf,
+    /// Base seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Seeds tried per switch.
+    #[arg(long, default_value_t = 2)]
+    attempts: u32,
+    /// Only this switch (repeatable).
+    #[arg(long = "bug")]
+    bugs: Vec<String>,
+}
+
+#[derive(Args)]
 struct SuiteArgs {
     /// `ci` or `soak`.
     #[arg(value_parser = ["ci", "soak"])]
@@ -180,6 +202,21 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Suite(a) => cmd_suite(a),
+        Cmd::Bugcheck(a) => {
+            if !net::is_root() {
+                return fail("skiff-chaos needs root (network namespaces and iptables)");
+            }
+            let opts = bugcheck::BugcheckOptions {
+                skiff_bin: a
+                    .skiff_bin
+                    .unwrap_or_else(|| skiff_default().with_file_name("skiff-buggy")),
+                out: a.out,
+                seed: a.seed.unwrap_or_else(clock_seed),
+                attempts: a.attempts,
+                only: a.bugs,
+            };
+            ExitCode::from(bugcheck::run_bugcheck(&opts) as u8)
+        }
         Cmd::Check { dir, lin_timeout } => cmd_check(&dir, lin_timeout),
         Cmd::Cleanup { all } => {
             if !net::is_root() {

@@ -208,7 +208,13 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
         snapshot_count: cfg.snapshot_count,
         faketime: cfg.nemesis.has_kind("clock"),
         extra_args: cfg.extra_args.clone(),
-        extra_env: cfg.extra_env.clone(),
+        extra_env: {
+            let mut env = cfg.extra_env.clone();
+            if cfg.nemesis.has_kind("power-loss") {
+                env.push(("SKIFF_CHAOS_POWERLOSS".into(), "1".into()));
+            }
+            env
+        },
     };
     let cluster = Arc::new(Cluster::new(
         spec,
@@ -385,6 +391,7 @@ async fn drive(
             Workload::Append => tokio::spawn(workload::append::worker(ctx, w, app_keys.clone())),
             Workload::Watch => tokio::spawn(workload::watch::worker(ctx, w)),
             Workload::Lease => tokio::spawn(workload::lease::worker(ctx, w, lease_keys.clone())),
+            Workload::K8s => tokio::spawn(workload::k8s::worker(ctx, w)),
         });
     }
     let plan = nemesis::schedule(&cfg.nemesis, cfg.time_limit, cfg.seed);
@@ -427,6 +434,7 @@ async fn drive(
             workload::append::final_reads(&ctx, &members, &app_keys, cfg.recovery_limit).await
         }
         Workload::Watch => workload::watch::final_history(&ctx, &members, cfg.recovery_limit).await,
+        Workload::K8s => workload::k8s::final_lists(&ctx, &members, cfg.recovery_limit).await,
         Workload::Lease => {
             // Every lease (TTL ≤ 4 s, renewed at most on a leader change) must be gone by then.
             tokio::time::sleep(Duration::from_secs(8)).await;

@@ -2,7 +2,7 @@
 //! `skiff-chaos run` child process (its own namespaces, its own network namespace switch, its
 //! own cleanup), one after the other.
 //!
-//! The CI list takes about 6 minutes on 2 cores (each pair 20–40 s of workload plus ~5 s of
+//! The CI list takes about 7 minutes on 2 cores (each pair 20–40 s of workload plus ~5 s of
 //! setup, healing, final reads and checking). A pair passes with `valid? true`; a lease pair on a
 //! store without leases is reported as skipped, not failed.
 
@@ -50,13 +50,14 @@ pub fn ci_pairs() -> Vec<Pair> {
         pair("watch", "kill,partition", 40),
         pair("register", "clock", 30),
         pair("lease", "pause,clock", 30),
+        pair("k8s", "pause,partition", 30),
     ]
 }
 
 /// A random soak list filling about `duration`: 5 members, 120–300 s per pair, 1–3 fault kinds.
 pub fn soak_pairs(duration: Duration, seed: u64) -> Vec<Pair> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let workloads = ["register", "append", "watch", "lease"];
+    let workloads = ["register", "append", "watch", "lease", "k8s"];
     let kinds = ["kill", "pause", "partition", "loss", "member", "clock"];
     let mut out = Vec::new();
     let mut total = 0u64;

@@ -37,6 +37,29 @@ fn bad_usage_exits_2() {
 }
 
 #[test]
+fn bugcheck_refuses_a_missing_build_or_an_unknown_switch() {
+    let out = Command::new(exe())
+        .args(["bugcheck", "--skiff-bin", "/nonexistent/skiff-buggy"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !is_root() {
+        assert!(err.contains("needs root"), "{err}");
+        return;
+    }
+    assert!(err.contains("needs a skiff test build"), "{err}");
+    // Any existing file passes the first check; the switch name is then refused.
+    let out = Command::new(exe())
+        .args(["bugcheck", "--skiff-bin", exe(), "--bug", "no-such-switch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such bug switch"), "{err}");
+}
+
+#[test]
 fn not_root_is_one_line_and_exit_2() {
     let mut cmd = if is_root() {
         // Drop to nobody to see what a non-root user gets.

@@ -347,6 +347,10 @@ impl Kv for EtcdApi {
         check_put(&req)?;
         let raw = self.encode_checked(&req)?;
         crate::maintenance::check_quota(&self.node, crate::maintenance::put_cost(&req)).await?;
+        #[cfg(feature = "chaos-bugs")]
+        if let Some(early) = crate::chaos_bugs::ack_put_early(&self.node, &raw, require_leader) {
+            return Ok(Response::new(early));
+        }
         Ok(Response::new(
             self.replicate(Command::Put(raw), require_leader).await?,
         ))
@@ -376,6 +380,15 @@ impl Kv for EtcdApi {
         check_intervals(&req.failure)?;
         check_from_key_deletes(&req.success)?;
         check_from_key_deletes(&req.failure)?;
+        #[cfg(feature = "chaos-bugs")]
+        if let Some((decided, succeeded)) = crate::chaos_bugs::decide_txn_locally(&self.node, &req)?
+        {
+            let raw = self.encode_checked(&decided)?;
+            let mut response: TxnResponse =
+                self.replicate(Command::Txn(raw), require_leader).await?;
+            response.succeeded = succeeded;
+            return Ok(Response::new(response));
+        }
         if !txn_has_writes(&req) {
             self.check_not_learner()?;
             self.node.linearizable_barrier().await?;

@@ -435,6 +435,10 @@ impl PrimaryState {
         if self.track(id, lease, now).expiry <= now {
             return Renewal::Expired;
         }
+        #[cfg(feature = "chaos-bugs")]
+        if crate::chaos_bugs::enabled(crate::chaos_bugs::Bug::LeaseNoRecheck) {
+            return Renewal::Renewed(lease.ttl);
+        }
         self.set(id, lease.seq, expiry_after(now, Duration::ZERO, lease.ttl));
         Renewal::Renewed(lease.ttl)
     }

@@ -8,6 +8,8 @@
 // openraft's StorageError is large and is the return type its traits dictate.
 #![allow(clippy::result_large_err)]
 
+#[cfg(feature = "chaos-bugs")]
+pub mod chaos_bugs;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -181,6 +181,12 @@ impl Mvcc {
         self.current
     }
 
+    /// chaos-bugs `revision-regress`: move the revision counter.
+    #[cfg(feature = "chaos-bugs")]
+    pub(crate) fn chaos_set_current(&mut self, revision: Revision) {
+        self.current = revision;
+    }
+
     /// The revision at or below which history has been compacted (0: never).
     pub fn compact_revision(&self) -> Revision {
         self.compacted.max(0)

@@ -274,6 +274,10 @@ impl PeerConnection {
     {
         let unreachable =
             |msg: String| RPCError::Unreachable(Unreachable::new(&TransportError(msg)));
+        #[cfg(feature = "chaos-bugs")]
+        if crate::chaos_bugs::failpoint("peer-send") {
+            return Err(unreachable("failpoint peer-send".into()));
+        }
         let url = self
             .url
             .as_deref()

@@ -85,6 +85,8 @@ async fn flush_loop(
         while let Ok(next) = queue.try_recv() {
             pending.push(next);
         }
+        #[cfg(feature = "chaos-bugs")]
+        crate::chaos_bugs::failpoint("raft-log-flush");
         // An empty durable batch commits every buffered write before it.
         let result = write_async(&engine, WriteBatch::new(), Durability::Durable).await;
         for callback in pending.drain(..) {
@@ -255,6 +257,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        #[cfg(feature = "chaos-bugs")]
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        #[cfg(feature = "chaos-bugs")]
+        {
+            crate::chaos_bugs::failpoint("raft-log-append");
+            crate::chaos_bugs::appended(&entries);
+        }
         let mut batch = WriteBatch::new();
         for entry in entries {
             batch.put(

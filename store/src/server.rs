@@ -275,6 +275,10 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         ))
     })?;
     let engine: Arc<dyn Engine> = Arc::new(CountingEngine::new(open_engine(&member_dir)?));
+    #[cfg(feature = "chaos-bugs")]
+    crate::chaos_bugs::init();
+    #[cfg(feature = "chaos-bugs")]
+    let engine = crate::chaos_bugs::choose_engine(engine, &member_dir)?;
     let channels = PeerChannels::new(config.peer_tls.client_config()?);
     // Peers must be reachable before we initialise or join.
     let peer_listeners = bind_all(&config.listen_peer_urls).await?;
@@ -303,6 +307,8 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
 
     let raft_config = Arc::new(raft_config(&config)?);
     let sm = StateMachineStore::open(engine.clone())?;
+    #[cfg(feature = "chaos-bugs")]
+    crate::chaos_bugs::register_state_machine(&sm);
     let log = LogStore::new(engine.clone());
     let network = Network {
         channels: channels.clone(),

@@ -107,6 +107,8 @@ impl StateMachineStore {
     pub fn open(engine: Arc<dyn Engine>) -> Result<Self, Error> {
         let view = engine.read()?;
         let state = SmState::load(view.as_ref())?;
+        #[cfg(feature = "chaos-bugs")]
+        let state = crate::chaos_bugs::after_load(state);
         drop(view);
         let (revision, _) = tokio::sync::watch::channel(state.mvcc.current_revision());
         Ok(StateMachineStore {
@@ -199,6 +201,13 @@ impl StateMachineStore {
         }
     }
 
+    /// chaos-bugs `apply-before-commit`: apply entries as soon as they are appended.
+    #[cfg(feature = "chaos-bugs")]
+    pub(crate) fn chaos_apply_early(&self, entries: &[crate::types::Entry]) {
+        crate::chaos_bugs::apply_early(&self.state, &self.engine, entries, Self::apply_command);
+        self.publish_revision();
+    }
+
     fn build(&self) -> Result<StoredSnapshot, StorageError> {
         let sm_err = |e: &EngineError| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e);
         // The engine view and the in-memory state are taken under the same lock so the
@@ -273,8 +282,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut batch = WriteBatch::new();
         {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            #[cfg(feature = "chaos-bugs")]
+            crate::chaos_bugs::failpoint("sm-apply");
             for entry in entries {
                 state.last_applied = Some(entry.log_id);
+                #[cfg(feature = "chaos-bugs")]
+                if let Some(reply) = crate::chaos_bugs::take_early_reply(&entry.log_id) {
+                    replies.push(reply);
+                    continue;
+                }
                 let reply = match &entry.payload {
                     EntryPayload::Blank => Reply::Done,
                     EntryPayload::Normal(command) => {
@@ -335,6 +351,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let data = snapshot.into_inner();
         let blob: SnapshotBlob = decode(&data).map_err(|e| snap_err(&e))?;
+        #[cfg(feature = "chaos-bugs")]
+        crate::chaos_bugs::failpoint("sm-install-snapshot");
+        #[cfg(feature = "chaos-bugs")]
+        let blob = SnapshotBlob {
+            kv: crate::chaos_bugs::snapshot_kv(blob.kv),
+            meta: blob.meta,
+        };
         let mut batch = WriteBatch::new();
         batch.clear(Table::Kv);
         batch.clear(Table::Meta);

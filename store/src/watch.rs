@@ -261,6 +261,11 @@ impl WatchStream {
     }
 
     async fn create(&mut self, create: WatchCreateRequest) -> Result<(), Closed> {
+        #[cfg(feature = "chaos-bugs")]
+        let create = WatchCreateRequest {
+            start_revision: crate::chaos_bugs::watch_start_revision(create.start_revision),
+            ..create
+        };
         let (current, compacted) = {
             let state = self.node.sm.read();
             (state.mvcc.current_revision(), state.mvcc.compact_revision())
@@ -508,6 +513,15 @@ impl WatchStream {
         events: Vec<Event>,
         fragment: bool,
     ) -> Result<(), Closed> {
+        #[cfg(feature = "chaos-bugs")]
+        if !fragment && crate::chaos_bugs::watch_delivery_bug() {
+            for part in crate::chaos_bugs::mangle_watch_events(events) {
+                let mut response = self.response(id, revision);
+                response.events = part;
+                self.send(response).await?;
+            }
+            return Ok(());
+        }
         if !fragment {
             let mut response = self.response(id, revision);
             response.events = events;

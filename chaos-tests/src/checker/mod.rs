@@ -31,9 +31,11 @@
 //! checker never guesses.
 //!
 //! The submodules hold the other checkers of the suite: [`revisions`] (global revision order),
-//! [`append`] (Elle-style list-append), [`watch`] (watch guarantees) and [`lease`] (lease safety).
+//! [`append`] (Elle-style list-append), [`watch`] (watch guarantees), [`lease`] (lease safety) and
+//! [`k8s`] (the Kubernetes-like traffic profile).
 
 pub mod append;
+pub mod k8s;
 pub mod lease;
 mod model;
 pub mod revisions;

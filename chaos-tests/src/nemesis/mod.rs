@@ -10,8 +10,12 @@
 //! (`healthy`, or `unhealthy` after 30 s).
 //!
 //! Nemesis names on the command line are a fault *kind* (all its modes, in a seeded rotation) or
-//! one *mode*: see [`Mode`]. Power loss (losing un-fsynced writes) and failpoints need store
-//! support and are not here yet.
+//! one *mode*: see [`Mode`]. Two kinds need a test build of skiff (`--features chaos-bugs`, see
+//! `store/src/chaos_bugs.rs`) and are refused (journaled with an error, so coverage fails)
+//! when the members do not confirm them in their logs: `power-loss` (members run the power-loss
+//! engine, which keeps un-fsynced writes in memory only, so SIGKILL loses them like a power
+//! cut) and `failpoints` (a member restarted with `FAILPOINTS` set: crashes, slow disk or a
+//! failing Raft transport at named points; restarted without them when the fault ends).
 
 pub mod partition;
 
@@ -65,10 +69,20 @@ pub enum Mode {
     ClockBump,
     /// Run one member's wall clock at 0.5× or 2×.
     ClockRate,
+    /// Power-cut a random member (SIGKILL on the power-loss engine: un-fsynced writes are lost).
+    PowerLossOne,
+    /// Power-cut every member at once.
+    PowerLossAll,
+    /// Restart a member with failpoints that crash it at a storage or Raft point.
+    FailpointsCrash,
+    /// Restart a member with failpoints that make its disk slow.
+    FailpointsSlow,
+    /// Restart a member with failpoints that fail or delay its Raft messages.
+    FailpointsNet,
 }
 
 /// Every mode, in a stable order.
-pub const ALL_MODES: [Mode; 16] = [
+pub const ALL_MODES: [Mode; 21] = [
     Mode::KillOne,
     Mode::KillLeader,
     Mode::KillAll,
@@ -85,10 +99,37 @@ pub const ALL_MODES: [Mode; 16] = [
     Mode::MemberRemoveLeader,
     Mode::ClockBump,
     Mode::ClockRate,
+    Mode::PowerLossOne,
+    Mode::PowerLossAll,
+    Mode::FailpointsCrash,
+    Mode::FailpointsSlow,
+    Mode::FailpointsNet,
 ];
 
-/// Fault kinds (the names that expand to all their modes).
+/// Fault kinds (the names that expand to all their modes) that work on any store.
 pub const KINDS: [&str; 6] = ["kill", "pause", "partition", "loss", "member", "clock"];
+
+/// Fault kinds that need a skiff test build (`chaos-bugs`).
+pub const TEST_BUILD_KINDS: [&str; 2] = ["power-loss", "failpoints"];
+
+/// Failpoint settings (`FAILPOINTS`) a failpoints mode picks from.
+pub fn failpoint_choices(mode: Mode) -> &'static [&'static str] {
+    match mode {
+        Mode::FailpointsCrash => &[
+            "raft-log-append=2%panic",
+            "raft-log-flush=3%panic",
+            "sm-apply=3%panic",
+            "peer-send=1%panic",
+        ],
+        Mode::FailpointsSlow => &[
+            "raft-log-flush=50%sleep(150)",
+            "raft-log-append=30%sleep(100)",
+            "sm-apply=30%sleep(100)",
+        ],
+        Mode::FailpointsNet => &["peer-send=30%return", "peer-send=10%sleep(200)"],
+        _ => &[],
+    }
+}
 
 impl Mode {
     /// The mode's name, e.g. `partition-leader`.
@@ -110,6 +151,11 @@ impl Mode {
             Mode::MemberRemoveLeader => "member-remove-leader",
             Mode::ClockBump => "clock-bump",
             Mode::ClockRate => "clock-rate",
+            Mode::PowerLossOne => "power-loss-one",
+            Mode::PowerLossAll => "power-loss-all",
+            Mode::FailpointsCrash => "failpoints-crash",
+            Mode::FailpointsSlow => "failpoints-slow",
+            Mode::FailpointsNet => "failpoints-net",
         }
     }
 
@@ -118,6 +164,7 @@ impl Mode {
         let n = self.name();
         KINDS
             .iter()
+            .chain(TEST_BUILD_KINDS.iter())
             .find(|k| n == **k || n.starts_with(&format!("{k}-")))
             .copied()
             .unwrap_or(n)
@@ -131,6 +178,8 @@ impl Mode {
             "partition" => ("start-partition", "stop-partition"),
             "loss" => ("start-loss", "stop-loss"),
             "member" => ("remove-member", "add-member"),
+            "power-loss" => ("power-loss", "power-on"),
+            "failpoints" => ("enable-failpoints", "disable-failpoints"),
             _ => ("bump-clock", "reset-clock"),
         }
     }
@@ -138,7 +187,8 @@ impl Mode {
     /// How long the fault is held (ms range).
     fn hold_ms(self) -> (u64, u64) {
         match self {
-            Mode::KillAll => (2_000, 4_000),
+            Mode::KillAll | Mode::PowerLossAll => (2_000, 4_000),
+            Mode::FailpointsCrash | Mode::FailpointsSlow | Mode::FailpointsNet => (4_000, 8_000),
             Mode::MemberRemove | Mode::MemberRemoveLeader => (4_000, 8_000),
             Mode::PauseOne | Mode::PauseLeader => (1_000, 6_000),
             _ => (3_000, 8_000),
@@ -172,7 +222,7 @@ impl NemesisSpec {
             if name == "none" {
                 continue;
             }
-            let modes: Vec<Mode> = if KINDS.contains(&name) {
+            let modes: Vec<Mode> = if KINDS.contains(&name) || TEST_BUILD_KINDS.contains(&name) {
                 ALL_MODES
                     .iter()
                     .copied()
@@ -280,11 +330,17 @@ pub fn schedule(spec: &NemesisSpec, time_limit: Duration, seed: u64) -> Vec<Plan
     out
 }
 
+/// What a member on the power-loss engine logs at start.
+pub const POWER_LOSS_MARK: &str = "power-loss engine ON";
+/// What a member logs for each failpoint it configured.
+pub const FAILPOINT_MARK: &str = "failpoint configured";
+
 /// What must be undone when a fault ends.
 #[derive(Debug)]
 enum Undo {
     Restart(Vec<usize>),
     Resume(Vec<usize>),
+    ClearFailpoints(usize),
     Flush(Vec<usize>),
     ReAdd(usize),
     ResetClock(usize),
@@ -615,6 +671,84 @@ impl Nemesis {
                     undo: Undo::ReAdd(target),
                 })
             }
+            Mode::PowerLossOne | Mode::PowerLossAll => {
+                let targets = match mode {
+                    Mode::PowerLossAll => members.clone(),
+                    _ => match live.choose(&mut self.rng) {
+                        Some(&s) => vec![s],
+                        None => return self.skipped(mode, "no live member"),
+                    },
+                };
+                if let Some(&s) = targets.iter().find(|&&s| {
+                    self.cluster.running(s) && !self.cluster.log_contains(s, POWER_LOSS_MARK)
+                }) {
+                    return self.skipped(
+                        mode,
+                        &format!(
+                            "n{s} does not run the power-loss engine (needs a skiff chaos-bugs build)"
+                        ),
+                    );
+                }
+                self.next_id += 1;
+                for &s in &targets {
+                    self.cluster.kill(s);
+                }
+                let v = self.value(id, mode, vec![("nodes", Self::nodes_value(&targets))]);
+                self.rec.nemesis(f, v);
+                self.set_current(Some(format!("{} {:?}", mode.name(), targets)));
+                Some(Active {
+                    id,
+                    mode,
+                    undo: Undo::Restart(targets),
+                })
+            }
+            Mode::FailpointsCrash | Mode::FailpointsSlow | Mode::FailpointsNet => {
+                let Some(&target) = live.choose(&mut self.rng) else {
+                    return self.skipped(mode, "no live member");
+                };
+                let Some(&spec) = failpoint_choices(mode).choose(&mut self.rng) else {
+                    return self.skipped(mode, "no failpoints for this mode");
+                };
+                self.next_id += 1;
+                self.cluster
+                    .set_slot_env(target, vec![("FAILPOINTS".to_owned(), spec.to_owned())]);
+                self.cluster.set_expect_exit(target, true);
+                self.cluster.kill(target);
+                let mut extra = vec![
+                    ("nodes", Self::nodes_value(&[target])),
+                    ("failpoints", Value::Str(spec.to_owned())),
+                ];
+                if let Err(e) = self.cluster.restart(target) {
+                    extra.push(("error", Value::Str(format!("restart: {e}"))));
+                } else {
+                    // The member logs each failpoint it configured right at start.
+                    let mut confirmed = false;
+                    for _ in 0..20 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if self.cluster.log_contains(target, FAILPOINT_MARK) {
+                            confirmed = true;
+                            break;
+                        }
+                    }
+                    if !confirmed {
+                        extra.push((
+                            "error",
+                            Value::Str(
+                                "the member did not confirm its failpoints (needs a skiff chaos-bugs build)"
+                                    .into(),
+                            ),
+                        ));
+                    }
+                }
+                let v = self.value(id, mode, extra);
+                self.rec.nemesis(f, v);
+                self.set_current(Some(format!("{} n{target} {spec}", mode.name())));
+                Some(Active {
+                    id,
+                    mode,
+                    undo: Undo::ClearFailpoints(target),
+                })
+            }
             Mode::ClockBump | Mode::ClockRate => {
                 if !self.cluster.spec.faketime {
                     return self.skipped(mode, "members not started under libfaketime");
@@ -671,6 +805,12 @@ impl Nemesis {
                     extra.push(("error", Value::Str(errors.join("; "))));
                 }
             }
+            Undo::ClearFailpoints(slot) => {
+                extra.push(("nodes", Self::nodes_value(&[slot])));
+                if let Err(e) = self.clear_failpoints(slot) {
+                    extra.push(("error", Value::Str(e)));
+                }
+            }
             Undo::Resume(slots) => {
                 for &s in &slots {
                     self.cluster.resume(s);
@@ -707,6 +847,18 @@ impl Nemesis {
         self.set_current(None);
     }
 
+    /// Restarts a member without failpoints (it may have crashed at one meanwhile).
+    fn clear_failpoints(&mut self, slot: usize) -> Result<(), String> {
+        self.cluster.set_slot_env(slot, Vec::new());
+        self.cluster.kill(slot);
+        let result = self
+            .cluster
+            .restart(slot)
+            .map_err(|e| format!("restart: {e}"));
+        self.cluster.set_expect_exit(slot, false);
+        result
+    }
+
     /// Adds a removed slot back: `MemberAdd` through a live member, then start it wiped with
     /// `--initial-cluster-state existing`.
     async fn re_add(&mut self, slot: usize) -> Result<u64, String> {
@@ -731,6 +883,12 @@ impl Nemesis {
             if self.cluster.paused(slot) {
                 self.cluster.resume(slot);
                 notes.push(format!("n{slot} resumed"));
+            }
+            if self.cluster.has_slot_env(slot) {
+                match self.clear_failpoints(slot) {
+                    Ok(()) => notes.push(format!("n{slot} restarted without failpoints")),
+                    Err(e) => notes.push(format!("n{slot} {e}")),
+                }
             }
             if self.cluster.spec.faketime {
                 let _ = self.cluster.set_skew(slot, "+0");
@@ -837,7 +995,10 @@ mod tests {
         assert_eq!(NemesisSpec::parse("none").unwrap(), NemesisSpec::default());
         assert!(NemesisSpec::parse("flood").is_err());
         for m in ALL_MODES {
-            assert!(KINDS.contains(&m.kind()), "{m:?}");
+            assert!(
+                KINDS.contains(&m.kind()) || TEST_BUILD_KINDS.contains(&m.kind()),
+                "{m:?}"
+            );
             assert!(NemesisSpec::covers(m.kind(), m));
         }
         assert_eq!(Mode::PartitionOneWay.kind(), "partition");

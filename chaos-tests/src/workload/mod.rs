@@ -7,12 +7,15 @@
 //! - [`watch`]: writers plus watchers that reconnect and resume from the next revision, checked
 //!   against the complete event history read at the end;
 //! - [`lease`]: TTL keys with keepalives and revokes (skipped with a note when the store answers
-//!   `Unimplemented`).
+//!   `Unimplemented`);
+//! - [`k8s`]: the Kubernetes-like traffic profile (optimistic writes guarded by `mod_revision`,
+//!   informers that list, watch from the next revision and relist after compaction).
 //!
 //! Every worker is pinned to one member and paced so the whole run does about `rate` operations
 //! per second. Nothing is retried: each attempt is its own operation in the history.
 
 pub mod append;
+pub mod k8s;
 pub mod lease;
 pub mod register;
 pub mod watch;
@@ -38,15 +41,18 @@ pub enum Workload {
     Watch,
     /// Leases.
     Lease,
+    /// Kubernetes-like traffic.
+    K8s,
 }
 
 impl Workload {
     /// Every workload.
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 5] = [
         Workload::Register,
         Workload::Append,
         Workload::Watch,
         Workload::Lease,
+        Workload::K8s,
     ];
 
     /// Its name.
@@ -56,6 +62,7 @@ impl Workload {
             Workload::Append => "append",
             Workload::Watch => "watch",
             Workload::Lease => "lease",
+            Workload::K8s => "k8s",
         }
     }
 
@@ -64,7 +71,7 @@ impl Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name() == s)
-            .ok_or_else(|| format!("unknown workload {s:?} (register, append, watch, lease)"))
+            .ok_or_else(|| format!("unknown workload {s:?} (register, append, watch, lease, k8s)"))
     }
 }
 

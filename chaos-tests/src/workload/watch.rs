@@ -460,7 +460,46 @@ pub async fn final_history(ctx: &Ctx, nodes: &[usize], limit: Duration) {
         }
         ctx.rec.record(op);
         if complete {
+            replica_sessions(ctx, nodes, node, rev, deadline).await;
             return;
         }
+    }
+}
+
+/// After the reference history: one more session from revision 1 up to `rev` on every other
+/// member, recorded as an ordinary `watch`, so every replica's history is checked against the
+/// reference (a member whose records diverge — a lost or extra revision — is caught even if no
+/// session happened to cover the gap during the run).
+async fn replica_sessions(ctx: &Ctx, nodes: &[usize], done: usize, rev: i64, deadline: Instant) {
+    for (i, &node) in nodes.iter().filter(|&&n| n != done).enumerate() {
+        let p = Proc::new(2_000_001 + i, 1);
+        ctx.rec.record(event(
+            &p,
+            OpType::Invoke,
+            F::from("watch"),
+            None,
+            session_value(1, true, None),
+            node,
+        ));
+        let left = deadline.saturating_duration_since(Instant::now());
+        let until = Instant::now() + Duration::from_secs(10).min(left);
+        let s = session(node, 1, true, false, until, Some(rev), None).await;
+        let complete = s.high_event >= rev || rev <= 1;
+        let kind = if complete { OpType::Ok } else { OpType::Fail };
+        let mut op = event(
+            &p,
+            kind,
+            F::from("watch"),
+            None,
+            session_value(1, true, Some(&s)),
+            node,
+        );
+        if !complete {
+            op.error = Some(
+                s.error
+                    .unwrap_or_else(|| format!("incomplete: reached {} of {rev}", s.high_event)),
+            );
+        }
+        ctx.rec.record(op);
     }
 }

@@ -18,6 +18,8 @@
 pub mod conformance;
 mod counting;
 mod mem;
+#[cfg(feature = "chaos-bugs")]
+pub mod powerloss;
 mod redb_engine;
 
 pub use counting::{CountingEngine, WriteCounts};
