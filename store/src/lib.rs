@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod transfer;
 pub mod types;
+pub mod wal;
 pub mod watch;
 
 pub use config::StoreConfig;

@@ -18,6 +18,7 @@ use crate::network::{
     AdminReply, AdminRequest, ClusterInfo, ForwardOutcome, Forwarded, PeerChannels,
 };
 use crate::proposer::{Proposed, Proposer};
+use crate::raft_log::RestoredLeader;
 use crate::state_machine::StateMachineStore;
 use crate::types::{Command, Member, MemberId, Raft, Reply};
 
@@ -36,6 +37,10 @@ pub struct StoreNode {
     pub proposer: Proposer,
     /// Lease expiries while this member is the primary lessor (see [`crate::lease`]).
     pub leases: crate::lease::Primary,
+    /// Set when this member restarted as leader of its old term (see [`RestoredLeader`]).
+    pub restored_leader: Option<RestoredLeader>,
+    /// Raft log syncs done (see [`crate::raft_log::LogStore::sync_counter`]).
+    pub log_syncs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A member as the Cluster API lists it.
@@ -175,19 +180,20 @@ impl StoreNode {
             if remaining.is_zero() {
                 return Err(Error::Timeout);
             }
-            let read_index =
-                match tokio::time::timeout(remaining, self.raft.get_read_log_id()).await {
-                    Err(_) => return Err(Error::Timeout),
-                    Ok(Ok((read_log_id, _))) => Some(read_log_id.map(|id| id.index)),
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                        match forward.leader_id.and_then(|id| self.leader_url(id)) {
-                            Some(url) => self.channels.read_index(&url, remaining).await.ok(),
-                            None => None,
-                        }
+            let read_index = match tokio::time::timeout(remaining, self.raft.get_read_log_id())
+                .await
+            {
+                Err(_) => return Err(Error::Timeout),
+                Ok(Ok((read_log_id, _))) => Some(self.read_floor(read_log_id.map(|id| id.index))),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                    match forward.leader_id.and_then(|id| self.leader_url(id)) {
+                        Some(url) => self.channels.read_index(&url, remaining).await.ok(),
+                        None => None,
                     }
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => None,
-                    Ok(Err(RaftError::Fatal(_))) => return Err(Error::Stopped),
-                };
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => None,
+                Ok(Err(RaftError::Fatal(_))) => return Err(Error::Stopped),
+            };
             if let Some(index) = read_index {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 return match self
@@ -204,10 +210,23 @@ impl StoreNode {
         }
     }
 
+    /// A leader's read index, raised to the end of the log it restarted with while it still
+    /// leads the term it was restored in (openraft's read index is then its first log of
+    /// that term or the committed index saved before the crash, which may be older than
+    /// writes it acknowledged).
+    fn read_floor(&self, read_index: Option<u64>) -> Option<u64> {
+        match self.restored_leader {
+            Some(restored) if self.raft.metrics().borrow().current_term == restored.term => {
+                Some(read_index.unwrap_or(0).max(restored.last_log_index))
+            }
+            _ => read_index,
+        }
+    }
+
     /// The leader's half of a follower's read index request.
     pub async fn handle_read_index(&self) -> Result<Option<u64>, Error> {
         match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => Ok(read_log_id.map(|id| id.index)),
+            Ok((read_log_id, _)) => Ok(self.read_floor(read_log_id.map(|id| id.index))),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                 Err(Error::LeaderChanged)
             }

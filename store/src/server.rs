@@ -303,7 +303,12 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
 
     let raft_config = Arc::new(raft_config(&config)?);
     let sm = StateMachineStore::open(engine.clone())?;
-    let log = LogStore::new(engine.clone());
+    let log = LogStore::with_wal(engine.clone(), &member_dir.join("wal"))
+        .map_err(|e| Error::Internal(format!("open the raft log: {e}")))?;
+    let log_syncs = log.sync_counter();
+    let restored_leader = log
+        .restored_leader_floor(identity.member_id)
+        .map_err(|e| Error::Internal(format!("read raft state: {e}")))?;
     let network = Network {
         channels: channels.clone(),
     };
@@ -335,6 +340,8 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         config: config.clone(),
         channels,
         leases: crate::lease::Primary::default(),
+        restored_leader,
+        log_syncs,
     });
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
