@@ -310,9 +310,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Some(purged) => start.max(purged.index.saturating_add(1)),
             None => start,
         };
-        let entries = self.entries.clone();
-        run_blocking(move || entries.read(start, end))
-            .await
+        // Reads of recent entries come from the page cache: done inline, no thread hop.
+        self.entries
+            .read(start, end)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
     }
 }
