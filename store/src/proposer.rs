@@ -2,10 +2,10 @@
 //! (`Command::Batch`), so they share one append, one fsync and one apply. Batches form
 //! naturally while earlier ones are in flight, as in etcd's raft loop.
 
-use std::sync::Arc;
-
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
 use crate::types::{Command, MemberId, Raft, Reply};
@@ -56,80 +56,104 @@ impl Proposer {
 }
 
 async fn batch_loop(raft: Raft, mut rx: mpsc::Receiver<(Command, usize, Waiter)>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    // Batches in flight are driven by this task itself (no task per batch): the reply
+    // from Raft wakes this task, which answers the batch's waiters.
+    let mut in_flight = FuturesUnordered::new();
     let mut carry: Option<(Command, usize, Waiter)> = None;
+    let mut open = true;
     loop {
-        // Wait for a free slot first: proposals arriving meanwhile join the next batch.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let first = match carry.take() {
-            Some(item) => item,
-            None => match rx.recv().await {
-                Some(item) => item,
-                None => return,
+        if in_flight.len() < MAX_BATCHES_IN_FLIGHT
+            && let Some(first) = carry.take()
+        {
+            let (batch, rest) = gather(first, &mut rx);
+            carry = rest;
+            in_flight.push(drive(raft.clone(), batch));
+            continue;
+        }
+        tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            item = rx.recv(), if open && in_flight.len() < MAX_BATCHES_IN_FLIGHT => match item {
+                Some(first) => {
+                    let (batch, rest) = gather(first, &mut rx);
+                    carry = rest;
+                    in_flight.push(drive(raft.clone(), batch));
+                }
+                None => open = false,
             },
-        };
-        let mut bytes = first.1;
-        let mut commands = vec![first.0];
-        let mut waiters = vec![first.2];
-        while commands.len() < MAX_BATCH_COMMANDS {
-            match rx.try_recv() {
-                Ok(item) if bytes + item.1 <= MAX_BATCH_BYTES => {
-                    bytes += item.1;
-                    commands.push(item.0);
-                    waiters.push(item.2);
-                }
-                Ok(item) => {
-                    carry = Some(item);
-                    break;
-                }
-                Err(_) => break,
+            else => return,
+        }
+    }
+}
+
+/// Commands of one batch and who waits for each.
+type Batch = (Vec<Command>, Vec<Waiter>);
+
+/// `first` plus whatever else is queued, within the batch limits; a proposal that does
+/// not fit is returned to start the next batch.
+fn gather(
+    first: (Command, usize, Waiter),
+    rx: &mut mpsc::Receiver<(Command, usize, Waiter)>,
+) -> (Batch, Option<(Command, usize, Waiter)>) {
+    let mut bytes = first.1;
+    let mut commands = vec![first.0];
+    let mut waiters = vec![first.2];
+    let mut rest = None;
+    while commands.len() < MAX_BATCH_COMMANDS {
+        match rx.try_recv() {
+            Ok(item) if bytes + item.1 <= MAX_BATCH_BYTES => {
+                bytes += item.1;
+                commands.push(item.0);
+                waiters.push(item.2);
+            }
+            Ok(item) => {
+                rest = Some(item);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    ((commands, waiters), rest)
+}
+
+/// Propose one batch as one log entry and answer its waiters.
+async fn drive(raft: Raft, (mut commands, waiters): Batch) {
+    let single = commands.len() == 1;
+    let command = if single {
+        commands.pop().unwrap_or(Command::Batch(Vec::new()))
+    } else {
+        Command::Batch(commands)
+    };
+    let outcome = match raft.client_write(command).await {
+        Ok(response) => Ok(response.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(Proposed::NotLeader(f.leader_id))
+        }
+        Err(RaftError::APIError(e)) => Err(Proposed::Failed(Error::Internal(e.to_string()))),
+        Err(RaftError::Fatal(_)) => Err(Proposed::Failed(Error::Stopped)),
+    };
+    match outcome {
+        Ok(Reply::Batch(replies)) if !single && replies.len() == waiters.len() => {
+            for (waiter, reply) in waiters.into_iter().zip(replies) {
+                let _ = waiter.send(Proposed::Applied(reply));
             }
         }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let single = commands.len() == 1;
-            let command = if single {
-                commands.pop().unwrap_or(Command::Batch(Vec::new()))
-            } else {
-                Command::Batch(commands)
-            };
-            let outcome = match raft.client_write(command).await {
-                Ok(response) => Ok(response.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    Err(Proposed::NotLeader(f.leader_id))
-                }
-                Err(RaftError::APIError(e)) => {
-                    Err(Proposed::Failed(Error::Internal(e.to_string())))
-                }
-                Err(RaftError::Fatal(_)) => Err(Proposed::Failed(Error::Stopped)),
-            };
-            match outcome {
-                Ok(Reply::Batch(replies)) if !single && replies.len() == waiters.len() => {
-                    for (waiter, reply) in waiters.into_iter().zip(replies) {
-                        let _ = waiter.send(Proposed::Applied(reply));
-                    }
-                }
-                Ok(reply) if single => {
-                    for waiter in waiters {
-                        let _ = waiter.send(Proposed::Applied(reply.clone()));
-                    }
-                }
-                Ok(_) => {
-                    for waiter in waiters {
-                        let _ = waiter.send(Proposed::Failed(Error::Internal(
-                            "batch reply does not match the batch".into(),
-                        )));
-                    }
-                }
-                Err(outcome) => {
-                    for waiter in waiters {
-                        let _ = waiter.send(outcome.clone());
-                    }
-                }
+        Ok(reply) if single => {
+            for waiter in waiters {
+                let _ = waiter.send(Proposed::Applied(reply.clone()));
             }
-        });
+        }
+        Ok(_) => {
+            for waiter in waiters {
+                let _ = waiter.send(Proposed::Failed(Error::Internal(
+                    "batch reply does not match the batch".into(),
+                )));
+            }
+        }
+        Err(outcome) => {
+            for waiter in waiters {
+                let _ = waiter.send(outcome.clone());
+            }
+        }
     }
 }

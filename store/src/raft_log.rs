@@ -5,7 +5,7 @@
 //!   (durable with the next flush, never after the state-machine writes it precedes), as
 //!   etcd treats its HardState.Commit — a restored leader's reads use [`RestoredLeader`];
 //! - `append` writes the entries as a buffered batch (readable at once) and hands the
-//!   flush callback to the *flusher* task, which waits for whatever appends queue up
+//!   flush callback to the *flusher* thread, which waits for whatever appends queue up
 //!   meanwhile, makes them all durable with ONE fsync, and only then reports them flushed
 //!   to openraft (group commit: many proposals share one fsync);
 //! - `purge` records the purged id in the same batch that deletes the entries, so the log
@@ -29,7 +29,7 @@ const KEY_PURGED: &[u8] = b"last_purged";
 const KEY_COMMITTED: &[u8] = b"committed";
 const FORMAT: u8 = 1;
 
-/// Appends waiting for the flusher's next fsync; a full queue makes `append` wait.
+/// Appends waiting for the flusher's next fsync; when it is full, `append` syncs itself.
 pub const LOG_FLUSH_QUEUE: usize = 4096;
 
 /// The Raft log: entries in an [`EntryLog`] (the WAL for `skiff store`), vote, committed
@@ -38,7 +38,7 @@ pub const LOG_FLUSH_QUEUE: usize = 4096;
 pub struct LogStore {
     engine: Arc<dyn Engine>,
     entries: Arc<dyn EntryLog>,
-    flusher: tokio::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>,
     /// The last purged log id (readers never return entries at or below it).
     purged: Arc<Mutex<Option<LogId>>>,
     /// Log syncs done (fsyncs that made appended entries durable).
@@ -78,9 +78,15 @@ impl LogStore {
         engine: Arc<dyn Engine>,
         entries: Arc<dyn EntryLog>,
     ) -> Result<Self, StorageError> {
-        let (flusher, queue) = tokio::sync::mpsc::channel(LOG_FLUSH_QUEUE);
+        let (flusher, queue) = std::sync::mpsc::sync_channel(LOG_FLUSH_QUEUE);
         let syncs = Arc::new(AtomicU64::new(0));
-        tokio::spawn(flush_loop(entries.clone(), syncs.clone(), queue));
+        let (log, counter) = (entries.clone(), syncs.clone());
+        // A thread of its own: an fsync blocks, and handing each one to tokio's blocking
+        // pool and back costs two more thread switches on every commit.
+        std::thread::Builder::new()
+            .name("skiff-log-flush".into())
+            .spawn(move || flush_loop(log, counter, queue))
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
         let mut store = LogStore {
             engine,
             entries,
@@ -191,20 +197,20 @@ pub struct RestoredLeader {
     pub last_log_index: u64,
 }
 
-/// Group commit: one log sync for every append queued since the previous one.
-async fn flush_loop(
+/// Group commit: one log sync for every append queued since the previous one. Runs on
+/// the flusher thread until every [`LogStore`] clone is gone.
+fn flush_loop(
     entries: Arc<dyn EntryLog>,
     syncs: Arc<AtomicU64>,
-    mut queue: tokio::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+    queue: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
 ) {
     let mut pending = Vec::new();
-    while let Some(first) = queue.recv().await {
+    while let Ok(first) = queue.recv() {
         pending.push(first);
         while let Ok(next) = queue.try_recv() {
             pending.push(next);
         }
-        let log = entries.clone();
-        let result = run_blocking(move || log.sync()).await;
+        let result = entries.sync();
         syncs.fetch_add(1, Ordering::Relaxed);
         for callback in pending.drain(..) {
             let outcome = match &result {
@@ -372,8 +378,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.entries
             .append(entries.into_iter().collect())
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
-        if let Err(returned) = self.flusher.send(callback).await {
-            // The flusher is gone (shutting down): sync inline instead.
+        if let Err(returned) = self.flusher.try_send(callback) {
+            // The flusher is gone (shutting down) or far behind: sync here instead.
+            let returned = match returned {
+                std::sync::mpsc::TrySendError::Full(callback)
+                | std::sync::mpsc::TrySendError::Disconnected(callback) => callback,
+            };
             let entries = self.entries.clone();
             let result = run_blocking(move || entries.sync())
                 .await
@@ -382,7 +392,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             };
-            returned.0.log_io_completed(outcome);
+            returned.log_io_completed(outcome);
             return result;
         }
         Ok(())
