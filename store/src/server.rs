@@ -19,7 +19,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::config::{ClusterState, StoreConfig, socket_addr};
-use crate::engine::{CountingEngine, Durability, Engine, RedbEngine, Table, WriteBatch};
+use crate::engine::{
+    CoalescingEngine, CountingEngine, Durability, Engine, RedbEngine, Table, WriteBatch,
+};
 use crate::error::Error;
 use crate::grpc::{EtcdApi, PeerApi};
 use crate::network::{Network, PEER_MAX_MESSAGE_BYTES, PeerChannels};
@@ -274,7 +276,9 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
             member_dir.display()
         ))
     })?;
-    let engine: Arc<dyn Engine> = Arc::new(CountingEngine::new(open_engine(&member_dir)?));
+    let engine: Arc<dyn Engine> = Arc::new(CountingEngine::new(CoalescingEngine::new(
+        open_engine(&member_dir)?,
+    )));
     let channels = PeerChannels::new(config.peer_tls.client_config()?);
     // Peers must be reachable before we initialise or join.
     let peer_listeners = bind_all(&config.listen_peer_urls).await?;
