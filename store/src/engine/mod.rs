@@ -24,7 +24,9 @@ mod counting;
 mod mem;
 mod redb_engine;
 
-pub use coalesce::{COALESCE_MAX_OPS, COALESCE_MAX_WRITES, CoalescingEngine};
+pub use coalesce::{
+    COALESCE_HARD_MAX_OPS, COALESCE_MAX_OPS, COALESCE_MAX_WRITES, CoalescingEngine,
+};
 pub use counting::{CountingEngine, WriteCounts};
 pub use mem::MemEngine;
 pub use redb_engine::RedbEngine;
