@@ -21,6 +21,7 @@ pub mod node;
 pub mod pki;
 pub mod proposer;
 pub mod raft_log;
+pub mod read_index;
 pub mod server;
 pub mod snapshot;
 pub mod state_machine;

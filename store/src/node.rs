@@ -19,6 +19,7 @@ use crate::network::{
 };
 use crate::proposer::{Proposed, Proposer};
 use crate::raft_log::RestoredLeader;
+use crate::read_index::{ReadIndex, ReadIndexBatcher};
 use crate::state_machine::StateMachineStore;
 use crate::types::{Command, Member, MemberId, Raft, Reply};
 
@@ -41,6 +42,10 @@ pub struct StoreNode {
     pub restored_leader: Option<RestoredLeader>,
     /// Raft log syncs done (see [`crate::raft_log::LogStore::sync_counter`]).
     pub log_syncs: Arc<std::sync::atomic::AtomicU64>,
+    /// Read-index batching for this member's linearizable reads.
+    pub reads: ReadIndexBatcher,
+    /// Read-index batching for followers' requests while this member leads.
+    pub leader_reads: ReadIndexBatcher,
 }
 
 /// A member as the Cluster API lists it.
@@ -172,7 +177,8 @@ impl StoreNode {
     }
 
     /// Wait until this member's state machine reflects every write committed before the
-    /// call (read index through the leader), so a local read is linearizable.
+    /// call (read index through the leader, shared with concurrent readers), so a local
+    /// read is linearizable.
     pub async fn linearizable_barrier(&self) -> Result<(), Error> {
         let deadline = Instant::now() + self.request_timeout();
         loop {
@@ -180,19 +186,11 @@ impl StoreNode {
             if remaining.is_zero() {
                 return Err(Error::Timeout);
             }
-            let read_index = match tokio::time::timeout(remaining, self.raft.get_read_log_id())
-                .await
-            {
+            let read_index = match tokio::time::timeout(remaining, self.reads.read_index()).await {
                 Err(_) => return Err(Error::Timeout),
-                Ok(Ok((read_log_id, _))) => Some(self.read_floor(read_log_id.map(|id| id.index))),
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                    match forward.leader_id.and_then(|id| self.leader_url(id)) {
-                        Some(url) => self.channels.read_index(&url, remaining).await.ok(),
-                        None => None,
-                    }
-                }
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => None,
-                Ok(Err(RaftError::Fatal(_))) => return Err(Error::Stopped),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(ReadIndex::At(index))) => Some(index),
+                Ok(Ok(ReadIndex::Retry)) => None,
             };
             if let Some(index) = read_index {
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -210,6 +208,44 @@ impl StoreNode {
         }
     }
 
+    /// One read index for this member's reads (see [`crate::read_index`]).
+    pub(crate) async fn read_index_once(&self) -> Result<ReadIndex, Error> {
+        let timeout = self.request_timeout();
+        match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
+            Err(_) => Err(Error::Timeout),
+            Ok(Ok((read_log_id, _))) => Ok(ReadIndex::At(
+                self.read_floor(read_log_id.map(|id| id.index)),
+            )),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                match forward.leader_id.and_then(|id| self.leader_url(id)) {
+                    Some(url) => Ok(match self.channels.read_index(&url, timeout).await {
+                        Ok(index) => ReadIndex::At(index),
+                        Err(_) => ReadIndex::Retry,
+                    }),
+                    None => Ok(ReadIndex::Retry),
+                }
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Ok(ReadIndex::Retry)
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
+        }
+    }
+
+    /// One read index for followers' reads, only while this member leads.
+    pub(crate) async fn leader_read_index_once(&self) -> Result<ReadIndex, Error> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => Ok(ReadIndex::At(
+                self.read_floor(read_log_id.map(|id| id.index)),
+            )),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(Error::LeaderChanged)
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(Error::Timeout),
+            Err(RaftError::Fatal(_)) => Err(Error::Stopped),
+        }
+    }
+
     /// A leader's read index, raised to the end of the log it restarted with while it still
     /// leads the term it was restored in (openraft's read index is then its first log of
     /// that term or the committed index saved before the crash, which may be older than
@@ -223,15 +259,11 @@ impl StoreNode {
         }
     }
 
-    /// The leader's half of a follower's read index request.
+    /// The leader's half of a follower's read index request (batched like local reads).
     pub async fn handle_read_index(&self) -> Result<Option<u64>, Error> {
-        match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => Ok(self.read_floor(read_log_id.map(|id| id.index))),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                Err(Error::LeaderChanged)
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(Error::Timeout),
-            Err(RaftError::Fatal(_)) => Err(Error::Stopped),
+        match self.leader_reads.read_index().await? {
+            ReadIndex::At(index) => Ok(index),
+            ReadIndex::Retry => Err(Error::Timeout),
         }
     }
 

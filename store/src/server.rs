@@ -27,6 +27,7 @@ use crate::grpc::{EtcdApi, PeerApi};
 use crate::network::{Network, PEER_MAX_MESSAGE_BYTES, PeerChannels};
 use crate::node::{StoreNode, hash_id, initial_member_id};
 use crate::raft_log::{LogStore, decode, encode};
+use crate::read_index::{ReadIndexBatcher, ReadIndexKind};
 use crate::state_machine::StateMachineStore;
 use crate::types::{Command, Member, MemberAttrs, MemberId, Raft};
 
@@ -335,6 +336,8 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         engine.write(batch, Durability::Durable)?;
     }
     let config = Arc::new(config);
+    let (reads, reads_queue) = ReadIndexBatcher::new(ReadIndexKind::Local);
+    let (leader_reads, leader_reads_queue) = ReadIndexBatcher::new(ReadIndexKind::AsLeader);
     let node = Arc::new(StoreNode {
         id: identity.member_id,
         cluster_id: identity.cluster_id,
@@ -346,7 +349,11 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         leases: crate::lease::Primary::default(),
         restored_leader,
         log_syncs,
+        reads,
+        leader_reads,
     });
+    reads_queue.spawn(Arc::downgrade(&node));
+    leader_reads_queue.spawn(Arc::downgrade(&node));
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
