@@ -222,8 +222,9 @@ fn flush_loop(
     }
 }
 
-/// Every [`CHECKPOINT_INTERVAL`]: sync the log, then make buffered engine writes durable
-/// (so the engine's free pages get reused and a restart re-applies little).
+/// Every [`CHECKPOINT_INTERVAL`]: log upkeep (prefilling), sync the log, then make
+/// buffered engine writes durable (so the engine's free pages get reused and a restart
+/// re-applies little).
 async fn checkpoint_loop(engine: Arc<dyn Engine>, entries: Arc<dyn EntryLog>, alive: Weak<()>) {
     let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -236,6 +237,7 @@ async fn checkpoint_loop(engine: Arc<dyn Engine>, entries: Arc<dyn EntryLog>, al
         let log = entries.clone();
         let engine = engine.clone();
         let result = run_blocking(move || {
+            log.maintain()?;
             log.sync()?;
             engine.write(WriteBatch::new(), Durability::Durable)
         })
