@@ -48,9 +48,9 @@ pub struct LogStore {
 }
 
 /// How often buffered engine writes (state-machine applies, the committed index) are made
-/// durable when the log lives in a WAL (etcd commits its backend every 100 ms; a restart
+/// durable when the log lives in a WAL (as etcd commits its backend every 100 ms; a restart
 /// re-applies the log from the last checkpoint).
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 impl LogStore {
     /// Open the log with its entries in the engine's `RaftLog` table and start its flusher
