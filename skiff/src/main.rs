@@ -136,8 +136,8 @@ struct StoreArgs {
     /// Election timeout in milliseconds.
     #[arg(long, default_value_t = 1000)]
     election_timeout: u64,
-    /// Applied entries between two Raft snapshots.
-    #[arg(long, default_value_t = 10_000)]
+    /// Applied entries between two Raft snapshots (etcd's default: 100,000).
+    #[arg(long, default_value_t = 100_000)]
     snapshot_count: u64,
     /// Entries kept after a snapshot so slow followers can catch up from the log.
     #[arg(

@@ -80,7 +80,7 @@ impl StoreConfig {
             initial_cluster_token: "etcd-cluster".into(),
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
-            snapshot_count: 10_000,
+            snapshot_count: 100_000,
             snapshot_catchup_entries: 5_000,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,

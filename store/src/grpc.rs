@@ -566,8 +566,37 @@ impl PeerApi {
     }
 }
 
+/// Responses of one append stream, produced in request order as the stream is polled.
+type AppendStreamOut =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Blob, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl Peer for PeerApi {
+    type AppendStreamStream = AppendStreamOut;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<Blob>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        use futures::StreamExt;
+        let api = self.clone();
+        // One request at a time, answered in order: no task or queue between the two.
+        let responses = request.into_inner().then(move |item| {
+            let api = api.clone();
+            async move {
+                let blob = item?;
+                let (seq, rpc): (
+                    u64,
+                    openraft::raft::AppendEntriesRequest<crate::types::TypeConfig>,
+                ) = from_blob(&blob)?;
+                api.refuse_removed(&rpc.vote)?;
+                let result = api.node.raft.append_entries(rpc).await;
+                to_blob(&(seq, result))
+            }
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
     async fn append_entries(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
             from_blob(request.get_ref())?;

@@ -132,8 +132,13 @@ async fn metrics(State(node): State<Arc<StoreNode>>) -> impl IntoResponse {
     let writes = engine.write_counts();
     gauge(
         "skiff_engine_durable_writes_total",
-        "Engine writes fsynced before returning (log appends, votes, purges).",
+        "Engine writes fsynced before returning (checkpoints, votes, purges).",
         writes.durable as f64,
+    );
+    gauge(
+        "skiff_log_syncs_total",
+        "Raft log fsyncs, each making every entry appended before it durable (group commit).",
+        node.log_syncs.load(std::sync::atomic::Ordering::Relaxed) as f64,
     );
     gauge(
         "skiff_engine_buffered_writes_total",

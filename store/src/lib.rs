@@ -23,11 +23,13 @@ pub mod node;
 pub mod pki;
 pub mod proposer;
 pub mod raft_log;
+pub mod read_index;
 pub mod server;
 pub mod snapshot;
 pub mod state_machine;
 pub mod transfer;
 pub mod types;
+pub mod wal;
 pub mod watch;
 
 pub use config::StoreConfig;

@@ -242,6 +242,21 @@ pub struct PeerConnection {
     target: MemberId,
     url: Option<String>,
     channels: PeerChannels,
+    /// The open append stream to this member, if any (reopened after any failure).
+    stream: Option<AppendStream>,
+}
+
+/// Requests waiting to go out on one append stream (openraft sends one at a time per
+/// member, so this only absorbs a request abandoned by a timeout).
+pub const APPEND_STREAM_QUEUE: usize = 2;
+
+/// A long-lived `AppendStream` call: AppendEntries (and heartbeats) to one member as
+/// one message each way on an HTTP/2 stream that stays open, instead of a new stream,
+/// headers and trailers per request.
+struct AppendStream {
+    requests: tokio::sync::mpsc::Sender<Blob>,
+    responses: tonic::Streaming<Blob>,
+    next_seq: u64,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -252,6 +267,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             url: node.peer_urls.first().cloned(),
             channels: self.channels.clone(),
+            stream: None,
         }
     }
 }
@@ -261,6 +277,102 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 struct TransportError(String);
 
 impl PeerConnection {
+    /// A failed call's status as openraft's error: unreachable when no connection could
+    /// be made, otherwise a network error (after noting a "you were removed" refusal).
+    fn status_error<E: std::error::Error>(
+        &self,
+        status: tonic::Status,
+    ) -> RPCError<MemberId, Member, RaftError<MemberId, E>> {
+        if status.code() == tonic::Code::Unavailable {
+            return RPCError::Unreachable(Unreachable::new(&TransportError(
+                status.message().to_string(),
+            )));
+        }
+        self.channels.note_status(&status);
+        RPCError::Network(NetworkError::new(&TransportError(
+            status.message().to_string(),
+        )))
+    }
+
+    /// AppendEntries over this member's append stream, opening it first if needed.
+    async fn append_streamed(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>>
+    {
+        let unreachable =
+            |msg: String| RPCError::Unreachable(Unreachable::new(&TransportError(msg)));
+        let network = |msg: String| RPCError::Network(NetworkError::new(&TransportError(msg)));
+        #[cfg(feature = "chaos-bugs")]
+        if crate::chaos_bugs::failpoint("peer-send") {
+            return Err(unreachable("failpoint peer-send".into()));
+        }
+        let deadline = tokio::time::Instant::now() + option.hard_ttl();
+        if self.stream.is_none() {
+            let url = self
+                .url
+                .as_deref()
+                .ok_or_else(|| unreachable(format!("member {:x} has no peer URL", self.target)))?;
+            let mut client = self
+                .channels
+                .client(url)
+                .map_err(|e| unreachable(e.to_string()))?;
+            let (requests, queue) = tokio::sync::mpsc::channel(APPEND_STREAM_QUEUE);
+            let opened = tokio::time::timeout_at(
+                deadline,
+                client.append_stream(tokio_stream::wrappers::ReceiverStream::new(queue)),
+            )
+            .await;
+            match opened {
+                Err(_) => return Err(network("timed out opening the append stream".into())),
+                Ok(Err(status)) => return Err(self.status_error(status)),
+                Ok(Ok(response)) => {
+                    self.stream = Some(AppendStream {
+                        requests,
+                        responses: response.into_inner(),
+                        next_seq: 0,
+                    });
+                }
+            }
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(unreachable("append stream not open".into()));
+        };
+        stream.next_seq += 1;
+        let seq = stream.next_seq;
+        let blob = to_blob(&(seq, rpc)).map_err(|e| network(e.message().into()))?;
+        if stream.requests.send(blob).await.is_err() {
+            self.stream = None;
+            return Err(unreachable("append stream closed".into()));
+        }
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                return Err(unreachable("append stream not open".into()));
+            };
+            let failure = match tokio::time::timeout_at(deadline, stream.responses.message()).await
+            {
+                Ok(Ok(Some(blob))) => {
+                    let (answered, result): (
+                        u64,
+                        Result<AppendEntriesResponse<MemberId>, RaftError<MemberId>>,
+                    ) = from_blob(&blob).map_err(|e| network(e.message().into()))?;
+                    if answered < seq {
+                        // The answer to a request whose caller gave up waiting.
+                        continue;
+                    }
+                    return result
+                        .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)));
+                }
+                Ok(Ok(None)) => unreachable("append stream ended".into()),
+                Ok(Err(status)) => self.status_error(status),
+                Err(_) => network("append entries timed out".into()),
+            };
+            self.stream = None;
+            return Err(failure);
+        }
+    }
+
     async fn call<Req, Resp, E>(
         &self,
         method: &'static str,
@@ -296,18 +408,7 @@ impl PeerConnection {
             "vote" => client.vote(req).await,
             _ => client.install_snapshot(req).await,
         };
-        let resp = match resp {
-            Ok(resp) => resp,
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                return Err(unreachable(status.message().to_string()));
-            }
-            Err(status) => {
-                self.channels.note_status(&status);
-                return Err(RPCError::Network(NetworkError::new(&TransportError(
-                    status.message().to_string(),
-                ))));
-            }
-        };
+        let resp = resp.map_err(|status| self.status_error(status))?;
         let decoded: Result<Resp, RaftError<MemberId, E>> =
             from_blob(resp.get_ref()).map_err(|e| {
                 RPCError::Network(NetworkError::new(&TransportError(e.message().into())))
@@ -323,7 +424,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>>
     {
-        self.call("append", &rpc, &option).await
+        self.append_streamed(&rpc, &option).await
     }
 
     async fn install_snapshot(

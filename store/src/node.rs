@@ -18,6 +18,8 @@ use crate::network::{
     AdminReply, AdminRequest, ClusterInfo, ForwardOutcome, Forwarded, PeerChannels,
 };
 use crate::proposer::{Proposed, Proposer};
+use crate::raft_log::RestoredLeader;
+use crate::read_index::{ReadIndex, ReadIndexBatcher};
 use crate::state_machine::StateMachineStore;
 use crate::types::{Command, Member, MemberId, Raft, Reply};
 
@@ -36,6 +38,14 @@ pub struct StoreNode {
     pub proposer: Proposer,
     /// Lease expiries while this member is the primary lessor (see [`crate::lease`]).
     pub leases: crate::lease::Primary,
+    /// Set when this member restarted as leader of its old term (see [`RestoredLeader`]).
+    pub restored_leader: Option<RestoredLeader>,
+    /// Raft log syncs done (see [`crate::raft_log::LogStore::sync_counter`]).
+    pub log_syncs: Arc<std::sync::atomic::AtomicU64>,
+    /// Read-index batching for this member's linearizable reads.
+    pub reads: ReadIndexBatcher,
+    /// Read-index batching for followers' requests while this member leads.
+    pub leader_reads: ReadIndexBatcher,
 }
 
 /// A member as the Cluster API lists it.
@@ -167,7 +177,8 @@ impl StoreNode {
     }
 
     /// Wait until this member's state machine reflects every write committed before the
-    /// call (read index through the leader), so a local read is linearizable.
+    /// call (read index through the leader, shared with concurrent readers), so a local
+    /// read is linearizable.
     pub async fn linearizable_barrier(&self) -> Result<(), Error> {
         #[cfg(feature = "chaos-bugs")]
         if crate::chaos_bugs::enabled(crate::chaos_bugs::Bug::ReadLocal) {
@@ -179,19 +190,12 @@ impl StoreNode {
             if remaining.is_zero() {
                 return Err(Error::Timeout);
             }
-            let read_index =
-                match tokio::time::timeout(remaining, self.raft.get_read_log_id()).await {
-                    Err(_) => return Err(Error::Timeout),
-                    Ok(Ok((read_log_id, _))) => Some(read_log_id.map(|id| id.index)),
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                        match forward.leader_id.and_then(|id| self.leader_url(id)) {
-                            Some(url) => self.channels.read_index(&url, remaining).await.ok(),
-                            None => None,
-                        }
-                    }
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => None,
-                    Ok(Err(RaftError::Fatal(_))) => return Err(Error::Stopped),
-                };
+            let read_index = match tokio::time::timeout(remaining, self.reads.read_index()).await {
+                Err(_) => return Err(Error::Timeout),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(ReadIndex::At(index))) => Some(index),
+                Ok(Ok(ReadIndex::Retry)) => None,
+            };
             if let Some(index) = read_index {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 return match self
@@ -208,15 +212,62 @@ impl StoreNode {
         }
     }
 
-    /// The leader's half of a follower's read index request.
-    pub async fn handle_read_index(&self) -> Result<Option<u64>, Error> {
+    /// One read index for this member's reads (see [`crate::read_index`]).
+    pub(crate) async fn read_index_once(&self) -> Result<ReadIndex, Error> {
+        let timeout = self.request_timeout();
+        match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
+            Err(_) => Err(Error::Timeout),
+            Ok(Ok((read_log_id, _))) => Ok(ReadIndex::At(
+                self.read_floor(read_log_id.map(|id| id.index)),
+            )),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                match forward.leader_id.and_then(|id| self.leader_url(id)) {
+                    Some(url) => Ok(match self.channels.read_index(&url, timeout).await {
+                        Ok(index) => ReadIndex::At(index),
+                        Err(_) => ReadIndex::Retry,
+                    }),
+                    None => Ok(ReadIndex::Retry),
+                }
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Ok(ReadIndex::Retry)
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
+        }
+    }
+
+    /// One read index for followers' reads, only while this member leads.
+    pub(crate) async fn leader_read_index_once(&self) -> Result<ReadIndex, Error> {
         match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => Ok(read_log_id.map(|id| id.index)),
+            Ok((read_log_id, _)) => Ok(ReadIndex::At(
+                self.read_floor(read_log_id.map(|id| id.index)),
+            )),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                 Err(Error::LeaderChanged)
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(Error::Timeout),
             Err(RaftError::Fatal(_)) => Err(Error::Stopped),
+        }
+    }
+
+    /// A leader's read index, raised to the end of the log it restarted with while it still
+    /// leads the term it was restored in (openraft's read index is then its first log of
+    /// that term or the committed index saved before the crash, which may be older than
+    /// writes it acknowledged).
+    fn read_floor(&self, read_index: Option<u64>) -> Option<u64> {
+        match self.restored_leader {
+            Some(restored) if self.raft.metrics().borrow().current_term == restored.term => {
+                Some(read_index.unwrap_or(0).max(restored.last_log_index))
+            }
+            _ => read_index,
+        }
+    }
+
+    /// The leader's half of a follower's read index request (batched like local reads).
+    pub async fn handle_read_index(&self) -> Result<Option<u64>, Error> {
+        match self.leader_reads.read_index().await? {
+            ReadIndex::At(index) => Ok(index),
+            ReadIndex::Retry => Err(Error::Timeout),
         }
     }
 

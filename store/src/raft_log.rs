@@ -1,10 +1,11 @@
 //! openraft's log storage (storage-v2 `RaftLogStorage`) on a storage [`Engine`].
 //!
 //! Invariants:
-//! - the vote is fsynced before `save_vote` returns, the committed log id before
-//!   `save_committed` returns (openraft applies up to it right after);
+//! - the vote is fsynced before `save_vote` returns; the committed log id is buffered
+//!   (durable with the next flush, never after the state-machine writes it precedes), as
+//!   etcd treats its HardState.Commit — a restored leader's reads use [`RestoredLeader`];
 //! - `append` writes the entries as a buffered batch (readable at once) and hands the
-//!   flush callback to the *flusher* task, which waits for whatever appends queue up
+//!   flush callback to the *flusher* thread, which waits for whatever appends queue up
 //!   meanwhile, makes them all durable with ONE fsync, and only then reports them flushed
 //!   to openraft (group commit: many proposals share one fsync);
 //! - `purge` records the purged id in the same batch that deletes the entries, so the log
@@ -12,35 +13,148 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError, Vote};
 
 use crate::engine::{Durability, Engine, EngineError, Table, WriteBatch};
 use crate::types::{Entry, LogId, MemberId, StorageError, TypeConfig};
+use crate::wal::{EngineEntries, EntryLog, Wal};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
 const KEY_COMMITTED: &[u8] = b"committed";
 const FORMAT: u8 = 1;
 
-/// Appends waiting for the flusher's next fsync; a full queue makes `append` wait.
+/// Appends waiting for the flusher's next fsync; when it is full, `append` syncs itself.
 pub const LOG_FLUSH_QUEUE: usize = 4096;
 
-/// The Raft log, vote and purge marker, kept in the engine's `RaftLog`/`RaftMeta` tables.
+/// The Raft log: entries in an [`EntryLog`] (the WAL for `skiff store`), vote, committed
+/// index and purge marker in the engine's `RaftMeta` table.
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<dyn Engine>,
-    flusher: tokio::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    entries: Arc<dyn EntryLog>,
+    flusher: std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>,
+    /// The last purged log id (readers never return entries at or below it).
+    purged: Arc<Mutex<Option<LogId>>>,
+    /// Log syncs done (fsyncs that made appended entries durable).
+    syncs: Arc<AtomicU64>,
+    /// Alive while any clone is: the checkpoint task stops when the last one is dropped.
+    alive: Arc<()>,
 }
 
+/// How often buffered engine writes (state-machine applies, the committed index) are made
+/// durable when the log lives in a WAL (as etcd commits its backend every 100 ms; a restart
+/// re-applies the log from the last checkpoint).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
 impl LogStore {
-    /// Open the log on `engine` and start its flusher task (needs a tokio runtime).
-    pub fn new(engine: Arc<dyn Engine>) -> Self {
-        let (flusher, queue) = tokio::sync::mpsc::channel(LOG_FLUSH_QUEUE);
-        tokio::spawn(flush_loop(engine.clone(), queue));
-        LogStore { engine, flusher }
+    /// Open the log with its entries in the engine's `RaftLog` table and start its flusher
+    /// task (needs a tokio runtime).
+    pub fn new(engine: Arc<dyn Engine>) -> Result<Self, StorageError> {
+        let entries = Arc::new(EngineEntries::new(engine.clone()));
+        Self::with_entries(engine, entries)
+    }
+
+    /// Open the log with its entries in the write-ahead log at `dir`; also starts the
+    /// checkpoint task that makes buffered engine writes durable every
+    /// [`CHECKPOINT_INTERVAL`].
+    pub fn with_wal(engine: Arc<dyn Engine>, dir: &std::path::Path) -> Result<Self, StorageError> {
+        let wal = Wal::open(dir).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+        let store = Self::with_entries(engine, Arc::new(wal))?;
+        tokio::spawn(checkpoint_loop(
+            store.engine.clone(),
+            store.entries.clone(),
+            Arc::downgrade(&store.alive),
+        ));
+        Ok(store)
+    }
+
+    fn with_entries(
+        engine: Arc<dyn Engine>,
+        entries: Arc<dyn EntryLog>,
+    ) -> Result<Self, StorageError> {
+        let (flusher, queue) = std::sync::mpsc::sync_channel(LOG_FLUSH_QUEUE);
+        let syncs = Arc::new(AtomicU64::new(0));
+        let (log, counter) = (entries.clone(), syncs.clone());
+        // A thread of its own: an fsync blocks, and handing each one to tokio's blocking
+        // pool and back costs two more thread switches on every commit.
+        std::thread::Builder::new()
+            .name("skiff-log-flush".into())
+            .spawn(move || flush_loop(log, counter, queue))
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        let mut store = LogStore {
+            engine,
+            entries,
+            flusher,
+            purged: Arc::new(Mutex::new(None)),
+            syncs,
+            alive: Arc::new(()),
+        };
+        let purged: Option<LogId> = store.read_meta(KEY_PURGED)?;
+        store.purged = Arc::new(Mutex::new(purged));
+        Ok(store)
+    }
+
+    /// Log syncs done so far (each made every entry appended before it durable).
+    pub fn sync_counter(&self) -> Arc<AtomicU64> {
+        self.syncs.clone()
+    }
+
+    fn last_purged(&self) -> Option<LogId> {
+        *self.purged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last entry's id, or the purge point when every entry is purged.
+    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let last = self
+            .entries
+            .last()
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+        Ok(match (last, self.last_purged()) {
+            (Some(last), Some(purged)) if purged.index >= last.index => Some(purged),
+            (Some(last), _) => Some(last),
+            (None, purged) => purged,
+        })
+    }
+
+    /// Sync the log, then write `batch` durably: the engine's durable state (which
+    /// includes every buffered state-machine write) never runs ahead of the log.
+    async fn write_durable(
+        &self,
+        batch: WriteBatch,
+        subject: ErrorSubject<MemberId>,
+    ) -> Result<(), StorageError> {
+        let entries = self.entries.clone();
+        run_blocking(move || entries.sync())
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        self.write(batch, Durability::Durable, subject).await
+    }
+
+    /// The vote and the last log index on disk, before openraft starts: a member whose
+    /// saved vote is a committed vote for itself restarts as leader in the same term.
+    pub fn restored_leader_floor(
+        &self,
+        me: MemberId,
+    ) -> Result<Option<RestoredLeader>, StorageError> {
+        let Some(vote) = self.read_meta::<Vote<MemberId>>(KEY_VOTE)? else {
+            return Ok(None);
+        };
+        if !vote.is_committed() || vote.leader_id().voted_for() != Some(me) {
+            return Ok(None);
+        }
+        let Some(last_index) = self.last_log_id()?.map(|id| id.index) else {
+            return Ok(None);
+        };
+        Ok(Some(RestoredLeader {
+            term: vote.leader_id().term,
+            last_log_index: last_index,
+        }))
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -74,21 +188,32 @@ impl LogStore {
     }
 }
 
-/// Group commit: one fsync for every append queued since the previous one.
-async fn flush_loop(
-    engine: Arc<dyn Engine>,
-    mut queue: tokio::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+/// A member restarting as leader in the term it led before the restart (openraft restores
+/// such a leader without an election, so no new entry of a new term orders reads after
+/// the writes it acknowledged): reads wait until the log it restarted with is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoredLeader {
+    pub term: u64,
+    pub last_log_index: u64,
+}
+
+/// Group commit: one log sync for every append queued since the previous one. Runs on
+/// the flusher thread until every [`LogStore`] clone is gone.
+fn flush_loop(
+    entries: Arc<dyn EntryLog>,
+    syncs: Arc<AtomicU64>,
+    queue: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
 ) {
     let mut pending = Vec::new();
-    while let Some(first) = queue.recv().await {
+    while let Ok(first) = queue.recv() {
         pending.push(first);
         while let Ok(next) = queue.try_recv() {
             pending.push(next);
         }
         #[cfg(feature = "chaos-bugs")]
         crate::chaos_bugs::failpoint("raft-log-flush");
-        // An empty durable batch commits every buffered write before it.
-        let result = write_async(&engine, WriteBatch::new(), Durability::Durable).await;
+        let result = entries.sync();
+        syncs.fetch_add(1, Ordering::Relaxed);
         for callback in pending.drain(..) {
             let outcome = match &result {
                 Ok(()) => Ok(()),
@@ -99,6 +224,44 @@ async fn flush_loop(
     }
 }
 
+/// Every [`CHECKPOINT_INTERVAL`]: log upkeep (prefilling), sync the log, then make
+/// buffered engine writes durable (so the engine's free pages get reused and a restart
+/// re-applies little).
+async fn checkpoint_loop(engine: Arc<dyn Engine>, entries: Arc<dyn EntryLog>, alive: Weak<()>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if alive.upgrade().is_none() {
+            return;
+        }
+        let log = entries.clone();
+        let engine = engine.clone();
+        let result = run_blocking(move || {
+            log.maintain()?;
+            log.sync()?;
+            engine.write(WriteBatch::new(), Durability::Durable)
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::error!("checkpoint failed: {e}");
+        }
+    }
+}
+
+/// Run storage work off the async executor (fsync blocks).
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join) => Err(EngineError::Io(format!(
+            "storage writer task failed: {join}"
+        ))),
+    }
+}
+
 /// Run an engine write off the async executor (fsync blocks).
 pub(crate) async fn write_async(
     engine: &Arc<dyn Engine>,
@@ -106,12 +269,7 @@ pub(crate) async fn write_async(
     durability: Durability,
 ) -> Result<(), EngineError> {
     let engine = engine.clone();
-    match tokio::task::spawn_blocking(move || engine.write(batch, durability)).await {
-        Ok(result) => result,
-        Err(join) => Err(EngineError::Io(format!(
-            "storage writer task failed: {join}"
-        ))),
-    }
+    run_blocking(move || engine.write(batch, durability)).await
 }
 
 pub(crate) fn io_error<E: std::error::Error + 'static>(
@@ -143,10 +301,6 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, En
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
@@ -162,33 +316,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        let view = self
-            .engine
-            .read()
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
-        let end_key = end.map(index_key);
-        let mut entries = Vec::new();
-        let mut failure = None;
-        view.scan(
-            Table::RaftLog,
-            &index_key(start),
-            end_key.as_ref().map(|k| k.as_slice()),
-            &mut |_, value| match decode::<Entry>(value) {
-                Ok(entry) => {
-                    entries.push(entry);
-                    true
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    false
-                }
-            },
-        )
-        .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
-        if let Some(e) = failure {
-            return Err(io_error(ErrorSubject::Logs, ErrorVerb::Read, &e));
-        }
-        Ok(entries)
+        let start = match self.last_purged() {
+            Some(purged) => start.max(purged.index.saturating_add(1)),
+            None => start,
+        };
+        // Reads of recent entries come from the page cache: done inline, no thread hop.
+        self.entries
+            .read(start, end)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
     }
 }
 
@@ -196,25 +331,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.read_meta(KEY_PURGED)?;
-        let view = self
-            .engine
-            .read()
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
-        let last = match view
-            .last(Table::RaftLog)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?
-        {
-            Some((_, raw)) => Some(
-                decode::<Entry>(&raw)
-                    .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?
-                    .log_id,
-            ),
-            None => last_purged,
-        };
         Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last,
+            last_purged_log_id: self.last_purged(),
+            last_log_id: self.last_log_id()?,
         })
     }
 
@@ -225,8 +344,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<MemberId>) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         batch.put(Table::RaftMeta, KEY_VOTE, encode(vote));
-        self.write(batch, Durability::Durable, ErrorSubject::Vote)
-            .await
+        self.write_durable(batch, ErrorSubject::Vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<MemberId>>, StorageError> {
@@ -236,11 +354,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         batch.put(Table::RaftMeta, KEY_COMMITTED, encode(&committed));
-        // Durable before openraft applies up to it: on restart the state machine is
-        // re-applied up to this index, and a leader restored from its vote serves
-        // linearizable reads at max(its first log of the term, this index). A lost
-        // (buffered) value made both go back to before writes already acknowledged.
-        self.write(batch, Durability::Durable, ErrorSubject::Store)
+        // Buffered, as etcd saves its HardState.Commit: it becomes durable with the next
+        // log flush, and always before the state-machine writes that follow it (the engine
+        // makes buffered writes durable in order). A committed index lost in a crash only
+        // makes a restarted member re-learn it from the leader; the one reader that
+        // relied on it, a leader restored in its old term, reads at the restored log's
+        // end instead (see `StoreNode::read_floor`).
+        self.write(batch, Durability::Buffered, ErrorSubject::Store)
             .await
     }
 
@@ -257,57 +377,56 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        #[cfg(feature = "chaos-bugs")]
         let entries: Vec<Entry> = entries.into_iter().collect();
         #[cfg(feature = "chaos-bugs")]
         {
             crate::chaos_bugs::failpoint("raft-log-append");
             crate::chaos_bugs::appended(&entries);
         }
-        let mut batch = WriteBatch::new();
-        for entry in entries {
-            batch.put(
-                Table::RaftLog,
-                index_key(entry.log_id.index),
-                encode(&entry),
-            );
-        }
-        // Readable now; durable (and reported so) once the flusher's next fsync is done.
-        self.write(batch, Durability::Buffered, ErrorSubject::Logs)
-            .await?;
-        if let Err(returned) = self.flusher.send(callback).await {
-            // The flusher is gone (shutting down): flush inline instead.
-            let result = self
-                .write(WriteBatch::new(), Durability::Durable, ErrorSubject::Logs)
-                .await;
+        // Readable now; durable (and reported so) once the flusher's next sync is done.
+        // A positioned write into the page cache: done inline, not worth a thread hop.
+        self.entries
+            .append(entries)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        if let Err(returned) = self.flusher.try_send(callback) {
+            // The flusher is gone (shutting down) or far behind: sync here instead.
+            let returned = match returned {
+                std::sync::mpsc::TrySendError::Full(callback)
+                | std::sync::mpsc::TrySendError::Disconnected(callback) => callback,
+            };
+            let entries = self.entries.clone();
+            let result = run_blocking(move || entries.sync())
+                .await
+                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e));
             let outcome = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             };
-            returned.0.log_io_completed(outcome);
+            returned.log_io_completed(outcome);
             return result;
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::new();
-        batch.delete_range(Table::RaftLog, index_key(log_id.index), None);
-        self.write(batch, Durability::Durable, ErrorSubject::Logs)
+        let entries = self.entries.clone();
+        run_blocking(move || entries.truncate(log_id.index))
             .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         batch.put(Table::RaftMeta, KEY_PURGED, encode(&log_id));
-        batch.delete_range(
-            Table::RaftLog,
-            index_key(0),
-            Some(index_key(log_id.index.saturating_add(1)).to_vec()),
-        );
         // Durable: this also makes every buffered state-machine write before it durable,
         // so the applied state on disk is never behind the purged log (see state_machine).
-        self.write(batch, Durability::Durable, ErrorSubject::Logs)
+        // The marker first: readers skip entries at or below it from now on, and a crash
+        // before the entries go only leaves dead entries behind.
+        self.write_durable(batch, ErrorSubject::Logs).await?;
+        *self.purged.lock().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
+        let entries = self.entries.clone();
+        run_blocking(move || entries.purge(log_id.index))
             .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
     }
 }

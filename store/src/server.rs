@@ -19,12 +19,15 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::config::{ClusterState, StoreConfig, socket_addr};
-use crate::engine::{CountingEngine, Durability, Engine, RedbEngine, Table, WriteBatch};
+use crate::engine::{
+    CoalescingEngine, CountingEngine, Durability, Engine, RedbEngine, Table, WriteBatch,
+};
 use crate::error::Error;
 use crate::grpc::{EtcdApi, PeerApi};
 use crate::network::{Network, PEER_MAX_MESSAGE_BYTES, PeerChannels};
 use crate::node::{StoreNode, hash_id, initial_member_id};
 use crate::raft_log::{LogStore, decode, encode};
+use crate::read_index::{ReadIndexBatcher, ReadIndexKind};
 use crate::state_machine::StateMachineStore;
 use crate::types::{Command, Member, MemberAttrs, MemberId, Raft};
 
@@ -274,7 +277,9 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
             member_dir.display()
         ))
     })?;
-    let engine: Arc<dyn Engine> = Arc::new(CountingEngine::new(open_engine(&member_dir)?));
+    let engine: Arc<dyn Engine> = Arc::new(CountingEngine::new(CoalescingEngine::new(
+        open_engine(&member_dir)?,
+    )));
     #[cfg(feature = "chaos-bugs")]
     crate::chaos_bugs::init();
     #[cfg(feature = "chaos-bugs")]
@@ -309,7 +314,12 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
     let sm = StateMachineStore::open(engine.clone())?;
     #[cfg(feature = "chaos-bugs")]
     crate::chaos_bugs::register_state_machine(&sm);
-    let log = LogStore::new(engine.clone());
+    let log = LogStore::with_wal(engine.clone(), &member_dir.join("wal"))
+        .map_err(|e| Error::Internal(format!("open the raft log: {e}")))?;
+    let log_syncs = log.sync_counter();
+    let restored_leader = log
+        .restored_leader_floor(identity.member_id)
+        .map_err(|e| Error::Internal(format!("read raft state: {e}")))?;
     let network = Network {
         channels: channels.clone(),
     };
@@ -332,6 +342,8 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         engine.write(batch, Durability::Durable)?;
     }
     let config = Arc::new(config);
+    let (reads, reads_queue) = ReadIndexBatcher::new(ReadIndexKind::Local);
+    let (leader_reads, leader_reads_queue) = ReadIndexBatcher::new(ReadIndexKind::AsLeader);
     let node = Arc::new(StoreNode {
         id: identity.member_id,
         cluster_id: identity.cluster_id,
@@ -341,7 +353,13 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         config: config.clone(),
         channels,
         leases: crate::lease::Primary::default(),
+        restored_leader,
+        log_syncs,
+        reads,
+        leader_reads,
     });
+    reads_queue.spawn(Arc::downgrade(&node));
+    leader_reads_queue.spawn(Arc::downgrade(&node));
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();

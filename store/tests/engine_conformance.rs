@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use skiff_store::engine::conformance::{ModelOp, check_against_model, run_all};
-use skiff_store::engine::{Durability, Engine, MemEngine, ReadView, RedbEngine, Table, WriteBatch};
+use skiff_store::engine::{
+    CoalescingEngine, Durability, Engine, MemEngine, ReadView, RedbEngine, Table, WriteBatch,
+};
 
 // ---------------------------------------------------------------------------
 // Conformance suite
@@ -27,6 +29,20 @@ fn redb_engine_conformance() {
         let n = next.fetch_add(1, Ordering::Relaxed);
         let path = dir.path().join(format!("conformance-{n}.redb"));
         Box::new(RedbEngine::open(&path).expect("open redb engine"))
+    });
+}
+
+#[test]
+fn coalescing_engine_conformance() {
+    run_all(&|| -> Box<dyn Engine> { Box::new(CoalescingEngine::new(MemEngine::new())) });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let next = AtomicUsize::new(0);
+    run_all(&|| -> Box<dyn Engine> {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        let path = dir.path().join(format!("coalescing-{n}.redb"));
+        Box::new(CoalescingEngine::new(
+            RedbEngine::open(&path).expect("open redb engine"),
+        ))
     });
 }
 
@@ -100,6 +116,15 @@ proptest! {
     fn redb_engine_matches_model(ops in model_ops()) {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = RedbEngine::open(&dir.path().join("model.redb")).expect("open redb engine");
+        check_against_model(&engine, &ops).map_err(TestCaseError::fail)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+    #[test]
+    fn coalescing_engine_matches_model(ops in model_ops()) {
+        let engine = CoalescingEngine::new(MemEngine::new());
         check_against_model(&engine, &ops).map_err(TestCaseError::fail)?;
     }
 }

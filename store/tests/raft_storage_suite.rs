@@ -1,5 +1,6 @@
 //! openraft's own storage test suite, run against our log store and state machine on
-//! every engine backend (in-memory and redb).
+//! every backend: entries in the in-memory engine, in redb, and in the WAL (with redb
+//! for the rest, as `skiff store` runs).
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachineStore), StorageError> {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
         let sm = StateMachineStore::open(engine.clone()).expect("open state machine");
-        Ok(((), LogStore::new(engine), sm))
+        Ok(((), LogStore::new(engine)?, sm))
     }
 }
 
@@ -29,8 +30,28 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let engine: Arc<dyn Engine> =
             Arc::new(RedbEngine::open(&dir.path().join("store.redb")).expect("open redb"));
         let sm = StateMachineStore::open(engine.clone()).expect("open state machine");
-        Ok((dir, LogStore::new(engine), sm))
+        Ok((dir, LogStore::new(engine)?, sm))
     }
+}
+
+struct WalBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for WalBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine: Arc<dyn Engine> =
+            Arc::new(RedbEngine::open(&dir.path().join("store.redb")).expect("open redb"));
+        let sm = StateMachineStore::open(engine.clone()).expect("open state machine");
+        let log = LogStore::with_wal(engine, &dir.path().join("wal"))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_suite_on_wal() {
+    Suite::test_all(WalBuilder).expect("openraft storage suite (wal + redb)");
 }
 
 #[test]

@@ -13,8 +13,12 @@
 //! - [`MemEngine`], an in-memory engine for tests that can simulate a power
 //!   loss with [`MemEngine::crash`].
 //!
+//! Wrappers: [`CountingEngine`] counts writes by durability; [`CoalescingEngine`]
+//! gathers buffered writes into fewer engine commits.
+//!
 //! [`conformance`] holds the behavioural test suite every backend must pass.
 
+mod coalesce;
 pub mod conformance;
 mod counting;
 mod mem;
@@ -22,6 +26,9 @@ mod mem;
 pub mod powerloss;
 mod redb_engine;
 
+pub use coalesce::{
+    COALESCE_HARD_MAX_OPS, COALESCE_MAX_OPS, COALESCE_MAX_WRITES, CoalescingEngine,
+};
 pub use counting::{CountingEngine, WriteCounts};
 pub use mem::MemEngine;
 pub use redb_engine::RedbEngine;
@@ -141,6 +148,11 @@ impl WriteBatch {
     /// remove every key of the table
     pub fn clear(&mut self, table: Table) {
         self.ops.push(BatchOp::Clear { table });
+    }
+
+    /// Append every operation of `other`, after this batch's own.
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
     }
 
     /// Whether the batch holds no operation.
