@@ -294,6 +294,25 @@ impl PeerConnection {
         )))
     }
 
+    /// A client for this member (unreachable: it has no peer URL, or the URL is bad).
+    fn peer_client<E: std::error::Error>(
+        &self,
+    ) -> Result<PeerClient<Channel>, RPCError<MemberId, Member, RaftError<MemberId, E>>> {
+        let unreachable =
+            |msg: String| RPCError::Unreachable(Unreachable::new(&TransportError(msg)));
+        #[cfg(feature = "chaos-bugs")]
+        if crate::chaos_bugs::failpoint("peer-send") {
+            return Err(unreachable("failpoint peer-send".into()));
+        }
+        let url = self
+            .url
+            .as_deref()
+            .ok_or_else(|| unreachable(format!("member {:x} has no peer URL", self.target)))?;
+        self.channels
+            .client(url)
+            .map_err(|e| unreachable(e.to_string()))
+    }
+
     /// AppendEntries over this member's append stream, opening it first if needed.
     async fn append_streamed(
         &mut self,
@@ -304,20 +323,9 @@ impl PeerConnection {
         let unreachable =
             |msg: String| RPCError::Unreachable(Unreachable::new(&TransportError(msg)));
         let network = |msg: String| RPCError::Network(NetworkError::new(&TransportError(msg)));
-        #[cfg(feature = "chaos-bugs")]
-        if crate::chaos_bugs::failpoint("peer-send") {
-            return Err(unreachable("failpoint peer-send".into()));
-        }
         let deadline = tokio::time::Instant::now() + option.hard_ttl();
         if self.stream.is_none() {
-            let url = self
-                .url
-                .as_deref()
-                .ok_or_else(|| unreachable(format!("member {:x} has no peer URL", self.target)))?;
-            let mut client = self
-                .channels
-                .client(url)
-                .map_err(|e| unreachable(e.to_string()))?;
+            let mut client = self.peer_client()?;
             let (requests, queue) = tokio::sync::mpsc::channel(APPEND_STREAM_QUEUE);
             let opened = tokio::time::timeout_at(
                 deadline,
@@ -384,20 +392,7 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let unreachable =
-            |msg: String| RPCError::Unreachable(Unreachable::new(&TransportError(msg)));
-        #[cfg(feature = "chaos-bugs")]
-        if crate::chaos_bugs::failpoint("peer-send") {
-            return Err(unreachable("failpoint peer-send".into()));
-        }
-        let url = self
-            .url
-            .as_deref()
-            .ok_or_else(|| unreachable(format!("member {:x} has no peer URL", self.target)))?;
-        let mut client = self
-            .channels
-            .client(url)
-            .map_err(|e| unreachable(e.to_string()))?;
+        let mut client = self.peer_client()?;
         let blob = to_blob(request).map_err(|e| {
             RPCError::Network(NetworkError::new(&TransportError(e.message().into())))
         })?;

@@ -20,7 +20,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemBuilder {
     }
 }
 
-struct RedbBuilder;
+/// Entries in redb's `RaftLog` table (`wal: false`) or in the WAL beside the redb file.
+struct RedbBuilder {
+    wal: bool,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
     async fn build(
@@ -30,28 +33,18 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let engine: Arc<dyn Engine> =
             Arc::new(RedbEngine::open(&dir.path().join("store.redb")).expect("open redb"));
         let sm = StateMachineStore::open(engine.clone()).expect("open state machine");
-        Ok((dir, LogStore::new(engine)?, sm))
-    }
-}
-
-struct WalBuilder;
-
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for WalBuilder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let engine: Arc<dyn Engine> =
-            Arc::new(RedbEngine::open(&dir.path().join("store.redb")).expect("open redb"));
-        let sm = StateMachineStore::open(engine.clone()).expect("open state machine");
-        let log = LogStore::with_wal(engine, &dir.path().join("wal"))?;
+        let log = if self.wal {
+            LogStore::with_wal(engine, &dir.path().join("wal"))?
+        } else {
+            LogStore::new(engine)?
+        };
         Ok((dir, log, sm))
     }
 }
 
 #[test]
 fn openraft_suite_on_wal() {
-    Suite::test_all(WalBuilder).expect("openraft storage suite (wal + redb)");
+    Suite::test_all(RedbBuilder { wal: true }).expect("openraft storage suite (wal + redb)");
 }
 
 #[test]
@@ -61,5 +54,5 @@ fn openraft_suite_on_memory_engine() {
 
 #[test]
 fn openraft_suite_on_redb_engine() {
-    Suite::test_all(RedbBuilder).expect("openraft storage suite (redb)");
+    Suite::test_all(RedbBuilder { wal: false }).expect("openraft storage suite (redb)");
 }
