@@ -205,9 +205,8 @@ impl Wal {
     /// Cut the segments back to what the last sync covered: bytes written but never
     /// synced are lost, as in a power cut.
     fn drop_unsynced(dir: &Path) -> Result<(), EngineError> {
-        let Ok(text) = std::fs::read_to_string(dir.join(SYNCED_MARKER)) else {
-            return Ok(());
-        };
+        // No marker: no sync ever completed, so every segment is lost.
+        let text = std::fs::read_to_string(dir.join(SYNCED_MARKER)).unwrap_or_default();
         let synced: std::collections::BTreeMap<u64, u64> = text
             .lines()
             .filter_map(|line| {
