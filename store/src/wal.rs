@@ -371,15 +371,16 @@ impl Wal {
 
     /// Sync every file written since the last sync (the caller holds `sync_lock`).
     fn sync_held(&self) -> Result<(), EngineError> {
-        let (dirty, _sizes) = {
-            let mut state = self.lock();
-            let sizes: Vec<(u64, u64)> = state
-                .segments
-                .iter()
-                .map(|s| (s.first_index, s.size))
-                .collect();
-            (std::mem::take(&mut state.dirty), sizes)
-        };
+        let mut state = self.lock();
+        // What this sync covers, for the power-loss marker (test builds only).
+        #[cfg(feature = "chaos-bugs")]
+        let sizes: Vec<(u64, u64)> = state
+            .segments
+            .iter()
+            .map(|s| (s.first_index, s.size))
+            .collect();
+        let dirty = std::mem::take(&mut state.dirty);
+        drop(state);
         #[cfg(feature = "chaos-bugs")]
         if crate::chaos_bugs::enabled(crate::chaos_bugs::Bug::SkipFsync) {
             return Ok(());
@@ -389,7 +390,7 @@ impl Wal {
         }
         #[cfg(feature = "chaos-bugs")]
         if self.power_loss {
-            self.write_synced_marker(&_sizes)?;
+            self.write_synced_marker(&sizes)?;
         }
         Ok(())
     }
