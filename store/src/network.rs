@@ -399,7 +399,6 @@ impl PeerConnection {
         let mut req = tonic::Request::new(blob);
         req.set_timeout(option.hard_ttl());
         let resp = match method {
-            "append" => client.append_entries(req).await,
             "vote" => client.vote(req).await,
             _ => client.install_snapshot(req).await,
         };
