@@ -4,10 +4,11 @@
 //! - the vote is fsynced before `save_vote` returns; the committed log id is buffered
 //!   (durable with the next flush, never after the state-machine writes it precedes), as
 //!   etcd treats its HardState.Commit — a restored leader's reads use [`RestoredLeader`];
-//! - `append` writes the entries as a buffered batch (readable at once) and hands the
-//!   flush callback to the *flusher* thread, which waits for whatever appends queue up
-//!   meanwhile, makes them all durable with ONE fsync, and only then reports them flushed
-//!   to openraft (group commit: many proposals share one fsync);
+//! - `append` writes the entries (readable at once), makes them durable with one fsync
+//!   and only then reports them flushed to openraft, all on the calling task: openraft
+//!   0.9's core waits for that report before it does anything else, so a separate
+//!   flusher thread could never gather two appends and only cost two thread switches
+//!   per append. Group commit comes from the proposer: many proposals share one entry;
 //! - `purge` records the purged id in the same batch that deletes the entries, so the log
 //!   never has a hole.
 
@@ -29,16 +30,12 @@ const KEY_PURGED: &[u8] = b"last_purged";
 const KEY_COMMITTED: &[u8] = b"committed";
 const FORMAT: u8 = 1;
 
-/// Appends waiting for the flusher's next fsync; when it is full, `append` syncs itself.
-pub const LOG_FLUSH_QUEUE: usize = 4096;
-
 /// The Raft log: entries in an [`EntryLog`] (the WAL for `skiff store`), vote, committed
 /// index and purge marker in the engine's `RaftMeta` table.
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<dyn Engine>,
     entries: Arc<dyn EntryLog>,
-    flusher: std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>,
     /// The last purged log id (readers never return entries at or below it).
     purged: Arc<Mutex<Option<LogId>>>,
     /// Log syncs done (fsyncs that made appended entries durable).
@@ -53,8 +50,7 @@ pub struct LogStore {
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 impl LogStore {
-    /// Open the log with its entries in the engine's `RaftLog` table and start its flusher
-    /// task (needs a tokio runtime).
+    /// Open the log with its entries in the engine's `RaftLog` table.
     pub fn new(engine: Arc<dyn Engine>) -> Result<Self, StorageError> {
         let entries = Arc::new(EngineEntries::new(engine.clone()));
         Self::with_entries(engine, entries)
@@ -64,12 +60,22 @@ impl LogStore {
     /// checkpoint task that makes buffered engine writes durable every
     /// [`CHECKPOINT_INTERVAL`].
     pub fn with_wal(engine: Arc<dyn Engine>, dir: &std::path::Path) -> Result<Self, StorageError> {
+        Self::with_wal_every(engine, dir, CHECKPOINT_INTERVAL)
+    }
+
+    /// [`LogStore::with_wal`] with checkpoints every `interval` (`--backend-batch-interval`).
+    pub fn with_wal_every(
+        engine: Arc<dyn Engine>,
+        dir: &std::path::Path,
+        interval: Duration,
+    ) -> Result<Self, StorageError> {
         let wal = Wal::open(dir).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
         let store = Self::with_entries(engine, Arc::new(wal))?;
         tokio::spawn(checkpoint_loop(
             store.engine.clone(),
             store.entries.clone(),
             Arc::downgrade(&store.alive),
+            interval.max(Duration::from_millis(1)),
         ));
         Ok(store)
     }
@@ -78,19 +84,10 @@ impl LogStore {
         engine: Arc<dyn Engine>,
         entries: Arc<dyn EntryLog>,
     ) -> Result<Self, StorageError> {
-        let (flusher, queue) = std::sync::mpsc::sync_channel(LOG_FLUSH_QUEUE);
         let syncs = Arc::new(AtomicU64::new(0));
-        let (log, counter) = (entries.clone(), syncs.clone());
-        // A thread of its own: an fsync blocks, and handing each one to tokio's blocking
-        // pool and back costs two more thread switches on every commit.
-        std::thread::Builder::new()
-            .name("skiff-log-flush".into())
-            .spawn(move || flush_loop(log, counter, queue))
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
         let mut store = LogStore {
             engine,
             entries,
-            flusher,
             purged: Arc::new(Mutex::new(None)),
             syncs,
             alive: Arc::new(()),
@@ -197,38 +194,16 @@ pub struct RestoredLeader {
     pub last_log_index: u64,
 }
 
-/// Group commit: one log sync for every append queued since the previous one. Runs on
-/// the flusher thread until every [`LogStore`] clone is gone.
-fn flush_loop(
-    entries: Arc<dyn EntryLog>,
-    syncs: Arc<AtomicU64>,
-    queue: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
-) {
-    let mut pending = Vec::new();
-    while let Ok(first) = queue.recv() {
-        pending.push(first);
-        while let Ok(next) = queue.try_recv() {
-            pending.push(next);
-        }
-        #[cfg(feature = "chaos-bugs")]
-        crate::chaos_bugs::failpoint("raft-log-flush");
-        let result = entries.sync();
-        syncs.fetch_add(1, Ordering::Relaxed);
-        for callback in pending.drain(..) {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            callback.log_io_completed(outcome);
-        }
-    }
-}
-
-/// Every [`CHECKPOINT_INTERVAL`]: log upkeep (prefilling), sync the log, then make
+/// Every `interval` (`--backend-batch-interval`): log upkeep (prefilling), sync the log, then make
 /// buffered engine writes durable (so the engine's free pages get reused and a restart
 /// re-applies little).
-async fn checkpoint_loop(engine: Arc<dyn Engine>, entries: Arc<dyn EntryLog>, alive: Weak<()>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+async fn checkpoint_loop(
+    engine: Arc<dyn Engine>,
+    entries: Arc<dyn EntryLog>,
+    alive: Weak<()>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
@@ -360,8 +335,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // makes a restarted member re-learn it from the leader; the one reader that
         // relied on it, a leader restored in its old term, reads at the restored log's
         // end instead (see `StoreNode::read_floor`).
-        self.write(batch, Durability::Buffered, ErrorSubject::Store)
-            .await
+        // Inline: a buffered write only joins the engine's pending batch (no fsync), and
+        // this runs on every commit, where a hop to the blocking pool costs two thread
+        // switches.
+        self.engine
+            .write(batch, Durability::Buffered)
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, &e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -383,29 +362,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             crate::chaos_bugs::failpoint("raft-log-append");
             crate::chaos_bugs::appended(&entries);
         }
-        // Readable now; durable (and reported so) once the flusher's next sync is done.
-        // A positioned write into the page cache: done inline, not worth a thread hop.
-        self.entries
+        // A positioned write into the page cache, then one fdatasync, both inline: the
+        // core waits for the callback anyway, and a hop to another thread and back would
+        // cost more than it saves (see the module docs).
+        let result = self
+            .entries
             .append(entries)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
-        if let Err(returned) = self.flusher.try_send(callback) {
-            // The flusher is gone (shutting down) or far behind: sync here instead.
-            let returned = match returned {
-                std::sync::mpsc::TrySendError::Full(callback)
-                | std::sync::mpsc::TrySendError::Disconnected(callback) => callback,
-            };
-            let entries = self.entries.clone();
-            let result = run_blocking(move || entries.sync())
-                .await
-                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e));
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            returned.log_io_completed(outcome);
-            return result;
-        }
-        Ok(())
+            .and_then(|()| {
+                #[cfg(feature = "chaos-bugs")]
+                crate::chaos_bugs::failpoint("raft-log-flush");
+                self.entries.sync()
+            })
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e));
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        let outcome = match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
+        callback.log_io_completed(outcome);
+        result
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
