@@ -155,6 +155,10 @@ struct StoreArgs {
     /// Extra URLs serving /metrics and /health over plain HTTP.
     #[arg(long, default_value = "")]
     listen_metrics_urls: String,
+    /// How often applied writes are committed durably to the backend, e.g. `100ms` (the
+    /// WAL holds them meanwhile; a restart re-applies from it).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    backend_batch_interval: Duration,
     /// Interval of watch progress notifications, e.g. `10m`, `5s`, `500ms`.
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     watch_progress_notify_interval: Duration,
@@ -220,6 +224,7 @@ impl StoreArgs {
             election_timeout: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count,
             snapshot_catchup_entries: self.snapshot_catchup_entries,
+            backend_batch_interval: self.backend_batch_interval,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
             listen_metrics_urls: parse_urls(&self.listen_metrics_urls)?,

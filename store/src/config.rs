@@ -41,6 +41,9 @@ pub struct StoreConfig {
     pub snapshot_count: u64,
     /// Entries kept after a snapshot for slow followers (`--snapshot-catchup-entries`).
     pub snapshot_catchup_entries: u64,
+    /// How often applied writes are made durable in the backend (`--backend-batch-interval`,
+    /// etcd's default 100 ms); the WAL holds them meanwhile.
+    pub backend_batch_interval: Duration,
     /// Largest client request accepted (`--max-request-bytes`, etcd default 1.5 MiB).
     pub max_request_bytes: usize,
     /// Largest number of operations in one Txn branch (`--max-txn-ops`).
@@ -82,6 +85,7 @@ impl StoreConfig {
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5_000,
+            backend_batch_interval: crate::raft_log::CHECKPOINT_INTERVAL,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             listen_metrics_urls: Vec::new(),

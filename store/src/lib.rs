@@ -20,6 +20,7 @@ pub mod maintenance;
 pub mod mvcc;
 pub mod network;
 pub mod node;
+pub mod peer_stream;
 pub mod pki;
 pub mod proposer;
 pub mod raft_log;

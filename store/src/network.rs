@@ -20,6 +20,7 @@ use skiff_proto::skiffpeer::peer_client::PeerClient;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::Error;
+use crate::peer_stream::{Answer, RawStream, StreamError};
 use crate::types::{Command, Member, MemberId, Reply, TypeConfig};
 
 /// Largest message a peer accepts (log batches and snapshot chunks are bounded below it).
@@ -244,6 +245,11 @@ pub struct PeerConnection {
     channels: PeerChannels,
     /// The open append stream to this member, if any (reopened after any failure).
     stream: Option<AppendStream>,
+    /// The open raw append stream (`http://` peers, see [`crate::peer_stream`]).
+    raw: Option<RawStream>,
+    /// The peer closed a fresh raw stream without answering (a member of an older build):
+    /// use the gRPC append stream with it from now on.
+    raw_refused: bool,
 }
 
 /// Requests waiting to go out on one append stream (openraft sends one at a time per
@@ -268,6 +274,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             url: node.peer_urls.first().cloned(),
             channels: self.channels.clone(),
             stream: None,
+            raw: None,
+            raw_refused: false,
         }
     }
 }
@@ -381,6 +389,73 @@ impl PeerConnection {
         }
     }
 
+    /// AppendEntries over this member's raw append stream (`http://` peers), opening it
+    /// first if needed; `Ok(None)`: use the gRPC append stream instead.
+    async fn append_raw(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<
+        Option<AppendEntriesResponse<MemberId>>,
+        RPCError<MemberId, Member, RaftError<MemberId>>,
+    > {
+        let unreachable =
+            |msg: String| RPCError::Unreachable(Unreachable::new(&TransportError(msg)));
+        let network = |msg: String| RPCError::Network(NetworkError::new(&TransportError(msg)));
+        if self.raw_refused {
+            return Ok(None);
+        }
+        let Some(addr) = self.url.as_deref().and_then(crate::peer_stream::plain_addr) else {
+            return Ok(None);
+        };
+        #[cfg(feature = "chaos-bugs")]
+        if crate::chaos_bugs::failpoint("peer-send") {
+            return Err(unreachable("failpoint peer-send".into()));
+        }
+        let deadline = tokio::time::Instant::now() + option.hard_ttl();
+        let fresh = self.raw.is_none();
+        if fresh {
+            let connect =
+                tokio::time::timeout_at(deadline, RawStream::connect(addr, Duration::from_secs(1)));
+            match connect.await {
+                Err(_) => return Err(network("timed out opening the append stream".into())),
+                Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                Ok(Ok(stream)) => self.raw = Some(stream),
+            }
+        }
+        let Some(stream) = self.raw.as_mut() else {
+            return Err(unreachable("append stream not open".into()));
+        };
+        let outcome = tokio::time::timeout_at(deadline, stream.call(rpc)).await;
+        let failure = match outcome {
+            Ok(Ok(Some(Answer::Raft(result)))) => {
+                return result
+                    .map(Some)
+                    .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)));
+            }
+            Ok(Ok(Some(Answer::Removed))) => {
+                self.channels.mark_removed();
+                network(Error::MemberRemoved.to_string())
+            }
+            Ok(Ok(Some(Answer::Invalid(msg)))) => network(format!("append stream: {msg}")),
+            Ok(Ok(None)) if fresh => {
+                tracing::info!(
+                    target_member = %format!("{:x}", self.target),
+                    "peer does not take raw append streams; using gRPC"
+                );
+                self.raw = None;
+                self.raw_refused = true;
+                return Ok(None);
+            }
+            Ok(Ok(None)) => unreachable("append stream ended".into()),
+            Ok(Err(e @ StreamError::Io(_))) => unreachable(format!("append stream: {e}")),
+            Ok(Err(e)) => network(format!("append stream: {e}")),
+            Err(_) => network("append entries timed out".into()),
+        };
+        self.raw = None;
+        Err(failure)
+    }
+
     async fn call<Req, Resp, E>(
         &self,
         method: &'static str,
@@ -418,6 +493,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>>
     {
+        if let Some(response) = self.append_raw(&rpc, &option).await? {
+            return Ok(response);
+        }
         self.append_streamed(&rpc, &option).await
     }
 

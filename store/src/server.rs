@@ -314,8 +314,12 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
     let sm = StateMachineStore::open(engine.clone())?;
     #[cfg(feature = "chaos-bugs")]
     crate::chaos_bugs::register_state_machine(&sm);
-    let log = LogStore::with_wal(engine.clone(), &member_dir.join("wal"))
-        .map_err(|e| Error::Internal(format!("open the raft log: {e}")))?;
+    let log = LogStore::with_wal_every(
+        engine.clone(),
+        &member_dir.join("wal"),
+        config.backend_batch_interval,
+    )
+    .map_err(|e| Error::Internal(format!("open the raft log: {e}")))?;
     let log_syncs = log.sync_counter();
     let restored_leader = log
         .restored_leader_floor(identity.member_id)
@@ -438,23 +442,45 @@ async fn serve_peer(
     node: Arc<StoreNode>,
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let service = PeerServer::new(PeerApi { node })
+    let service = PeerServer::new(PeerApi { node: node.clone() })
         .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
+    let plain = tls.is_none();
     let Some(mut builder) = server_builder(tls) else {
         return;
     };
-    let result = builder
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            },
-        )
-        .await;
+    let router = builder.add_service(service);
+    let shutdown = {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    };
+    let result = if plain {
+        // Raw append streams are served beside gRPC on a plain-text peer port.
+        let (grpc, accepted) = tokio::sync::mpsc::channel(crate::peer_stream::PEER_ACCEPT_QUEUE);
+        tokio::spawn(crate::peer_stream::accept_loop(
+            node,
+            listener,
+            grpc,
+            stop.clone(),
+        ));
+        router
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(accepted),
+                shutdown,
+            )
+            .await
+    } else {
+        router
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
+            .await
+    };
     if let Err(e) = result {
         tracing::error!("peer server: {e}");
     }
