@@ -94,13 +94,15 @@ impl EtcdApi {
                 // etcd answers a write once the member serving it has applied it, so a
                 // serializable read there sees it; a forwarded write is only applied on the
                 // leader so far.
-                let applied_here = |_: &_| self.node.sm.read().mvcc.current_revision() >= revision;
-                let _ = self
-                    .node
-                    .raft
-                    .wait(Some(self.node.request_timeout()))
-                    .metrics(applied_here, "write applied locally")
+                if self.node.sm.read().mvcc.current_revision() < revision {
+                    // Woken by the state machine itself after each apply.
+                    let mut applied = self.node.sm.subscribe();
+                    let _ = tokio::time::timeout(
+                        self.node.request_timeout(),
+                        applied.wait_for(|current| *current >= revision),
+                    )
                     .await;
+                }
                 *response.header_mut() = self.node.header(revision);
                 Ok(response)
             }

@@ -113,6 +113,19 @@ impl StoreNode {
             .and_then(|node| node.peer_urls.first().cloned())
     }
 
+    /// The leader, when this member is a follower or learner that knows another member
+    /// leads (as far as its Raft metrics tell).
+    fn other_leader(&self) -> Option<MemberId> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        match (metrics.state, metrics.current_leader) {
+            (ServerState::Follower | ServerState::Learner, Some(leader)) if leader != self.id => {
+                Some(leader)
+            }
+            _ => None,
+        }
+    }
+
     /// Replicate a command through the leader and return the state machine's reply.
     /// Only requests that were certainly not proposed are retried.
     pub async fn write(&self, command: Command, require_leader: bool) -> Result<Reply, Error> {
@@ -122,13 +135,21 @@ impl StoreNode {
             if remaining.is_zero() {
                 return Err(Error::Timeout);
             }
-            let attempt =
-                tokio::time::timeout(remaining, self.proposer.propose(command.clone())).await;
-            let leader = match attempt {
-                Err(_) => return Err(Error::Timeout),
-                Ok(Proposed::Applied(reply)) => return Ok(reply),
-                Ok(Proposed::Failed(err)) => return Err(err),
-                Ok(Proposed::NotLeader(leader)) => leader,
+            // A follower that knows the leader forwards at once: proposing here first
+            // would only cost a round trip through Raft to learn the same.
+            let leader = match self.other_leader() {
+                Some(leader) => Some(leader),
+                None => {
+                    let attempt =
+                        tokio::time::timeout(remaining, self.proposer.propose(command.clone()))
+                            .await;
+                    match attempt {
+                        Err(_) => return Err(Error::Timeout),
+                        Ok(Proposed::Applied(reply)) => return Ok(reply),
+                        Ok(Proposed::Failed(err)) => return Err(err),
+                        Ok(Proposed::NotLeader(leader)) => leader,
+                    }
+                }
             };
             match leader.and_then(|id| self.leader_url(id)) {
                 Some(url) => {
