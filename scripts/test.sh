@@ -9,6 +9,8 @@ need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# The etcd-client crate's protos import protobuf's well-known types.
+[[ -e /usr/include/google/protobuf/descriptor.proto ]] || need+=(libprotobuf-dev)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The API server tests drive the machine's kubectl; Debian's (older) one is the fallback.
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
