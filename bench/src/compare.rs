@@ -455,6 +455,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Run the whole comparison. Blocking: builds its own runtime.
 pub fn run_blocking(config: CompareConfig) -> Result<PathBuf, Error> {
+    // Read before the run: the report's own files are tracked and get rewritten by it.
+    git_describe();
     if config.repeats == 0 || config.duration.is_zero() || config.preload == 0 {
         return Err(Error::Config(
             "--repeats, --duration and --preload must be positive".into(),
@@ -791,6 +793,14 @@ fn shell_quote(arg: &str) -> String {
 }
 
 /// This process's command line, shell-quoted.
+/// `git describe --always --dirty` of the working tree, read once (at the start of a run).
+fn git_describe() -> Option<String> {
+    static DESCRIBED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    DESCRIBED
+        .get_or_init(|| command_output(Path::new("git"), &["describe", "--always", "--dirty"]))
+        .clone()
+}
+
 pub fn current_command_line() -> String {
     std::env::args()
         .map(|a| shell_quote(&a))
@@ -839,7 +849,7 @@ fn write_outputs(
         "Produced by `skiff bench compare` on {} with:\n\n```sh\n{command}\n```\n",
         utc_now()
     );
-    let git = command_output(Path::new("git"), &["describe", "--always", "--dirty"])
+    let git = git_describe()
         .map(|g| format!(", git {g}"))
         .unwrap_or_default();
     let etcd_version = command_output(&config.etcd_bin, &["--version"])
