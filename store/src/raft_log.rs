@@ -4,14 +4,11 @@
 //! - the vote is fsynced before `save_vote` returns; the committed log id is buffered
 //!   (durable with the next flush, never after the state-machine writes it precedes), as
 //!   etcd treats its HardState.Commit — a restored leader's reads use [`RestoredLeader`];
-//! - `append` writes the entries (readable at once). A follower's entries are made
-//!   durable with one fsync on the calling task and only then reported flushed (its
-//!   acknowledgement counts for the quorum; openraft 0.9's core waits for the report
-//!   anyway, so a thread hop would only add switches). A leader's own entries are
-//!   reported flushed at once and synced by the *flusher* thread in parallel with
-//!   replication; [`crate::log_sync`] holds back applies and the commit index sent to
-//!   followers until that sync is done. Group commit comes from the proposer: many
-//!   proposals share one entry;
+//! - `append` writes the entries (readable at once), makes them durable with one fsync
+//!   and only then reports them flushed to openraft, all on the calling task: openraft
+//!   0.9's core waits for that report before it does anything else, so a separate
+//!   flusher thread could never gather two appends and only cost two thread switches
+//!   per append. Group commit comes from the proposer: many proposals share one entry;
 //! - `purge` records the purged id in the same batch that deletes the entries, so the log
 //!   never has a hole.
 
@@ -25,7 +22,6 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError, Vote};
 
 use crate::engine::{Durability, Engine, EngineError, Table, WriteBatch};
-use crate::log_sync::LogSync;
 use crate::types::{Entry, LogId, MemberId, StorageError, TypeConfig};
 use crate::wal::{EngineEntries, EntryLog, Wal};
 
@@ -46,75 +42,6 @@ pub struct LogStore {
     syncs: Arc<AtomicU64>,
     /// Alive while any clone is: the checkpoint task stops when the last one is dropped.
     alive: Arc<()>,
-    /// Syncs the log and publishes how far it is durable.
-    syncer: Arc<Syncer>,
-    /// Sync requests for the flusher thread (leader appends; see [`LogStore::for_member`]).
-    flusher: Option<std::sync::mpsc::SyncSender<()>>,
-    /// This member, once known: its own entries, appended while it leads, take the flusher.
-    me: Option<MemberId>,
-    /// The last vote saved.
-    vote: Arc<Mutex<Option<Vote<MemberId>>>>,
-}
-
-/// Syncs the log and publishes the durable position to [`LogSync`].
-struct Syncer {
-    entries: Arc<dyn EntryLog>,
-    purged: Arc<Mutex<Option<LogId>>>,
-    syncs: Arc<AtomicU64>,
-    log_sync: Arc<LogSync>,
-    /// Held across "read the last id, sync, publish", so a truncation never interleaves.
-    lock: Mutex<()>,
-}
-
-impl Syncer {
-    fn last_log_id(&self) -> Result<Option<LogId>, EngineError> {
-        let last = self.entries.last()?;
-        let purged = *self.purged.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(match (last, purged) {
-            (Some(last), Some(purged)) if purged.index >= last.index => Some(purged),
-            (Some(last), _) => Some(last),
-            (None, purged) => purged,
-        })
-    }
-
-    /// Make every entry written so far durable and say so.
-    fn sync_and_publish(&self) -> Result<(), EngineError> {
-        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let upto = self.last_log_id()?;
-        #[cfg(feature = "chaos-bugs")]
-        crate::chaos_bugs::failpoint("raft-log-flush");
-        let result = self.entries.sync();
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        match result {
-            Ok(()) => {
-                self.log_sync.publish(upto);
-                Ok(())
-            }
-            Err(e) => {
-                self.log_sync.fail();
-                Err(e)
-            }
-        }
-    }
-
-    /// Drop entries from `from` on (they were synced by the truncation itself).
-    fn truncate(&self, from: u64) -> Result<(), EngineError> {
-        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.entries.truncate(from)?;
-        self.log_sync.publish(self.last_log_id()?);
-        Ok(())
-    }
-}
-
-/// The flusher thread: one log sync per wake-up, covering every append made before it
-/// (leader appends only). Ends when every [`LogStore`] clone is gone.
-fn flush_loop(syncer: Arc<Syncer>, requests: std::sync::mpsc::Receiver<()>) {
-    while requests.recv().is_ok() {
-        while requests.try_recv().is_ok() {}
-        if let Err(e) = syncer.sync_and_publish() {
-            tracing::error!("raft log sync failed: {e}; this member applies nothing more");
-        }
-    }
 }
 
 /// How often buffered engine writes (state-machine applies, the committed index) are made
@@ -158,61 +85,16 @@ impl LogStore {
         entries: Arc<dyn EntryLog>,
     ) -> Result<Self, StorageError> {
         let syncs = Arc::new(AtomicU64::new(0));
-        let purged_at = Arc::new(Mutex::new(None));
-        let syncer = Arc::new(Syncer {
-            entries: entries.clone(),
-            purged: purged_at.clone(),
-            syncs: syncs.clone(),
-            log_sync: Arc::new(LogSync::new(None)),
-            lock: Mutex::new(()),
-        });
-        let store = LogStore {
+        let mut store = LogStore {
             engine,
             entries,
-            purged: purged_at,
+            purged: Arc::new(Mutex::new(None)),
             syncs,
             alive: Arc::new(()),
-            syncer,
-            flusher: None,
-            me: None,
-            vote: Arc::new(Mutex::new(None)),
         };
         let purged: Option<LogId> = store.read_meta(KEY_PURGED)?;
-        *store.purged.lock().unwrap_or_else(|p| p.into_inner()) = purged;
-        *store.vote.lock().unwrap_or_else(|p| p.into_inner()) = store.read_meta(KEY_VOTE)?;
-        // What the log holds on open counts as durable (a torn tail was dropped).
-        store.syncer.log_sync.publish(store.last_log_id()?);
+        store.purged = Arc::new(Mutex::new(purged));
         Ok(store)
-    }
-
-    /// This member's ID: from now on, entries it appends as leader are synced by a flusher
-    /// thread in parallel with replication (see [`crate::log_sync`]).
-    pub fn for_member(mut self, me: MemberId) -> Result<Self, StorageError> {
-        let (flusher, requests) = std::sync::mpsc::sync_channel(1);
-        let syncer = self.syncer.clone();
-        std::thread::Builder::new()
-            .name("skiff-log-flush".into())
-            .spawn(move || flush_loop(syncer, requests))
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
-        self.flusher = Some(flusher);
-        self.me = Some(me);
-        Ok(self)
-    }
-
-    /// How far this member's log is durable (for the state machine and the network).
-    pub fn log_sync(&self) -> Arc<LogSync> {
-        self.syncer.log_sync.clone()
-    }
-
-    /// Whether entries of `leader` are this member's own, appended while it leads.
-    fn own_leader_entries(&self, leader: &openraft::LeaderId<MemberId>) -> bool {
-        let Some(me) = self.me else {
-            return false;
-        };
-        let vote = self.vote.lock().unwrap_or_else(|p| p.into_inner());
-        vote.is_some_and(|vote| {
-            vote.is_committed() && vote.leader_id().node_id == me && vote.leader_id() == leader
-        })
     }
 
     /// Log syncs done so far (each made every entry appended before it durable).
@@ -226,9 +108,15 @@ impl LogStore {
 
     /// The last entry's id, or the purge point when every entry is purged.
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        self.syncer
-            .last_log_id()
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
+        let last = self
+            .entries
+            .last()
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+        Ok(match (last, self.last_purged()) {
+            (Some(last), Some(purged)) if purged.index >= last.index => Some(purged),
+            (Some(last), _) => Some(last),
+            (None, purged) => purged,
+        })
     }
 
     /// Sync the log, then write `batch` durably: the engine's durable state (which
@@ -431,9 +319,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<MemberId>) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         batch.put(Table::RaftMeta, KEY_VOTE, encode(vote));
-        self.write_durable(batch, ErrorSubject::Vote).await?;
-        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(*vote);
-        Ok(())
+        self.write_durable(batch, ErrorSubject::Vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<MemberId>>, StorageError> {
@@ -476,29 +362,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             crate::chaos_bugs::failpoint("raft-log-append");
             crate::chaos_bugs::appended(&entries);
         }
-        let leader = entries.last().map(|entry| entry.log_id.leader_id);
-        self.entries
-            .append(entries)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
-        // A leader's own entries: reported flushed now, synced by the flusher while they
-        // replicate (applies and the commit index sent wait for it; see `log_sync`). A
-        // full queue means a sync is requested that will cover these entries too.
-        if let (Some(leader), Some(flusher)) = (leader, &self.flusher)
-            && self.own_leader_entries(&leader)
-            && !matches!(
-                flusher.try_send(()),
-                Err(std::sync::mpsc::TrySendError::Disconnected(()))
-            )
-        {
-            callback.log_io_completed(Ok(()));
-            return Ok(());
-        }
-        // A follower's entries: one fdatasync inline before openraft hears of them (the
-        // core waits for the callback anyway; a thread hop would only add switches).
+        // A positioned write into the page cache, then one fdatasync, both inline: the
+        // core waits for the callback anyway, and a hop to another thread and back would
+        // cost more than it saves (see the module docs).
         let result = self
-            .syncer
-            .sync_and_publish()
+            .entries
+            .append(entries)
+            .and_then(|()| {
+                #[cfg(feature = "chaos-bugs")]
+                crate::chaos_bugs::failpoint("raft-log-flush");
+                self.entries.sync()
+            })
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e));
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         let outcome = match &result {
             Ok(()) => Ok(()),
             Err(e) => Err(std::io::Error::other(e.to_string())),
@@ -508,11 +384,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let syncer = self.syncer.clone();
-        run_blocking(move || syncer.truncate(log_id.index))
+        let entries = self.entries.clone();
+        run_blocking(move || entries.truncate(log_id.index))
             .await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
     }
+
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         batch.put(Table::RaftMeta, KEY_PURGED, encode(&log_id));

@@ -20,12 +20,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemBuilder {
     }
 }
 
-/// Entries in redb's `RaftLog` table (`wal: false`) or in the WAL beside the redb file;
-/// `leader`: the log knows its member ID, so entries of that member's own committed vote
-/// take the flusher thread (reported flushed at once, synced in the background).
+/// Entries in redb's `RaftLog` table (`wal: false`) or in the WAL beside the redb file.
 struct RedbBuilder {
     wal: bool,
-    leader: bool,
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
@@ -37,12 +34,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
             Arc::new(RedbEngine::open(&dir.path().join("store.redb")).expect("open redb"));
         let sm = StateMachineStore::open(engine.clone()).expect("open state machine");
         let log = if self.wal {
-            let log = LogStore::with_wal(engine, &dir.path().join("wal"))?;
-            if self.leader {
-                log.for_member(skiff_store::types::MemberId::default())?
-            } else {
-                log
-            }
+            LogStore::with_wal(engine, &dir.path().join("wal"))?
         } else {
             LogStore::new(engine)?
         };
@@ -52,20 +44,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 
 #[test]
 fn openraft_suite_on_wal() {
-    Suite::test_all(RedbBuilder {
-        wal: true,
-        leader: false,
-    })
-    .expect("openraft storage suite (wal + redb)");
-}
-
-#[test]
-fn openraft_suite_on_wal_with_leader_flusher() {
-    Suite::test_all(RedbBuilder {
-        wal: true,
-        leader: true,
-    })
-    .expect("openraft storage suite (wal + redb, leader appends on the flusher)");
+    Suite::test_all(RedbBuilder { wal: true }).expect("openraft storage suite (wal + redb)");
 }
 
 #[test]
@@ -75,9 +54,5 @@ fn openraft_suite_on_memory_engine() {
 
 #[test]
 fn openraft_suite_on_redb_engine() {
-    Suite::test_all(RedbBuilder {
-        wal: false,
-        leader: false,
-    })
-    .expect("openraft storage suite (redb)");
+    Suite::test_all(RedbBuilder { wal: false }).expect("openraft storage suite (redb)");
 }
