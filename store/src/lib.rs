@@ -16,6 +16,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod lease;
+pub mod log_sync;
 pub mod maintenance;
 pub mod mvcc;
 pub mod network;

@@ -237,6 +237,8 @@ impl PeerChannels {
 #[derive(Clone)]
 pub struct Network {
     pub channels: PeerChannels,
+    /// This member's durable log position: the commit index sent never passes it.
+    pub log_sync: Option<Arc<crate::log_sync::LogSync>>,
 }
 
 pub struct PeerConnection {
@@ -250,6 +252,7 @@ pub struct PeerConnection {
     /// The peer closed a fresh raw stream without answering (a member of an older build):
     /// use the gRPC append stream with it from now on.
     raw_refused: bool,
+    log_sync: Option<Arc<crate::log_sync::LogSync>>,
 }
 
 /// Requests waiting to go out on one append stream (openraft sends one at a time per
@@ -276,6 +279,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             stream: None,
             raw: None,
             raw_refused: false,
+            log_sync: self.log_sync.clone(),
         }
     }
 }
@@ -489,10 +493,14 @@ impl PeerConnection {
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>>
     {
+        // Followers never learn of a commit beyond what this leader has on disk.
+        if let Some(sync) = &self.log_sync {
+            rpc.leader_commit = sync.clamp_commit(rpc.leader_commit);
+        }
         if let Some(response) = self.append_raw(&rpc, &option).await? {
             return Ok(response);
         }

@@ -4,11 +4,14 @@
 //! - the vote is fsynced before `save_vote` returns; the committed log id is buffered
 //!   (durable with the next flush, never after the state-machine writes it precedes), as
 //!   etcd treats its HardState.Commit — a restored leader's reads use [`RestoredLeader`];
-//! - `append` writes the entries (readable at once), makes them durable with one fsync
-//!   and only then reports them flushed to openraft, all on the calling task: openraft
-//!   0.9's core waits for that report before it does anything else, so a separate
-//!   flusher thread could never gather two appends and only cost two thread switches
-//!   per append. Group commit comes from the proposer: many proposals share one entry;
+//! - `append` writes the entries (readable at once). A follower's entries are made
+//!   durable with one fsync on the calling task and only then reported flushed (its
+//!   acknowledgement counts for the quorum; openraft 0.9's core waits for the report
+//!   anyway, so a thread hop would only add switches). A leader's own entries are
+//!   reported flushed at once and synced by the *flusher* thread in parallel with
+//!   replication; [`crate::log_sync`] holds back applies and the commit index sent to
+//!   followers until that sync is done. Group commit comes from the proposer: many
+//!   proposals share one entry;
 //! - `purge` records the purged id in the same batch that deletes the entries, so the log
 //!   never has a hole.
 
@@ -22,6 +25,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError, Vote};
 
 use crate::engine::{Durability, Engine, EngineError, Table, WriteBatch};
+use crate::log_sync::LogSync;
 use crate::types::{Entry, LogId, MemberId, StorageError, TypeConfig};
 use crate::wal::{EngineEntries, EntryLog, Wal};
 
@@ -42,6 +46,75 @@ pub struct LogStore {
     syncs: Arc<AtomicU64>,
     /// Alive while any clone is: the checkpoint task stops when the last one is dropped.
     alive: Arc<()>,
+    /// Syncs the log and publishes how far it is durable.
+    syncer: Arc<Syncer>,
+    /// Sync requests for the flusher thread (leader appends; see [`LogStore::for_member`]).
+    flusher: Option<std::sync::mpsc::SyncSender<()>>,
+    /// This member, once known: its own entries, appended while it leads, take the flusher.
+    me: Option<MemberId>,
+    /// The last vote saved.
+    vote: Arc<Mutex<Option<Vote<MemberId>>>>,
+}
+
+/// Syncs the log and publishes the durable position to [`LogSync`].
+struct Syncer {
+    entries: Arc<dyn EntryLog>,
+    purged: Arc<Mutex<Option<LogId>>>,
+    syncs: Arc<AtomicU64>,
+    log_sync: Arc<LogSync>,
+    /// Held across "read the last id, sync, publish", so a truncation never interleaves.
+    lock: Mutex<()>,
+}
+
+impl Syncer {
+    fn last_log_id(&self) -> Result<Option<LogId>, EngineError> {
+        let last = self.entries.last()?;
+        let purged = *self.purged.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match (last, purged) {
+            (Some(last), Some(purged)) if purged.index >= last.index => Some(purged),
+            (Some(last), _) => Some(last),
+            (None, purged) => purged,
+        })
+    }
+
+    /// Make every entry written so far durable and say so.
+    fn sync_and_publish(&self) -> Result<(), EngineError> {
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let upto = self.last_log_id()?;
+        #[cfg(feature = "chaos-bugs")]
+        crate::chaos_bugs::failpoint("raft-log-flush");
+        let result = self.entries.sync();
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                self.log_sync.publish(upto);
+                Ok(())
+            }
+            Err(e) => {
+                self.log_sync.fail();
+                Err(e)
+            }
+        }
+    }
+
+    /// Drop entries from `from` on (they were synced by the truncation itself).
+    fn truncate(&self, from: u64) -> Result<(), EngineError> {
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.entries.truncate(from)?;
+        self.log_sync.publish(self.last_log_id()?);
+        Ok(())
+    }
+}
+
+/// The flusher thread: one log sync per wake-up, covering every append made before it
+/// (leader appends only). Ends when every [`LogStore`] clone is gone.
+fn flush_loop(syncer: Arc<Syncer>, requests: std::sync::mpsc::Receiver<()>) {
+    while requests.recv().is_ok() {
+        while requests.try_recv().is_ok() {}
+        if let Err(e) = syncer.sync_and_publish() {
+            tracing::error!("raft log sync failed: {e}; this member applies nothing more");
+        }
+    }
 }
 
 /// How often buffered engine writes (state-machine applies, the committed index) are made
@@ -85,16 +158,81 @@ impl LogStore {
         entries: Arc<dyn EntryLog>,
     ) -> Result<Self, StorageError> {
         let syncs = Arc::new(AtomicU64::new(0));
-        let mut store = LogStore {
+        let purged_at = Arc::new(Mutex::new(None));
+        let syncer = Arc::new(Syncer {
+            entries: entries.clone(),
+            purged: purged_at.clone(),
+            syncs: syncs.clone(),
+            log_sync: Arc::new(LogSync::new(None)),
+            lock: Mutex::new(()),
+        });
+        let store = LogStore {
             engine,
             entries,
-            purged: Arc::new(Mutex::new(None)),
+            purged: purged_at,
             syncs,
             alive: Arc::new(()),
+            syncer,
+            flusher: None,
+            me: None,
+            vote: Arc::new(Mutex::new(None)),
         };
         let purged: Option<LogId> = store.read_meta(KEY_PURGED)?;
-        store.purged = Arc::new(Mutex::new(purged));
+        *store.purged.lock().unwrap_or_else(|p| p.into_inner()) = purged;
+        *store.vote.lock().unwrap_or_else(|p| p.into_inner()) = store.read_meta(KEY_VOTE)?;
+        // What the log holds on open counts as durable (a torn tail was dropped).
+        store.syncer.log_sync.publish(store.last_log_id()?);
         Ok(store)
+    }
+
+    /// This member's ID: from now on, entries it appends as leader are synced by a flusher
+    /// thread in parallel with replication (see [`crate::log_sync`]).
+    ///
+    /// A saved vote that made this member leader is saved back as an uncommitted vote for
+    /// itself in the same term: openraft would otherwise restore it as leader of that term
+    /// without an election, and after a power cut that lost entries it had already sent
+    /// (synced by followers, not yet by itself) it would write different entries under the
+    /// same log ids — the logs would diverge. Campaigning afresh gives new entries a new term.
+    pub fn for_member(mut self, me: MemberId) -> Result<Self, StorageError> {
+        let saved = *self.vote.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(vote) = saved
+            && vote.is_committed()
+            && vote.leader_id().node_id == me
+        {
+            let campaign = Vote::new(vote.leader_id().term, me);
+            let mut batch = WriteBatch::new();
+            batch.put(Table::RaftMeta, KEY_VOTE, encode(&campaign));
+            self.entries
+                .sync()
+                .and_then(|()| self.engine.write(batch, Durability::Durable))
+                .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, &e))?;
+            *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(campaign);
+        }
+        let (flusher, requests) = std::sync::mpsc::sync_channel(1);
+        let syncer = self.syncer.clone();
+        std::thread::Builder::new()
+            .name("skiff-log-flush".into())
+            .spawn(move || flush_loop(syncer, requests))
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        self.flusher = Some(flusher);
+        self.me = Some(me);
+        Ok(self)
+    }
+
+    /// How far this member's log is durable (for the state machine and the network).
+    pub fn log_sync(&self) -> Arc<LogSync> {
+        self.syncer.log_sync.clone()
+    }
+
+    /// Whether entries of `leader` are this member's own, appended while it leads.
+    fn own_leader_entries(&self, leader: &openraft::LeaderId<MemberId>) -> bool {
+        let Some(me) = self.me else {
+            return false;
+        };
+        let vote = self.vote.lock().unwrap_or_else(|p| p.into_inner());
+        vote.is_some_and(|vote| {
+            vote.is_committed() && vote.leader_id().node_id == me && vote.leader_id() == leader
+        })
     }
 
     /// Log syncs done so far (each made every entry appended before it durable).
@@ -108,15 +246,9 @@ impl LogStore {
 
     /// The last entry's id, or the purge point when every entry is purged.
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        let last = self
-            .entries
-            .last()
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
-        Ok(match (last, self.last_purged()) {
-            (Some(last), Some(purged)) if purged.index >= last.index => Some(purged),
-            (Some(last), _) => Some(last),
-            (None, purged) => purged,
-        })
+        self.syncer
+            .last_log_id()
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
     }
 
     /// Sync the log, then write `batch` durably: the engine's durable state (which
@@ -319,7 +451,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<MemberId>) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         batch.put(Table::RaftMeta, KEY_VOTE, encode(vote));
-        self.write_durable(batch, ErrorSubject::Vote).await
+        self.write_durable(batch, ErrorSubject::Vote).await?;
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<MemberId>>, StorageError> {
@@ -362,19 +496,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             crate::chaos_bugs::failpoint("raft-log-append");
             crate::chaos_bugs::appended(&entries);
         }
-        // A positioned write into the page cache, then one fdatasync, both inline: the
-        // core waits for the callback anyway, and a hop to another thread and back would
-        // cost more than it saves (see the module docs).
-        let result = self
-            .entries
+        let leader = entries.last().map(|entry| entry.log_id.leader_id);
+        self.entries
             .append(entries)
-            .and_then(|()| {
-                #[cfg(feature = "chaos-bugs")]
-                crate::chaos_bugs::failpoint("raft-log-flush");
-                self.entries.sync()
-            })
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        // A leader's own entries: reported flushed now, synced by the flusher while they
+        // replicate (applies and the commit index sent wait for it; see `log_sync`). A
+        // full queue means a sync is requested that will cover these entries too.
+        if let (Some(leader), Some(flusher)) = (leader, &self.flusher)
+            && self.own_leader_entries(&leader)
+            && !matches!(
+                flusher.try_send(()),
+                Err(std::sync::mpsc::TrySendError::Disconnected(()))
+            )
+        {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
+        // A follower's entries: one fdatasync inline before openraft hears of them (the
+        // core waits for the callback anyway; a thread hop would only add switches).
+        let result = self
+            .syncer
+            .sync_and_publish()
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e));
-        self.syncs.fetch_add(1, Ordering::Relaxed);
         let outcome = match &result {
             Ok(()) => Ok(()),
             Err(e) => Err(std::io::Error::other(e.to_string())),
@@ -384,12 +528,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let entries = self.entries.clone();
-        run_blocking(move || entries.truncate(log_id.index))
+        let syncer = self.syncer.clone();
+        run_blocking(move || syncer.truncate(log_id.index))
             .await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
     }
-
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         batch.put(Table::RaftMeta, KEY_PURGED, encode(&log_id));
@@ -403,5 +546,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         run_blocking(move || entries.purge(log_id.index))
             .await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::MemEngine;
+
+    #[tokio::test]
+    async fn a_member_that_led_restarts_campaigning_in_its_old_term() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let me: MemberId = 7;
+        let mut log = LogStore::new(engine.clone()).expect("open");
+        log.save_vote(&Vote::new_committed(3, me))
+            .await
+            .expect("save");
+        drop(log);
+        let mut log = LogStore::new(engine.clone())
+            .and_then(|log| log.for_member(me))
+            .expect("reopen");
+        let vote = log.read_vote().await.expect("read").expect("a vote");
+        assert_eq!(vote, Vote::new(3, me));
+        assert!(!vote.is_committed());
+        assert_eq!(log.restored_leader_floor(me).expect("floor"), None);
+        // Another member's committed vote is left alone.
+        log.save_vote(&Vote::new_committed(4, 9))
+            .await
+            .expect("save");
+        drop(log);
+        let mut log = LogStore::new(engine)
+            .and_then(|log| log.for_member(me))
+            .expect("reopen");
+        let vote = log.read_vote().await.expect("read").expect("a vote");
+        assert_eq!(vote, Vote::new_committed(4, 9));
     }
 }

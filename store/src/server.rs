@@ -319,13 +319,17 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         &member_dir.join("wal"),
         config.backend_batch_interval,
     )
+    .and_then(|log| log.for_member(identity.member_id))
     .map_err(|e| Error::Internal(format!("open the raft log: {e}")))?;
+    let log_sync = log.log_sync();
+    let sm = sm.with_log_sync(log_sync.clone());
     let log_syncs = log.sync_counter();
     let restored_leader = log
         .restored_leader_floor(identity.member_id)
         .map_err(|e| Error::Internal(format!("read raft state: {e}")))?;
     let network = Network {
         channels: channels.clone(),
+        log_sync: Some(log_sync.clone()),
     };
     let raft = Raft::new(identity.member_id, raft_config, network, log, sm.clone())
         .await
@@ -406,6 +410,11 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
                 .await;
         }));
     }
+    tasks.push(tokio::spawn(send_commit_when_synced(
+        node.raft.clone(),
+        log_sync,
+        stop_rx.clone(),
+    )));
     tasks.push(crate::lease::start(node.clone(), stop_rx.clone()));
     tasks.push(tokio::spawn(publish_attributes(node.clone(), stop_rx)));
     tracing::info!(
@@ -414,6 +423,25 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         "ready to serve client requests"
     );
     Ok(RunningStore { node, tasks, stop })
+}
+
+/// After the leader clamped the commit index it sent to the durable part of its log,
+/// send a heartbeat as soon as the flusher catches up, so followers learn the full commit
+/// index now instead of with the next write or heartbeat (see [`crate::log_sync`]).
+async fn send_commit_when_synced(
+    raft: Raft,
+    log_sync: Arc<crate::log_sync::LogSync>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = log_sync.caught_up() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn open_engine(member_dir: &Path) -> Result<RedbEngine, Error> {

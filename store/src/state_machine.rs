@@ -100,6 +100,8 @@ pub struct StateMachineStore {
     snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
     /// The current store revision, published after every apply (watchers wait on it).
     revision: Arc<tokio::sync::watch::Sender<crate::mvcc::Revision>>,
+    /// How far this member's log is durable: nothing is applied beyond it.
+    log_sync: Option<Arc<crate::log_sync::LogSync>>,
 }
 
 impl StateMachineStore {
@@ -117,7 +119,15 @@ impl StateMachineStore {
             snapshot: Arc::new(std::sync::Mutex::new(None)),
             snapshot_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             revision: Arc::new(revision),
+            log_sync: None,
         })
+    }
+
+    /// Apply entries only once this member's log is durable up to them (see
+    /// [`crate::log_sync`]); without it, applies assume a log synced before every append.
+    pub fn with_log_sync(mut self, log_sync: Arc<crate::log_sync::LogSync>) -> Self {
+        self.log_sync = Some(log_sync);
+        self
     }
 
     /// Read access for request handlers.
@@ -278,6 +288,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = crate::types::Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<crate::types::Entry> = entries.into_iter().collect();
+        if let (Some(sync), Some(last)) = (&self.log_sync, entries.last()) {
+            // A leader's own entries may still be on their way to its disk.
+            sync.wait_synced(last.log_id.index)
+                .await
+                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        }
         let mut replies = Vec::new();
         let mut batch = WriteBatch::new();
         {

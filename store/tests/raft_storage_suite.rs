@@ -20,9 +20,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemBuilder {
     }
 }
 
-/// Entries in redb's `RaftLog` table (`wal: false`) or in the WAL beside the redb file.
+/// Entries in redb's `RaftLog` table (`wal: false`) or in the WAL beside the redb file;
+/// `leader`: the log knows its member ID, so entries of that member's own committed vote
+/// take the flusher thread (reported flushed at once, synced in the background).
 struct RedbBuilder {
     wal: bool,
+    leader: bool,
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
@@ -34,7 +37,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
             Arc::new(RedbEngine::open(&dir.path().join("store.redb")).expect("open redb"));
         let sm = StateMachineStore::open(engine.clone()).expect("open state machine");
         let log = if self.wal {
-            LogStore::with_wal(engine, &dir.path().join("wal"))?
+            let log = LogStore::with_wal(engine, &dir.path().join("wal"))?;
+            if self.leader {
+                log.for_member(skiff_store::types::MemberId::default())?
+            } else {
+                log
+            }
         } else {
             LogStore::new(engine)?
         };
@@ -44,7 +52,20 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 
 #[test]
 fn openraft_suite_on_wal() {
-    Suite::test_all(RedbBuilder { wal: true }).expect("openraft storage suite (wal + redb)");
+    Suite::test_all(RedbBuilder {
+        wal: true,
+        leader: false,
+    })
+    .expect("openraft storage suite (wal + redb)");
+}
+
+#[test]
+fn openraft_suite_on_wal_with_leader_flusher() {
+    Suite::test_all(RedbBuilder {
+        wal: true,
+        leader: true,
+    })
+    .expect("openraft storage suite (wal + redb, leader appends on the flusher)");
 }
 
 #[test]
@@ -54,5 +75,9 @@ fn openraft_suite_on_memory_engine() {
 
 #[test]
 fn openraft_suite_on_redb_engine() {
-    Suite::test_all(RedbBuilder { wal: false }).expect("openraft storage suite (redb)");
+    Suite::test_all(RedbBuilder {
+        wal: false,
+        leader: false,
+    })
+    .expect("openraft storage suite (redb)");
 }
