@@ -3,7 +3,10 @@
 //! Invariants:
 //! - the vote is fsynced before `save_vote` returns; the committed log id is buffered
 //!   (durable with the next flush, never after the state-machine writes it precedes), as
-//!   etcd treats its HardState.Commit — a restored leader's reads use [`RestoredLeader`];
+//!   etcd treats its HardState.Commit; a member that led reopens its log with an
+//!   uncommitted vote, so it campaigns for a new term ([`LogStore::for_member`]) — only
+//!   logs opened without a member ID can restore a leader (their reads use
+//!   [`RestoredLeader`]);
 //! - `append` writes the entries (readable at once). A follower's entries are made
 //!   durable with one fsync on the calling task and only then reported flushed (its
 //!   acknowledgement counts for the quorum; openraft 0.9's core waits for the report
