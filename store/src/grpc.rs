@@ -560,8 +560,7 @@ impl PeerApi {
     /// Raft traffic from a member this cluster removed is refused with a status that
     /// makes the sender stop (see `PeerChannels::removed`).
     fn refuse_removed(&self, vote: &openraft::Vote<crate::types::MemberId>) -> Result<(), Status> {
-        let sender = vote.leader_id().voted_for().unwrap_or(0);
-        if self.node.sm.read().removed.contains(&sender) {
+        if self.node.from_removed_member(vote) {
             return Err(crate::network::removed_status());
         }
         Ok(())

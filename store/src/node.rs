@@ -113,6 +113,13 @@ impl StoreNode {
             .and_then(|node| node.peer_urls.first().cloned())
     }
 
+    /// Whether Raft traffic under `vote` comes from a member this cluster removed (it is
+    /// refused, so the sender learns it was removed and stops).
+    pub fn from_removed_member(&self, vote: &openraft::Vote<MemberId>) -> bool {
+        let sender = vote.leader_id().voted_for().unwrap_or(0);
+        self.sm.read().removed.contains(&sender)
+    }
+
     /// The leader, when this member is a follower or learner that knows another member
     /// leads (as far as its Raft metrics tell).
     fn other_leader(&self) -> Option<MemberId> {

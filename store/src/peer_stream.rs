@@ -226,8 +226,7 @@ async fn serve_raw(
         let answer = match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&buf) {
             Err(e) => Answer::Invalid(e.to_string()),
             Ok(rpc) => {
-                let sender = rpc.vote.leader_id().voted_for().unwrap_or(0);
-                if node.sm.read().removed.contains(&sender) {
+                if node.from_removed_member(&rpc.vote) {
                     Answer::Removed
                 } else {
                     Answer::Raft(node.raft.append_entries(rpc).await)

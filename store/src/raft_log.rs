@@ -45,8 +45,6 @@ pub struct LogStore {
     entries: Arc<dyn EntryLog>,
     /// The last purged log id (readers never return entries at or below it).
     purged: Arc<Mutex<Option<LogId>>>,
-    /// Log syncs done (fsyncs that made appended entries durable).
-    syncs: Arc<AtomicU64>,
     /// Alive while any clone is: the checkpoint task stops when the last one is dropped.
     alive: Arc<()>,
     /// Syncs the log and publishes how far it is durable.
@@ -160,12 +158,11 @@ impl LogStore {
         engine: Arc<dyn Engine>,
         entries: Arc<dyn EntryLog>,
     ) -> Result<Self, StorageError> {
-        let syncs = Arc::new(AtomicU64::new(0));
         let purged_at = Arc::new(Mutex::new(None));
         let syncer = Arc::new(Syncer {
             entries: entries.clone(),
             purged: purged_at.clone(),
-            syncs: syncs.clone(),
+            syncs: Arc::new(AtomicU64::new(0)),
             log_sync: Arc::new(LogSync::new(None)),
             lock: Mutex::new(()),
         });
@@ -173,7 +170,6 @@ impl LogStore {
             engine,
             entries,
             purged: purged_at,
-            syncs,
             alive: Arc::new(()),
             syncer,
             flusher: None,
@@ -240,7 +236,7 @@ impl LogStore {
 
     /// Log syncs done so far (each made every entry appended before it durable).
     pub fn sync_counter(&self) -> Arc<AtomicU64> {
-        self.syncs.clone()
+        self.syncer.syncs.clone()
     }
 
     fn last_purged(&self) -> Option<LogId> {
