@@ -25,7 +25,7 @@ use crate::engine::{Durability, Engine, WriteBatch};
 use crate::error::Error;
 use crate::node::StoreNode;
 use crate::state_machine::{SmState, StateMachineStore};
-use crate::types::{Command, Entry, LogId, Reply};
+use crate::types::{Applied, Command, Entry, LogId, Proposal};
 
 /// One injected bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -251,13 +251,13 @@ pub fn decide_txn_locally(
 
 // ---- apply-before-commit -----------------------------------------------------------
 
-type ApplyFn = fn(&mut SmState, &Command, &mut WriteBatch) -> Reply;
+type ApplyFn = fn(&mut SmState, &Proposal, &mut WriteBatch) -> Applied;
 
 /// The state machine `apply-before-commit` applies appended entries to.
 static STATE_MACHINE: OnceLock<StateMachineStore> = OnceLock::new();
 /// Replies of entries applied early, by log id, for when openraft applies them (bounded: the
 /// oldest are forgotten past this many).
-static EARLY: Mutex<Option<BTreeMap<LogId, Reply>>> = Mutex::new(None);
+static EARLY: Mutex<Option<BTreeMap<LogId, Applied>>> = Mutex::new(None);
 const EARLY_LIMIT: usize = 100_000;
 
 /// Remember the member's state machine (server start).
@@ -305,7 +305,7 @@ pub(crate) fn apply_early(
 }
 
 /// State machine apply hook: the reply of an entry already applied early, if any.
-pub fn take_early_reply(log_id: &LogId) -> Option<Reply> {
+pub fn take_early_reply(log_id: &LogId) -> Option<Applied> {
     if !enabled(Bug::ApplyBeforeCommit) {
         return None;
     }

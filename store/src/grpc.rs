@@ -3,18 +3,18 @@
 //! layer does, then either read the local state machine (after a read-index barrier unless
 //! serializable) or replicate a command through [`StoreNode::write`].
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use prost::Message;
 use skiff_proto::etcdserverpb::{
     self as pb, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
-    cluster_server::Cluster, kv_server::Kv, request_op,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    cluster_server::Cluster, kv_server::Kv,
 };
 use skiff_proto::skiffpeer::{Blob, peer_server::Peer};
 use tonic::{Request, Response, Status};
 
+use crate::checks::{check_delete, check_put, check_range, check_txn_request};
 use crate::error::Error;
 use crate::mvcc::txn_has_writes;
 use crate::network::{AdminReply, AdminRequest, Forwarded, from_blob, to_blob};
@@ -107,7 +107,7 @@ impl EtcdApi {
                 Ok(response)
             }
             Reply::Failed(err) => Err(err.into()),
-            Reply::Done | Reply::Batch(_) => Err(Status::internal("unexpected reply kind")),
+            Reply::Done => Err(Status::internal("unexpected reply kind")),
         }
     }
 
@@ -157,169 +157,6 @@ header_mut!(
     CompactionResponse
 );
 
-/// etcd's `checkPutRequest`.
-fn check_put(req: &PutRequest) -> Result<(), Error> {
-    if req.key.is_empty() {
-        return Err(Error::EmptyKey);
-    }
-    if req.ignore_value && !req.value.is_empty() {
-        return Err(Error::ValueProvided);
-    }
-    if req.ignore_lease && req.lease != 0 {
-        return Err(Error::LeaseProvided);
-    }
-    Ok(())
-}
-
-fn check_range(req: &RangeRequest) -> Result<(), Error> {
-    if req.key.is_empty() {
-        return Err(Error::EmptyKey);
-    }
-    if pb::range_request::SortOrder::try_from(req.sort_order).is_err()
-        || pb::range_request::SortTarget::try_from(req.sort_target).is_err()
-    {
-        return Err(Error::InvalidSortOption);
-    }
-    Ok(())
-}
-
-/// etcd's `checkTxnRequest`: the op limit is per branch, nested txns draw on what is left.
-pub fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<(), Error> {
-    let count = req
-        .compare
-        .len()
-        .max(req.success.len())
-        .max(req.failure.len());
-    if count > max_ops {
-        return Err(Error::TooManyOps);
-    }
-    if req.compare.iter().any(|c| c.key.is_empty()) {
-        return Err(Error::EmptyKey);
-    }
-    for op in req.success.iter().chain(req.failure.iter()) {
-        match &op.request {
-            Some(request_op::Request::RequestRange(r)) => check_range(r)?,
-            Some(request_op::Request::RequestPut(p)) => check_put(p)?,
-            Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
-                return Err(Error::EmptyKey);
-            }
-            Some(request_op::Request::RequestDeleteRange(_)) => {}
-            Some(request_op::Request::RequestTxn(t)) => check_txn(t, max_ops - count)?,
-            // etcd's `checkRequestOp` answers an empty union with "key not found".
-            None => return Err(Error::KeyNotFound),
-        }
-    }
-    Ok(())
-}
-
-/// An interval a delete covers: `end == None` is a single key, else `[start, end)`.
-///
-/// Like etcd's `adt.NewStringAffineInterval`, a from-key `range_end` of `"\0"` is taken
-/// literally, so such a delete overlaps no put (etcd 3.4 and 3.5 accept a txn that deletes
-/// `[k, "\0")` and puts a key above `k`; the ops then apply in order).
-#[derive(Clone, Debug)]
-pub struct DeleteInterval {
-    start: Vec<u8>,
-    end: Option<Vec<u8>>,
-}
-
-impl DeleteInterval {
-    fn covers(&self, key: &[u8]) -> bool {
-        match &self.end {
-            None => key == self.start.as_slice(),
-            Some(end) => key >= self.start.as_slice() && key < end.as_slice(),
-        }
-    }
-}
-
-/// etcd's `checkIntervals`: within one branch (nested txns included) a key may not be put
-/// twice, nor put and deleted.
-pub fn check_intervals(
-    ops: &[RequestOp],
-) -> Result<(BTreeSet<Vec<u8>>, Vec<DeleteInterval>), Error> {
-    let mut dels: Vec<DeleteInterval> = ops
-        .iter()
-        .filter_map(|op| match &op.request {
-            Some(request_op::Request::RequestDeleteRange(d)) => Some(DeleteInterval {
-                start: d.key.clone(),
-                end: (!d.range_end.is_empty()).then(|| d.range_end.clone()),
-            }),
-            _ => None,
-        })
-        .collect();
-    let mut puts: BTreeSet<Vec<u8>> = BTreeSet::new();
-    for op in ops {
-        let Some(request_op::Request::RequestTxn(t)) = &op.request else {
-            continue;
-        };
-        let (puts_then, dels_then) = check_intervals(&t.success)?;
-        let (puts_else, dels_else) = check_intervals(&t.failure)?;
-        // A key put by an earlier sibling txn may not be put again; the two branches of one
-        // txn may put the same key (only one of them runs).
-        for key in &puts_then {
-            if puts.contains(key) || dels.iter().any(|d| d.covers(key)) {
-                return Err(Error::DuplicateKey);
-            }
-        }
-        for key in &puts_else {
-            if (puts.contains(key) && !puts_then.contains(key))
-                || dels.iter().any(|d| d.covers(key))
-            {
-                return Err(Error::DuplicateKey);
-            }
-        }
-        puts.extend(puts_then);
-        puts.extend(puts_else);
-        dels.extend(dels_then);
-        dels.extend(dels_else);
-    }
-    for op in ops {
-        let Some(request_op::Request::RequestPut(p)) = &op.request else {
-            continue;
-        };
-        if puts.contains(&p.key) || dels.iter().any(|d| d.covers(&p.key)) {
-            return Err(Error::DuplicateKey);
-        }
-        puts.insert(p.key.clone());
-    }
-    Ok((puts, dels))
-}
-
-/// etcd accepts a txn that deletes `[k, "\0")` and puts a key at or above `k` (see
-/// [`DeleteInterval`]) and applies its ops in order. When such a put has ignore_value or
-/// ignore_lease and the delete has removed its key, etcd's apply fails half-way and the
-/// server panics ("unexpected error during txn: etcdserver: key not found", seen with
-/// etcd 3.4.23). skiff refuses these txns up front, as a duplicate key: within one branch
-/// (nested txns included), no ignore_value/ignore_lease put may fall in a from-key delete.
-pub fn check_from_key_deletes(ops: &[RequestOp]) -> Result<(), Error> {
-    fn collect<'a>(ops: &'a [RequestOp], starts: &mut Vec<&'a [u8]>, puts: &mut Vec<&'a [u8]>) {
-        for op in ops {
-            match &op.request {
-                Some(request_op::Request::RequestDeleteRange(d)) if d.range_end == [0] => {
-                    starts.push(&d.key)
-                }
-                Some(request_op::Request::RequestPut(p)) if p.ignore_value || p.ignore_lease => {
-                    puts.push(&p.key)
-                }
-                Some(request_op::Request::RequestTxn(t)) => {
-                    collect(&t.success, starts, puts);
-                    collect(&t.failure, starts, puts);
-                }
-                _ => {}
-            }
-        }
-    }
-    let (mut starts, mut puts) = (Vec::new(), Vec::new());
-    collect(ops, &mut starts, &mut puts);
-    if puts
-        .iter()
-        .any(|key| starts.iter().any(|start| key >= start))
-    {
-        return Err(Error::DuplicateKey);
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl Kv for EtcdApi {
     async fn range(
@@ -364,9 +201,7 @@ impl Kv for EtcdApi {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let require_leader = self.admit_write(&request)?;
         let req = request.into_inner();
-        if req.key.is_empty() {
-            return Err(Error::EmptyKey.into());
-        }
+        check_delete(&req)?;
         let raw = self.encode_checked(&req)?;
         Ok(Response::new(
             self.replicate(Command::DeleteRange(raw), require_leader)
@@ -377,11 +212,7 @@ impl Kv for EtcdApi {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let require_leader = self.admit_write(&request)?;
         let req = request.into_inner();
-        check_txn(&req, self.node.config.max_txn_ops)?;
-        check_intervals(&req.success)?;
-        check_intervals(&req.failure)?;
-        check_from_key_deletes(&req.success)?;
-        check_from_key_deletes(&req.failure)?;
+        check_txn_request(&req, self.node.config.max_txn_ops)?;
         #[cfg(feature = "chaos-bugs")]
         if let Some((decided, succeeded)) = crate::chaos_bugs::decide_txn_locally(&self.node, &req)?
         {
@@ -633,60 +464,5 @@ impl Peer for PeerApi {
 
     async fn members(&self, _request: Request<Blob>) -> Result<Response<Blob>, Status> {
         Ok(Response::new(to_blob(&self.node.cluster_info())?))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(key: &str) -> RequestOp {
-        RequestOp {
-            request: Some(request_op::Request::RequestPut(PutRequest {
-                key: key.into(),
-                ..Default::default()
-            })),
-        }
-    }
-
-    fn del(key: &str, end: &str) -> RequestOp {
-        RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(
-                DeleteRangeRequest {
-                    key: key.into(),
-                    range_end: end.into(),
-                    ..Default::default()
-                },
-            )),
-        }
-    }
-
-    #[test]
-    fn duplicate_puts_and_put_delete_overlap_are_refused() {
-        assert!(check_intervals(&[put("a"), put("b")]).is_ok());
-        assert_eq!(
-            check_intervals(&[put("a"), put("a")]).unwrap_err(),
-            Error::DuplicateKey
-        );
-        assert_eq!(
-            check_intervals(&[del("a", "c"), put("b")]).unwrap_err(),
-            Error::DuplicateKey
-        );
-        assert!(check_intervals(&[del("a", "c"), put("c")]).is_ok());
-        assert!(check_intervals(&[del("a", ""), del("a", "z")]).is_ok());
-    }
-
-    #[test]
-    fn txn_op_limit_is_per_branch() {
-        let ops: Vec<RequestOp> = (0..128).map(|i| put(&format!("k{i}"))).collect();
-        let txn = TxnRequest {
-            compare: vec![],
-            success: ops.clone(),
-            failure: ops,
-        };
-        assert!(check_txn(&txn, 128).is_ok());
-        let mut big = txn.clone();
-        big.success.push(put("extra"));
-        assert_eq!(check_txn(&big, 128).unwrap_err(), Error::TooManyOps);
     }
 }

@@ -822,7 +822,7 @@ impl LeaseApi {
                 Ok(response)
             }
             Reply::Failed(err) => Err(err.into()),
-            Reply::Done | Reply::Batch(_) => Err(Status::internal("unexpected reply kind")),
+            Reply::Done => Err(Status::internal("unexpected reply kind")),
         }
     }
 }

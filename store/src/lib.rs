@@ -10,6 +10,7 @@
 
 #[cfg(feature = "chaos-bugs")]
 pub mod chaos_bugs;
+pub mod checks;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -362,7 +362,7 @@ impl Maintenance for EtcdApi {
                         Ok(Response::new(response))
                     }
                     Reply::Failed(err) => Err(err.into()),
-                    Reply::Done | Reply::Batch(_) => Err(Status::internal("unexpected reply kind")),
+                    Reply::Done => Err(Status::internal("unexpected reply kind")),
                 }
             }
             // etcd answers GET through Raft: a linearizable read of the alarm list.
@@ -607,7 +607,6 @@ mod tests {
         assert!(!needs_space(&Command::LeaseRevoke(vec![])));
         assert!(!needs_space(&Command::DeleteRange(vec![])));
         assert!(!needs_space(&Command::Compact(vec![])));
-        assert!(!needs_space(&Command::Batch(vec![Command::Put(vec![])])));
     }
 
     /// Apply puts through `Mvcc` and persist them, like the state machine does.

@@ -542,7 +542,7 @@ mod tests {
         let outcome = channels
             .forward(
                 &format!("http://127.0.0.1:{port}"),
-                &Forwarded::Write(Command::Batch(Vec::new())),
+                &Forwarded::Write(Command::Put(Vec::new())),
                 Duration::from_secs(2),
             )
             .await;

@@ -183,11 +183,21 @@ impl StoreNode {
     /// Handle a request forwarded by a follower (we are, or were, the leader).
     pub async fn handle_forward(&self, request: Forwarded) -> ForwardOutcome {
         match request {
-            Forwarded::Write(command) => match self.proposer.propose(command).await {
-                Proposed::Applied(reply) => ForwardOutcome::Write(reply),
-                Proposed::NotLeader(_) => ForwardOutcome::NotLeader,
-                Proposed::Failed(err) => ForwardOutcome::Failed(err),
-            },
+            Forwarded::Write(command) => {
+                // A peer's write is checked as a client's is before it is proposed.
+                let limits = crate::checks::ProposeLimits {
+                    max_txn_ops: self.config.max_txn_ops,
+                    max_request_bytes: self.config.max_request_bytes,
+                };
+                if let Err(err) = crate::checks::check_forwarded(&command, limits) {
+                    return ForwardOutcome::Failed(err);
+                }
+                match self.proposer.propose(command).await {
+                    Proposed::Applied(reply) => ForwardOutcome::Write(reply),
+                    Proposed::NotLeader(_) => ForwardOutcome::NotLeader,
+                    Proposed::Failed(err) => ForwardOutcome::Failed(err),
+                }
+            }
             Forwarded::Admin(admin) => {
                 if self.raft.metrics().borrow().state != ServerState::Leader {
                     return ForwardOutcome::NotLeader;

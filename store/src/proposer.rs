@@ -1,5 +1,5 @@
 //! Proposal batching: concurrent client writes are gathered into one Raft log entry
-//! (`Command::Batch`), so they share one append, one fsync and one apply. Batches form
+//! (`Proposal::Batch`), so they share one append, one fsync and one apply. Batches form
 //! naturally while earlier ones are in flight, as in etcd's raft loop. A proposal that
 //! finds nothing in flight and nobody queued is proposed straight from its caller's task
 //! (no hand-off to the batching task: two thread switches less for a lone writer).
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::Error;
-use crate::types::{Command, MemberId, Raft, Reply};
+use crate::types::{Applied, Command, MemberId, Proposal, Raft, Reply};
 
 /// Proposals waiting to be batched; a full queue makes proposers wait.
 pub const PROPOSAL_QUEUE: usize = 4096;
@@ -87,8 +87,11 @@ impl Proposer {
         // Alone: nothing queued and nothing in flight.
         if self.queue.capacity() == self.queue.max_capacity() && self.slots.try_acquire(1) {
             let _slot = SlotGuard(self.slots.clone());
-            return match write(&self.raft, command).await {
-                Ok(reply) => Proposed::Applied(reply),
+            return match write(&self.raft, Proposal::One(command)).await {
+                Ok(Applied::One(reply)) => Proposed::Applied(reply),
+                Ok(Applied::Batch(_)) => {
+                    Proposed::Failed(Error::Internal("batch reply to a single command".into()))
+                }
                 Err(outcome) => outcome,
             };
         }
@@ -170,9 +173,9 @@ fn gather(
     ((commands, waiters), rest)
 }
 
-/// Propose one command as one log entry and return the state machine's reply.
-async fn write(raft: &Raft, command: Command) -> Result<Reply, Proposed> {
-    match raft.client_write(command).await {
+/// Propose one log entry and return the state machine's replies.
+async fn write(raft: &Raft, proposal: Proposal) -> Result<Applied, Proposed> {
+    match raft.client_write(proposal).await {
         Ok(response) => Ok(response.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             Err(Proposed::NotLeader(f.leader_id))
@@ -185,19 +188,22 @@ async fn write(raft: &Raft, command: Command) -> Result<Reply, Proposed> {
 /// Propose one batch as one log entry and answer its waiters.
 async fn drive(raft: Raft, (mut commands, waiters): Batch, _slot: SlotGuard) {
     let single = commands.len() == 1;
-    let command = if single {
-        commands.pop().unwrap_or(Command::Batch(Vec::new()))
-    } else {
-        Command::Batch(commands)
+    let proposal = match commands.pop() {
+        Some(command) if single => Proposal::One(command),
+        Some(last) => {
+            commands.push(last);
+            Proposal::Batch(commands)
+        }
+        None => return,
     };
-    let outcome = write(&raft, command).await;
+    let outcome = write(&raft, proposal).await;
     match outcome {
-        Ok(Reply::Batch(replies)) if !single && replies.len() == waiters.len() => {
+        Ok(Applied::Batch(replies)) if !single && replies.len() == waiters.len() => {
             for (waiter, reply) in waiters.into_iter().zip(replies) {
                 let _ = waiter.send(Proposed::Applied(reply));
             }
         }
-        Ok(reply) if single => {
+        Ok(Applied::One(reply)) if single => {
             for waiter in waiters {
                 let _ = waiter.send(Proposed::Applied(reply.clone()));
             }

@@ -29,8 +29,8 @@ use crate::error::Error;
 use crate::mvcc::Mvcc;
 use crate::raft_log::{decode, encode, io_error};
 use crate::types::{
-    Command, LogId, Member, MemberAttrs, MemberId, Reply, StorageError, StoredMembership,
-    TypeConfig,
+    Applied, Command, LogId, Member, MemberAttrs, MemberId, Proposal, Reply, StorageError,
+    StoredMembership, TypeConfig,
 };
 
 pub(crate) const KEY_APPLIED: &[u8] = b"sm/last_applied";
@@ -151,6 +151,20 @@ impl StateMachineStore {
         self.revision.send_replace(current);
     }
 
+    /// Apply one log entry's commands in order.
+    fn apply_proposal(state: &mut SmState, proposal: &Proposal, batch: &mut WriteBatch) -> Applied {
+        match proposal {
+            Proposal::One(command) => Applied::One(Self::apply_command(state, command, batch)),
+            Proposal::Batch(commands) => Applied::Batch(
+                commands
+                    .iter()
+                    .map(|command| Self::apply_command(state, command, batch))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Apply one command; a command that fails its checks fails alone.
     fn apply_command(state: &mut SmState, command: &Command, batch: &mut WriteBatch) -> Reply {
         // etcd's capped applier: while a NOSPACE alarm is active, writes that grow the
         // store are refused (deletes and compactions still apply).
@@ -160,14 +174,18 @@ impl StateMachineStore {
         let result: Result<Vec<u8>, Error> = match command {
             Command::Put(raw) => PutRequest::decode(raw.as_slice())
                 .map_err(|e| Error::Internal(format!("decode put: {e}")))
+                .and_then(|req| crate::checks::check_put(&req).map(|()| req))
                 .and_then(|req| state.mvcc.put(&req, batch))
                 .map(|applied| applied.response.encode_to_vec()),
             Command::DeleteRange(raw) => DeleteRangeRequest::decode(raw.as_slice())
                 .map_err(|e| Error::Internal(format!("decode delete: {e}")))
+                .and_then(|req| crate::checks::check_delete(&req).map(|()| req))
                 .and_then(|req| state.mvcc.delete_range(&req, batch))
                 .map(|applied| applied.response.encode_to_vec()),
             Command::Txn(raw) => TxnRequest::decode(raw.as_slice())
                 .map_err(|e| Error::Internal(format!("decode txn: {e}")))
+                // Structural checks only: the op limit is a flag, checked before proposing.
+                .and_then(|req| crate::checks::check_txn_request(&req, usize::MAX).map(|()| req))
                 .and_then(|req| state.mvcc.txn(&req, batch))
                 .map(|applied| applied.response.encode_to_vec()),
             Command::Compact(raw) => CompactionRequest::decode(raw.as_slice())
@@ -182,14 +200,6 @@ impl StateMachineStore {
                     }
                     .encode_to_vec()
                 }),
-            Command::Batch(commands) => {
-                return Reply::Batch(
-                    commands
-                        .iter()
-                        .map(|command| Self::apply_command(state, command, batch))
-                        .collect(),
-                );
-            }
             Command::PublishMember { id, attrs } => {
                 state.attrs.insert(*id, attrs.clone());
                 batch.put(Table::Meta, KEY_ATTRS, encode(&state.attrs));
@@ -214,7 +224,7 @@ impl StateMachineStore {
     /// chaos-bugs `apply-before-commit`: apply entries as soon as they are appended.
     #[cfg(feature = "chaos-bugs")]
     pub(crate) fn chaos_apply_early(&self, entries: &[crate::types::Entry]) {
-        crate::chaos_bugs::apply_early(&self.state, &self.engine, entries, Self::apply_command);
+        crate::chaos_bugs::apply_early(&self.state, &self.engine, entries, Self::apply_proposal);
         self.publish_revision();
     }
 
@@ -283,7 +293,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((state.last_applied, state.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
     where
         I: IntoIterator<Item = crate::types::Entry> + Send,
         I::IntoIter: Send,
@@ -309,9 +319,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     continue;
                 }
                 let reply = match &entry.payload {
-                    EntryPayload::Blank => Reply::Done,
-                    EntryPayload::Normal(command) => {
-                        Self::apply_command(&mut state, command, &mut batch)
+                    EntryPayload::Blank => Applied::One(Reply::Done),
+                    EntryPayload::Normal(proposal) => {
+                        Self::apply_proposal(&mut state, proposal, &mut batch)
                     }
                     EntryPayload::Membership(membership) => {
                         let before: BTreeSet<MemberId> =
@@ -330,7 +340,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         state.membership =
                             StoredMembership::new(Some(entry.log_id), membership.clone());
                         batch.put(Table::Meta, KEY_MEMBERSHIP, encode(&state.membership));
-                        Reply::Done
+                        Applied::One(Reply::Done)
                     }
                 };
                 replies.push(reply);

@@ -32,9 +32,15 @@ pub struct MemberAttrs {
     pub client_urls: Vec<String>,
 }
 
-/// A command replicated through the Raft log. KV requests travel as their etcd protobuf
-/// encoding, so the state machine applies exactly what the client sent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One client or member request, as replicated through the Raft log. KV requests travel
+/// as their etcd protobuf encoding, so the state machine applies exactly what the client
+/// sent. A `Command` never holds another: several are grouped only by a [`Proposal`], so
+/// nesting is bounded by type and decoding one never recurses.
+///
+/// Wire form (postcard): the variant index, then its fields. Index 5 is a [`Proposal`]'s
+/// batch and is refused when a lone `Command` is decoded.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "wire::CommandWire")]
 pub enum Command {
     Put(Vec<u8>),
     DeleteRange(Vec<u8>),
@@ -44,9 +50,6 @@ pub enum Command {
         id: MemberId,
         attrs: MemberAttrs,
     },
-    /// Several client commands proposed together (one log entry, one fsync); applied in
-    /// order, each with its own revision.
-    Batch(Vec<Command>),
     /// An etcd `AlarmRequest` (ACTIVATE or DEACTIVATE), protobuf-encoded.
     Alarm(Vec<u8>),
     /// An etcd `LeaseGrantRequest` (ID chosen and TTL raised to the minimum by the member
@@ -69,9 +72,132 @@ impl Command {
             Command::PublishMember { attrs, .. } => {
                 64 + attrs.name.len() + attrs.client_urls.iter().map(String::len).sum::<usize>()
             }
-            Command::Batch(commands) => {
-                commands.iter().map(Command::encoded_len).sum::<usize>() + 8
+        }
+    }
+}
+
+/// The payload of one normal Raft log entry: one command, or several proposed together
+/// (one log entry, one fsync) and applied in order, each with its own revision.
+///
+/// Its wire form is the one log entries have always had: a lone command encodes exactly as
+/// that [`Command`], a batch as variant index 5 and a sequence of commands.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "wire::ProposalWire")]
+pub enum Proposal {
+    One(Command),
+    Batch(Vec<Command>),
+}
+
+impl Proposal {
+    /// The commands, in the order they apply.
+    pub fn commands(&self) -> &[Command] {
+        match self {
+            Proposal::One(command) => std::slice::from_ref(command),
+            Proposal::Batch(commands) => commands,
+        }
+    }
+}
+
+impl Serialize for Command {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+        const NAME: &str = "Command";
+        match self {
+            Command::Put(b) => s.serialize_newtype_variant(NAME, 0, "Put", b),
+            Command::DeleteRange(b) => s.serialize_newtype_variant(NAME, 1, "DeleteRange", b),
+            Command::Txn(b) => s.serialize_newtype_variant(NAME, 2, "Txn", b),
+            Command::Compact(b) => s.serialize_newtype_variant(NAME, 3, "Compact", b),
+            Command::PublishMember { id, attrs } => {
+                let mut v = s.serialize_struct_variant(NAME, 4, "PublishMember", 2)?;
+                v.serialize_field("id", id)?;
+                v.serialize_field("attrs", attrs)?;
+                v.end()
             }
+            Command::Alarm(b) => s.serialize_newtype_variant(NAME, 6, "Alarm", b),
+            Command::LeaseGrant(b) => s.serialize_newtype_variant(NAME, 7, "LeaseGrant", b),
+            Command::LeaseRevoke(b) => s.serialize_newtype_variant(NAME, 8, "LeaseRevoke", b),
+        }
+    }
+}
+
+impl Serialize for Proposal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Proposal::One(command) => command.serialize(s),
+            Proposal::Batch(commands) => {
+                s.serialize_newtype_variant("Command", 5, "Batch", commands)
+            }
+        }
+    }
+}
+
+/// Decoding twins of [`Command`] and [`Proposal`]: the derived variant indices are the wire's.
+mod wire {
+    use serde::Deserialize;
+
+    use super::{Command, MemberAttrs, MemberId, Proposal};
+
+    #[derive(Deserialize)]
+    pub enum CommandWire {
+        Put(Vec<u8>),
+        DeleteRange(Vec<u8>),
+        Txn(Vec<u8>),
+        Compact(Vec<u8>),
+        PublishMember {
+            id: MemberId,
+            attrs: MemberAttrs,
+        },
+        /// A batch where a single command belongs: refused.
+        Batch,
+        Alarm(Vec<u8>),
+        LeaseGrant(Vec<u8>),
+        LeaseRevoke(Vec<u8>),
+    }
+
+    impl TryFrom<CommandWire> for Command {
+        type Error = &'static str;
+
+        fn try_from(wire: CommandWire) -> Result<Command, &'static str> {
+            Ok(match wire {
+                CommandWire::Put(b) => Command::Put(b),
+                CommandWire::DeleteRange(b) => Command::DeleteRange(b),
+                CommandWire::Txn(b) => Command::Txn(b),
+                CommandWire::Compact(b) => Command::Compact(b),
+                CommandWire::PublishMember { id, attrs } => Command::PublishMember { id, attrs },
+                CommandWire::Batch => return Err("a batch may only hold single commands"),
+                CommandWire::Alarm(b) => Command::Alarm(b),
+                CommandWire::LeaseGrant(b) => Command::LeaseGrant(b),
+                CommandWire::LeaseRevoke(b) => Command::LeaseRevoke(b),
+            })
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub enum ProposalWire {
+        Put(Vec<u8>),
+        DeleteRange(Vec<u8>),
+        Txn(Vec<u8>),
+        Compact(Vec<u8>),
+        PublishMember { id: MemberId, attrs: MemberAttrs },
+        Batch(Vec<Command>),
+        Alarm(Vec<u8>),
+        LeaseGrant(Vec<u8>),
+        LeaseRevoke(Vec<u8>),
+    }
+
+    impl From<ProposalWire> for Proposal {
+        fn from(wire: ProposalWire) -> Proposal {
+            Proposal::One(match wire {
+                ProposalWire::Put(b) => Command::Put(b),
+                ProposalWire::DeleteRange(b) => Command::DeleteRange(b),
+                ProposalWire::Txn(b) => Command::Txn(b),
+                ProposalWire::Compact(b) => Command::Compact(b),
+                ProposalWire::PublishMember { id, attrs } => Command::PublishMember { id, attrs },
+                ProposalWire::Batch(commands) => return Proposal::Batch(commands),
+                ProposalWire::Alarm(b) => Command::Alarm(b),
+                ProposalWire::LeaseGrant(b) => Command::LeaseGrant(b),
+                ProposalWire::LeaseRevoke(b) => Command::LeaseRevoke(b),
+            })
         }
     }
 }
@@ -81,17 +207,28 @@ impl Command {
 pub enum Reply {
     Response(Vec<u8>),
     Failed(Error),
-    /// One reply per command of a `Command::Batch`, in order.
-    Batch(Vec<Reply>),
     #[default]
     Done,
+}
+
+/// The state machine's answer to one log entry: one reply per command of its [`Proposal`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    One(Reply),
+    Batch(Vec<Reply>),
+}
+
+impl Default for Applied {
+    fn default() -> Applied {
+        Applied::One(Reply::Done)
+    }
 }
 
 openraft::declare_raft_types!(
     /// skiff's openraft type configuration.
     pub TypeConfig:
-        D = Command,
-        R = Reply,
+        D = Proposal,
+        R = Applied,
         NodeId = MemberId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
@@ -103,3 +240,50 @@ pub type LogId = openraft::LogId<MemberId>;
 pub type StoredMembership = openraft::StoredMembership<MemberId, Member>;
 pub type StorageError = openraft::StorageError<MemberId>;
 pub type Entry = openraft::Entry<TypeConfig>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_form_of_log_entries_is_unchanged() {
+        // Bytes as the derived encoding of the earlier single enum wrote them.
+        let put = Proposal::One(Command::Put(vec![0xaa, 0xbb]));
+        assert_eq!(postcard::to_stdvec(&put).unwrap(), [0, 2, 0xaa, 0xbb]);
+        let batch = Proposal::Batch(vec![Command::Put(vec![1]), Command::LeaseRevoke(vec![2])]);
+        let bytes = postcard::to_stdvec(&batch).unwrap();
+        assert_eq!(bytes, [5, 2, 0, 1, 1, 8, 1, 2]);
+        assert_eq!(postcard::from_bytes::<Proposal>(&bytes).unwrap(), batch);
+        let member = Command::PublishMember {
+            id: 7,
+            attrs: MemberAttrs {
+                name: "a".into(),
+                client_urls: vec![],
+            },
+        };
+        let bytes = postcard::to_stdvec(&member).unwrap();
+        assert_eq!(bytes, [4, 7, 1, b'a', 0]);
+        assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), member);
+        assert_eq!(
+            postcard::from_bytes::<Proposal>(&bytes).unwrap(),
+            Proposal::One(member)
+        );
+    }
+
+    #[test]
+    fn a_batch_inside_a_batch_does_not_decode() {
+        // The message that once overflowed every member's stack: 3,000 nested batches.
+        let mut bytes = vec![0u8];
+        for _ in 0..3000 {
+            bytes.extend([5, 1]);
+        }
+        bytes.extend([0, 0]);
+        assert!(postcard::from_bytes::<Command>(&bytes[1..]).is_err());
+        assert!(postcard::from_bytes::<Proposal>(&bytes[1..]).is_err());
+        assert!(postcard::from_bytes::<Command>(&[5, 0]).is_err());
+        assert_eq!(
+            postcard::from_bytes::<Proposal>(&[5, 0]).unwrap(),
+            Proposal::Batch(vec![])
+        );
+    }
+}

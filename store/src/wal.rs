@@ -620,13 +620,13 @@ impl EntryLog for Wal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Command, MemberId};
+    use crate::types::{MemberId, Proposal};
     use openraft::{CommittedLeaderId, EntryPayload};
 
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, MemberId::default()), index),
-            payload: EntryPayload::Normal(Command::Batch(Vec::new())),
+            payload: EntryPayload::Normal(Proposal::Batch(Vec::new())),
         }
     }
 
