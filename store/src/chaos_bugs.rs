@@ -56,11 +56,14 @@ pub enum Bug {
     LeaseNoRecheck,
     /// An installed Raft snapshot omits the records of its last revision.
     SnapshotOffByOne,
+    /// Opening a damaged WAL silently drops everything from the damage on, synced or not
+    /// (the behaviour before the sync mark).
+    WalTruncateSilently,
 }
 
 impl Bug {
     /// Every switch.
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::ReadLocal,
         Bug::AckBeforeCommit,
         Bug::ApplyBeforeCommit,
@@ -73,6 +76,7 @@ impl Bug {
         Bug::WatchResumeLate,
         Bug::LeaseNoRecheck,
         Bug::SnapshotOffByOne,
+        Bug::WalTruncateSilently,
     ];
 
     /// The switch's name in `SKIFF_CHAOS_BUGS`.
@@ -90,6 +94,7 @@ impl Bug {
             Bug::WatchResumeLate => "watch-resume-late",
             Bug::LeaseNoRecheck => "lease-no-recheck",
             Bug::SnapshotOffByOne => "snapshot-off-by-one",
+            Bug::WalTruncateSilently => "wal-truncate-silently",
         }
     }
 

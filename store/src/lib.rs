@@ -14,6 +14,7 @@ pub mod checks;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fsutil;
 pub mod grpc;
 pub mod http;
 pub mod lease;

@@ -271,12 +271,10 @@ async fn join_existing(config: &StoreConfig, channels: &PeerChannels) -> Result<
 pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
     config.validate().map_err(|e| Error::Config(e.0))?;
     let member_dir = config.data_dir.join("member");
-    std::fs::create_dir_all(&member_dir).map_err(|e| {
-        Error::Config(format!(
-            "cannot create data dir {}: {e}",
-            member_dir.display()
-        ))
-    })?;
+    for dir in [&config.data_dir, &member_dir] {
+        crate::fsutil::create_private_dir(dir)
+            .map_err(|e| Error::Config(format!("cannot use data dir {}: {e}", dir.display())))?;
+    }
     let engine: Arc<dyn Engine> = Arc::new(CountingEngine::new(CoalescingEngine::new(
         open_engine(&member_dir)?,
     )));

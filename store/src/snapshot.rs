@@ -846,7 +846,9 @@ pub fn restore(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| data_dir.clone());
-    std::fs::create_dir_all(&member_dir).map_err(|e| io_err("create data dir", &member_dir, e))?;
+    for dir in [data_dir.as_path(), member_dir.as_path()] {
+        crate::fsutil::create_private_dir(dir).map_err(|e| io_err("create data dir", dir, e))?;
+    }
     let result = restore_into(snapshot, options, &config, &engine_path, progress);
     if result.is_err() {
         // Leave nothing half-restored behind.

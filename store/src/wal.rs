@@ -16,15 +16,26 @@
 //!
 //! Invariants: entries are contiguous inside a segment; a segment starts at an index
 //! after every index before it (a gap between segments only ever lies at or below the
-//! purge point, after a snapshot install). Opening a WAL drops a torn tail — a record cut
-//! short or failing its checksum — which can only hold bytes never reported durable.
+//! purge point, after a snapshot install).
+//!
+//! Damage on open (etcd's rule, made stricter): after every sync the WAL writes a small
+//! **sync mark** ([`SYNC_MARK`]: segment and size the sync covered, with a checksum) into
+//! the page cache, not fsynced — it never claims more than is durable. Opening a WAL may
+//! drop only a *torn tail*: a record beyond the sync mark that is cut short by the end of
+//! the file or holds a zeroed sector (a write that never fully landed, as etcd's
+//! `isTornEntry` tells them). Any other damage — a checksum failure before the mark or
+//! without the torn pattern, a bad length, a record out of order, data after the end of
+//! the records — refuses to open with [`EngineError::Corrupt`] naming the file and offset:
+//! a member never starts silently short of what it acknowledged. The operator then
+//! replaces the member (remove it, wipe its data, add it back), as etcd's docs say.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::{Durability, Engine, EngineError, Table, WriteBatch};
+use crate::fsutil::{create_private_dir, private_file};
 use crate::raft_log::{decode, encode};
 use crate::types::{Entry, LogId};
 
@@ -34,6 +45,10 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// the batch size; anything larger is damage).
 pub const MAX_RECORD_BYTES: u32 = 256 * 1024 * 1024;
 const HEADER: usize = 8;
+/// The sync mark's file name in the WAL directory.
+pub const SYNC_MARK: &str = "sync-mark";
+/// Disk sector size for torn-write detection (etcd's `minSectorSize`).
+const SECTOR: u64 = 512;
 /// Zeroed bytes kept ahead of the last record of the active segment.
 pub const PREFILL_AHEAD: u64 = 8 * 1024 * 1024;
 const PREFILL_CHUNK: u64 = 1024 * 1024;
@@ -177,6 +192,8 @@ struct WalState {
 pub struct Wal {
     dir: PathBuf,
     state: Mutex<WalState>,
+    /// Where each sync writes its [`SyncMark`].
+    mark_file: File,
     /// Serialises syncs so a sync never returns before an earlier one's writes are durable.
     sync_lock: Mutex<()>,
     /// Simulated power loss (test builds): what the last sync covered is recorded in
@@ -251,52 +268,147 @@ fn sync_dir(dir: &Path) -> Result<(), EngineError> {
         .map_err(|e| io("sync wal directory", e))
 }
 
-/// Parse the records of one segment; returns them and the length of the valid prefix.
-fn scan_segment(first_index: u64, data: &[u8]) -> (Vec<(LogId, u64, u32)>, u64) {
+/// How far the last completed sync reached: every segment before `first_index` whole,
+/// and the segment starting at `first_index` up to `size` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SyncMark {
+    first_index: u64,
+    size: u64,
+}
+
+impl SyncMark {
+    const BYTES: usize = 20;
+
+    fn encode(self) -> [u8; Self::BYTES] {
+        let mut out = [0u8; Self::BYTES];
+        out[..8].copy_from_slice(&self.first_index.to_le_bytes());
+        out[8..16].copy_from_slice(&self.size.to_le_bytes());
+        let crc = crc32fast::hash(&out[..16]);
+        out[16..].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// `None` for a missing, short or damaged mark (then nothing is known to be synced
+    /// and only etcd's torn-write rule applies).
+    fn decode(data: &[u8]) -> Option<SyncMark> {
+        let data = data.get(..Self::BYTES)?;
+        let crc = u32::from_le_bytes(data[16..].try_into().ok()?);
+        if crc32fast::hash(&data[..16]) != crc {
+            return None;
+        }
+        Some(SyncMark {
+            first_index: u64::from_le_bytes(data[..8].try_into().ok()?),
+            size: u64::from_le_bytes(data[8..16].try_into().ok()?),
+        })
+    }
+
+    /// Whether byte `offset` of the segment starting at `first_index` was synced.
+    fn covers(self, first_index: u64, offset: u64) -> bool {
+        first_index < self.first_index || (first_index == self.first_index && offset < self.size)
+    }
+}
+
+/// Why the scan of a segment stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ScanEnd {
+    /// The end of the records: end of file or a zero length, with only zeros after it.
+    Clean,
+    /// A write that never fully landed: the record is cut short by the end of the file, a
+    /// sector of it is zeros, or bytes follow the zero length that ends the records.
+    Torn(String),
+    /// Damage a crash cannot cause.
+    Damaged(String),
+}
+
+/// Whether a record that fails its checksum looks like a torn write: one of the sectors
+/// it spans (clipped to the record) is all zeros.
+fn has_zero_sector(data: &[u8], start: u64) -> bool {
+    let mut at = start as usize;
+    let end = start as usize + data.len();
+    while at < end {
+        let next = ((at as u64 / SECTOR + 1) * SECTOR) as usize;
+        let chunk = &data[at - start as usize..next.min(end) - start as usize];
+        if chunk.iter().all(|b| *b == 0) {
+            return true;
+        }
+        at = next;
+    }
+    false
+}
+
+/// Parse the records of one segment: them, the length of the valid prefix, and why the
+/// scan stopped there.
+fn scan_segment(first_index: u64, data: &[u8]) -> (Vec<(LogId, u64, u32)>, u64, ScanEnd) {
     let mut records = Vec::new();
     let mut offset = 0usize;
-    while offset + HEADER <= data.len() {
-        let len = u32::from_le_bytes([
-            data[offset],
-            data[offset + 1],
-            data[offset + 2],
-            data[offset + 3],
-        ]);
-        let crc = u32::from_le_bytes([
-            data[offset + 4],
-            data[offset + 5],
-            data[offset + 6],
-            data[offset + 7],
-        ]);
-        if len == 0 || len > MAX_RECORD_BYTES || offset + HEADER + len as usize > data.len() {
-            break;
+    let end = loop {
+        let rest = &data[offset..];
+        if rest.len() < HEADER {
+            break if rest.iter().all(|b| *b == 0) {
+                ScanEnd::Clean
+            } else {
+                ScanEnd::Torn("record header cut short by the end of the file".into())
+            };
         }
-        let payload = &data[offset + HEADER..offset + HEADER + len as usize];
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        if len == 0 {
+            break if rest.iter().all(|b| *b == 0) {
+                ScanEnd::Clean
+            } else {
+                ScanEnd::Torn("bytes after the zero length that ends the records".into())
+            };
+        }
+        if len > MAX_RECORD_BYTES {
+            break ScanEnd::Damaged(format!("record length {len} is over the limit"));
+        }
+        if HEADER + len as usize > rest.len() {
+            break ScanEnd::Torn(format!(
+                "record of {len} bytes cut short by the end of the file"
+            ));
+        }
+        let record = &rest[..HEADER + len as usize];
+        let payload = &record[HEADER..];
         if crc32fast::hash(payload) != crc {
-            break;
+            break if has_zero_sector(record, offset as u64) {
+                ScanEnd::Torn("record with a zeroed sector (a write that never landed)".into())
+            } else {
+                ScanEnd::Damaged("checksum mismatch (crc mismatch)".into())
+            };
         }
-        let Ok(entry) = decode::<Entry>(payload) else {
-            break;
+        let entry = match decode::<Entry>(payload) {
+            Ok(entry) => entry,
+            Err(e) => break ScanEnd::Damaged(format!("record does not decode: {e}")),
         };
-        if entry.log_id.index != first_index + records.len() as u64 {
-            break;
+        let expected = first_index + records.len() as u64;
+        if entry.log_id.index != expected {
+            break ScanEnd::Damaged(format!(
+                "record holds entry {} where entry {expected} belongs",
+                entry.log_id.index
+            ));
         }
         records.push((entry.log_id, offset as u64, HEADER as u32 + len));
         offset += HEADER + len as usize;
-    }
-    (records, offset as u64)
+    };
+    (records, offset as u64, end)
 }
 
 impl Wal {
-    /// Open (or create) the WAL in `dir`, dropping a torn tail.
+    /// Open (or create) the WAL in `dir`, dropping a torn tail beyond the sync mark and
+    /// refusing any other damage (see the module docs).
     pub fn open(dir: &Path) -> Result<Wal, EngineError> {
-        std::fs::create_dir_all(dir).map_err(|e| io("create wal directory", e))?;
+        create_private_dir(dir)
+            .map_err(|e| io(&format!("create wal directory {}", dir.display()), e))?;
         #[cfg(feature = "chaos-bugs")]
         let power_loss = crate::chaos_bugs::power_loss_engine();
         #[cfg(feature = "chaos-bugs")]
         if power_loss {
             Self::drop_unsynced(dir)?;
         }
+        let mark_path = dir.join(SYNC_MARK);
+        let mark = std::fs::read(&mark_path)
+            .ok()
+            .and_then(|data| SyncMark::decode(&data));
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for item in std::fs::read_dir(dir).map_err(|e| io("list wal directory", e))? {
             let item = item.map_err(|e| io("list wal directory", e))?;
@@ -309,11 +421,17 @@ impl Wal {
         }
         names.sort();
         let mut segments: Vec<Segment> = Vec::new();
-        let mut damaged = false;
+        let mut torn = false;
         for (first_index, path) in names {
-            if damaged {
-                // Everything after a damaged segment was never durable in order: drop it.
-                tracing::warn!(path = %path.display(), "dropping wal segment after a torn tail");
+            if torn {
+                // Everything after a torn tail was written after it, so never synced.
+                if mark.is_some_and(|m| m.covers(first_index, 0)) {
+                    return Err(EngineError::Corrupt(format!(
+                        "wal segment {} follows a torn record but was synced",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(path = %path.display(), "wal: dropping a segment written after a torn tail");
                 std::fs::remove_file(&path).map_err(|e| io("remove wal segment", e))?;
                 continue;
             }
@@ -326,27 +444,58 @@ impl Wal {
                 )));
             }
             let data = std::fs::read(&path).map_err(|e| io("read wal segment", e))?;
-            let (records, valid) = scan_segment(first_index, &data);
+            let (records, valid, end) = scan_segment(first_index, &data);
+            let refuse = |why: &str| {
+                EngineError::Corrupt(format!(
+                    "wal segment {} is damaged at offset {valid}: {why}; this member's log \
+                     cannot be trusted: remove the member from the cluster, delete its data \
+                     directory and add it back (etcdctl member remove / member add)",
+                    path.display()
+                ))
+            };
+            let mut prefilled = valid;
+            match end {
+                ScanEnd::Clean => prefilled = data.len() as u64,
+                ScanEnd::Damaged(why) => {
+                    #[cfg(feature = "chaos-bugs")]
+                    let silently =
+                        crate::chaos_bugs::enabled(crate::chaos_bugs::Bug::WalTruncateSilently);
+                    #[cfg(not(feature = "chaos-bugs"))]
+                    let silently = false;
+                    if !silently {
+                        return Err(refuse(&why));
+                    }
+                    torn = true;
+                }
+                ScanEnd::Torn(why) => {
+                    if mark.is_some_and(|m| m.covers(first_index, valid)) {
+                        #[cfg(feature = "chaos-bugs")]
+                        let silently =
+                            crate::chaos_bugs::enabled(crate::chaos_bugs::Bug::WalTruncateSilently);
+                        #[cfg(not(feature = "chaos-bugs"))]
+                        let silently = false;
+                        if !silently {
+                            return Err(refuse(&format!("{why}, before the synced position")));
+                        }
+                    }
+                    torn = true;
+                }
+            }
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
                 .map_err(|e| io("open wal segment", e))?;
-            let tail_is_zero = data[valid as usize..].iter().all(|b| *b == 0);
-            let mut prefilled = valid;
-            if tail_is_zero {
-                prefilled = data.len() as u64;
-            } else {
+            if torn {
                 tracing::warn!(
                     path = %path.display(),
                     kept = valid,
                     dropped = data.len() as u64 - valid,
-                    "wal: dropping a torn tail (bytes never reported durable)"
+                    "wal: dropping a torn tail (a write that never completed, never reported durable)"
                 );
                 file.set_len(valid)
                     .map_err(|e| io("truncate wal segment", e))?;
                 file.sync_all().map_err(|e| io("sync wal segment", e))?;
-                damaged = true;
             }
             segments.push(Segment {
                 first_index,
@@ -357,16 +506,52 @@ impl Wal {
                 prefilled,
             });
         }
-        Ok(Wal {
+        let mark_file = private_file(&mark_path)
+            .map_err(|e| io(&format!("open {}", mark_path.display()), e))?;
+        let wal = Wal {
             dir: dir.to_path_buf(),
             state: Mutex::new(WalState {
                 segments,
                 dirty: Vec::new(),
             }),
+            mark_file,
             sync_lock: Mutex::new(()),
             #[cfg(feature = "chaos-bugs")]
             power_loss,
-        })
+        };
+        // What is on disk now was read back whole: mark it synced (a dropped tail lowers
+        // the mark, so a later torn write beyond it is told apart again).
+        for segment in &wal.lock().segments {
+            segment
+                .file
+                .sync_data()
+                .map_err(|e| io("sync wal segment", e))?;
+        }
+        wal.write_mark(wal.current_mark())?;
+        Ok(wal)
+    }
+
+    /// What every segment holds now.
+    fn current_mark(&self) -> SyncMark {
+        let state = self.lock();
+        state
+            .segments
+            .last()
+            .map(|s| SyncMark {
+                first_index: s.first_index,
+                size: s.size,
+            })
+            .unwrap_or(SyncMark {
+                first_index: 0,
+                size: 0,
+            })
+    }
+
+    /// Record what the last sync covered (page cache only: never more than is durable).
+    fn write_mark(&self, mark: SyncMark) -> Result<(), EngineError> {
+        self.mark_file
+            .write_all_at(&mark.encode(), 0)
+            .map_err(|e| io("write wal sync mark", e))
     }
 
     /// Sync every file written since the last sync (the caller holds `sync_lock`).
@@ -379,18 +564,26 @@ impl Wal {
             .iter()
             .map(|s| (s.first_index, s.size))
             .collect();
+        let mark = state.segments.last().map(|s| SyncMark {
+            first_index: s.first_index,
+            size: s.size,
+        });
         let dirty = std::mem::take(&mut state.dirty);
         drop(state);
         #[cfg(feature = "chaos-bugs")]
         if crate::chaos_bugs::enabled(crate::chaos_bugs::Bug::SkipFsync) {
             return Ok(());
         }
+        let synced_any = !dirty.is_empty();
         for file in dirty {
             file.sync_data().map_err(|e| io("sync wal", e))?;
         }
         #[cfg(feature = "chaos-bugs")]
         if self.power_loss {
             self.write_synced_marker(&sizes)?;
+        }
+        if synced_any && let Some(mark) = mark {
+            self.write_mark(mark)?;
         }
         Ok(())
     }
@@ -406,6 +599,7 @@ impl Wal {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| io("create wal segment", e))?;
         sync_dir(&self.dir)?;
@@ -540,6 +734,31 @@ impl EntryLog for Wal {
 
     fn truncate(&self, from: u64) -> Result<(), EngineError> {
         let _serial = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Lower the sync mark to the cut first, durably: a crash mid-truncate must not leave
+        // a mark that claims bytes the truncate removed (they would read as damage).
+        let lowered = {
+            let state = self.lock();
+            state
+                .segments
+                .iter()
+                .rev()
+                .find(|s| s.first_index < from)
+                .map(|s| {
+                    let keep = (from - s.first_index) as usize;
+                    SyncMark {
+                        first_index: s.first_index,
+                        size: s.records.get(keep).map_or(s.size, |r| r.1),
+                    }
+                })
+                .unwrap_or(SyncMark {
+                    first_index: 0,
+                    size: 0,
+                })
+        };
+        self.write_mark(lowered)?;
+        self.mark_file
+            .sync_data()
+            .map_err(|e| io("sync wal sync mark", e))?;
         let mut state = self.lock();
         while let Some(segment) = state.segments.last_mut() {
             if segment.first_index >= from {
@@ -690,35 +909,160 @@ mod tests {
         assert_eq!(wal.last().expect("last").map(|id| id.index), Some(51));
     }
 
-    #[test]
-    fn a_torn_tail_is_dropped_on_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let wal = Wal::open(dir.path()).expect("open");
-        wal.append((1..=5).map(|i| entry(1, i)).collect())
+    fn big_entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, MemberId::default()), index),
+            payload: EntryPayload::Normal(Proposal::One(crate::types::Command::Put(vec![
+                7u8;
+                3000
+            ]))),
+        }
+    }
+
+    /// Records' (offset, length) of the first segment (read without opening the WAL, which
+    /// would mark what it read as synced).
+    fn records(dir: &Path) -> Vec<(u64, u32)> {
+        let data = std::fs::read(dir.join(segment_name(1))).expect("read segment");
+        let (records, _, end) = scan_segment(1, &data);
+        assert_eq!(end, ScanEnd::Clean);
+        records.iter().map(|r| (r.1, r.2)).collect()
+    }
+
+    fn damage(dir: &Path, at: u64, bytes: &[u8]) {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(dir.join(segment_name(1)))
+            .expect("open segment");
+        file.write_all_at(bytes, at).expect("damage");
+    }
+
+    fn refusal(dir: &Path) -> String {
+        match Wal::open(dir) {
+            Ok(_) => panic!("a damaged wal opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Five synced entries and a sixth appended after the sync (never reported durable).
+    fn five_synced_one_not(dir: &Path) {
+        let wal = Wal::open(dir).expect("open");
+        wal.append((1..=5).map(|i| big_entry(1, i)).collect())
             .expect("append");
         wal.sync().expect("sync");
+        wal.append(vec![big_entry(1, 6)]).expect("append unsynced");
+    }
+
+    #[test]
+    fn a_torn_record_beyond_the_sync_mark_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        five_synced_one_not(dir.path());
+        let (offset, len) = records(dir.path())[5];
+        // A sector of record 6 never reached the disk.
+        let sector = (offset / SECTOR + 2) * SECTOR;
+        assert!(sector + SECTOR <= offset + len as u64);
+        damage(dir.path(), sector, &[0u8; SECTOR as usize]);
+        let wal = Wal::open(dir.path()).expect("open with a torn tail");
+        assert_eq!(indexes(&wal, 0, None), vec![1, 2, 3, 4, 5]);
+        wal.append(vec![big_entry(2, 6)]).expect("append again");
+        wal.sync().expect("sync");
         drop(wal);
+        let wal = Wal::open(dir.path()).expect("reopen");
+        assert_eq!(indexes(&wal, 0, None), vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn damage_in_synced_records_refuses_to_open_naming_the_file() {
+        for (what, record, at, bytes) in [
+            ("payload of the middle record", 2usize, 100u64, vec![0xffu8]),
+            ("payload of the last synced record", 4, 50, vec![0x01]),
+            ("length of the last synced record", 4, 1, vec![0x40]),
+            ("checksum of the first record", 0, 5, vec![0x10]),
+            (
+                "a zeroed sector of a synced record",
+                3,
+                1024,
+                vec![0u8; 1024],
+            ),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            five_synced_one_not(dir.path());
+            let (offset, _) = records(dir.path())[record];
+            damage(dir.path(), offset + at, &bytes);
+            let error = refusal(dir.path());
+            assert!(error.contains(&segment_name(1)), "{what}: {error}");
+            assert!(error.contains("damaged at offset"), "{what}: {error}");
+        }
+    }
+
+    #[test]
+    fn damage_beyond_the_mark_that_is_not_a_torn_write_refuses_to_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        five_synced_one_not(dir.path());
+        let (offset, _) = records(dir.path())[5];
+        damage(dir.path(), offset + 200, &[0x55]);
+        assert!(refusal(dir.path()).contains("crc mismatch"));
+    }
+
+    #[test]
+    fn without_a_mark_a_record_cut_short_is_a_torn_tail() {
+        // A WAL written before sync marks existed: only etcd's torn-write rule applies.
+        let dir = tempfile::tempdir().expect("tempdir");
+        five_synced_one_not(dir.path());
+        std::fs::remove_file(dir.path().join(SYNC_MARK)).expect("remove mark");
         let path = dir.path().join(segment_name(1));
-        let len = std::fs::metadata(&path).expect("stat").len();
-        // Cut the last record short, as a crash mid-write would.
+        let (offset, len) = records(dir.path())[5];
         let file = OpenOptions::new().write(true).open(&path).expect("open");
-        file.set_len(len - 3).expect("cut");
+        file.set_len(offset + len as u64 - 3).expect("cut");
         drop(file);
-        let wal = Wal::open(dir.path()).expect("reopen");
-        assert_eq!(indexes(&wal, 0, None), vec![1, 2, 3, 4]);
-        wal.append(vec![entry(1, 5)]).expect("append again");
-        // Flip a payload byte of record 3: records 3.. are dropped.
-        drop(wal);
-        let mut data = std::fs::read(&path).expect("read");
-        let wal = Wal::open(dir.path()).expect("reopen");
-        let offset = {
-            let state = wal.lock();
-            state.segments[0].records[2].1 as usize
-        };
-        drop(wal);
-        data[offset + HEADER + 1] ^= 0xff;
-        std::fs::write(&path, &data).expect("write");
-        let wal = Wal::open(dir.path()).expect("reopen damaged");
+        let wal = Wal::open(dir.path()).expect("open");
+        assert_eq!(indexes(&wal, 0, None), vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_truncated_log_reopens_and_drops_a_torn_append_after_the_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let wal = Wal::open(dir.path()).expect("open");
+            wal.append((1..=5).map(|i| big_entry(1, i)).collect())
+                .expect("append");
+            wal.sync().expect("sync");
+            wal.truncate(3).expect("truncate");
+            wal.append(vec![big_entry(2, 3)]).expect("append after cut");
+        }
+        let (offset, _) = records(dir.path())[2];
+        let sector = (offset / SECTOR + 2) * SECTOR;
+        damage(dir.path(), sector, &[0u8; SECTOR as usize]);
+        let wal = Wal::open(dir.path()).expect("open");
         assert_eq!(indexes(&wal, 0, None), vec![1, 2]);
+    }
+
+    #[test]
+    fn the_sync_mark_round_trips_and_rejects_damage() {
+        let mark = SyncMark {
+            first_index: 42,
+            size: 4096,
+        };
+        let mut bytes = mark.encode();
+        assert_eq!(SyncMark::decode(&bytes), Some(mark));
+        bytes[3] ^= 1;
+        assert_eq!(SyncMark::decode(&bytes), None);
+        assert!(mark.covers(41, 1 << 40));
+        assert!(mark.covers(42, 4095));
+        assert!(!mark.covers(42, 4096));
+        assert!(!mark.covers(43, 0));
+    }
+
+    #[test]
+    fn wal_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal_dir = dir.path().join("wal");
+        let wal = Wal::open(&wal_dir).expect("open");
+        wal.append(vec![entry(1, 1)]).expect("append");
+        wal.sync().expect("sync");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&wal_dir), 0o700);
+        assert_eq!(mode(&wal_dir.join(segment_name(1))), 0o600);
+        assert_eq!(mode(&wal_dir.join(SYNC_MARK)), 0o600);
     }
 }

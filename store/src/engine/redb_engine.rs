@@ -90,7 +90,13 @@ pub struct RedbEngine {
 impl RedbEngine {
     /// Opens the database file at `path`, creating it (and every table) if needed.
     pub fn open(path: &Path) -> Result<Self, EngineError> {
-        let db = Database::create(path).map_err(map_err)?;
+        let named = |e: EngineError| match e {
+            EngineError::Io(m) => EngineError::Io(format!("{}: {m}", path.display())),
+            EngineError::Corrupt(m) => EngineError::Corrupt(format!("{}: {m}", path.display())),
+        };
+        let db = Database::create(path).map_err(map_err).map_err(named)?;
+        crate::fsutil::make_private(path)
+            .map_err(|e| EngineError::Io(format!("{}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(map_err)?;
         let live_bytes = {
             for table in Table::ALL {
