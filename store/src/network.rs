@@ -501,10 +501,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         if let Some(sync) = &self.log_sync {
             rpc.leader_commit = sync.clamp_commit(rpc.leader_commit);
         }
-        if let Some(response) = self.append_raw(&rpc, &option).await? {
-            return Ok(response);
-        }
-        self.append_streamed(&rpc, &option).await
+        let response = match self.append_raw(&rpc, &option).await? {
+            Some(response) => response,
+            None => self.append_streamed(&rpc, &option).await?,
+        };
+        plausible_append_response(&rpc, response).map_err(|why| {
+            tracing::warn!(target = %self.target, "{why}");
+            RPCError::Network(NetworkError::new(&std::io::Error::other(why)))
+        })
     }
 
     async fn install_snapshot(
@@ -527,9 +531,80 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
+/// A peer's answer to AppendEntries that openraft may act on: one it could not have sent
+/// (a conflict before the first entry, a match outside what was sent, a "higher" vote that
+/// is not higher) is refused as a network failure, so the leader retries instead of
+/// asserting on it — no member panics on what a peer reports.
+pub fn plausible_append_response(
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    response: AppendEntriesResponse<MemberId>,
+) -> Result<AppendEntriesResponse<MemberId>, String> {
+    let last_sent = rpc
+        .entries
+        .last()
+        .map(|e| e.log_id)
+        .or(rpc.prev_log_id);
+    match &response {
+        AppendEntriesResponse::Conflict if rpc.prev_log_id.is_none() => {
+            Err("peer reported a log conflict before its first entry".into())
+        }
+        AppendEntriesResponse::PartialSuccess(matching)
+            if *matching < rpc.prev_log_id || *matching > last_sent =>
+        {
+            Err(format!(
+                "peer reported a match ({matching:?}) outside the entries sent"
+            ))
+        }
+        AppendEntriesResponse::HigherVote(vote) if *vote <= rpc.vote => {
+            Err(format!("peer reported a vote ({vote}) that is not higher"))
+        }
+        _ => Ok(response),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn implausible_append_responses_are_refused() {
+        use openraft::{CommittedLeaderId, Vote};
+        let id = |i| openraft::LogId::new(CommittedLeaderId::new(2, 1), i);
+        let from_start = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        };
+        assert!(plausible_append_response(&from_start, AppendEntriesResponse::Conflict).is_err());
+        let later = AppendEntriesRequest::<TypeConfig> {
+            prev_log_id: Some(id(5)),
+            ..from_start.clone()
+        };
+        assert!(plausible_append_response(&later, AppendEntriesResponse::Conflict).is_ok());
+        assert!(
+            plausible_append_response(&later, AppendEntriesResponse::PartialSuccess(Some(id(9))))
+                .is_err()
+        );
+        assert!(
+            plausible_append_response(&later, AppendEntriesResponse::PartialSuccess(Some(id(5))))
+                .is_ok()
+        );
+        assert!(
+            plausible_append_response(
+                &later,
+                AppendEntriesResponse::HigherVote(Vote::new_committed(1, 3))
+            )
+            .is_err()
+        );
+        assert!(
+            plausible_append_response(
+                &later,
+                AppendEntriesResponse::HigherVote(Vote::new(3, 3))
+            )
+            .is_ok()
+        );
+    }
 
     #[tokio::test]
     async fn a_refused_connection_is_reported_as_never_sent() {
