@@ -422,6 +422,7 @@ impl Resources for GrpcApi {
         let (info, path) = self.ref_path(&r.r#ref, false)?;
         let mut field_selector = r.field_selector.clone();
         if let Some(name) = r.r#ref.as_ref().map(|r| &r.name).filter(|n| !n.is_empty()) {
+            let name = crate::selector::escape_field_value(name);
             field_selector = if field_selector.is_empty() {
                 format!("metadata.name={name}")
             } else {

@@ -9,9 +9,13 @@
 //! - [`auth`]: client certificates, anonymous users, the authorization hook.
 //! - [`grpc`]: the gRPC automation API (`skiff.api.v1.Resources`) over the same router.
 //! - [`metrics`]: `/metrics` (request counts and latencies by verb and resource).
+//! - [`encryption`]: encryption at rest (`--encryption-provider-config`).
+//! - [`audit`]: the audit log (`--audit-log-path`, `--audit-policy-file`).
 
+pub mod audit;
 pub mod auth;
 pub mod discovery;
+pub mod encryption;
 pub mod errors;
 pub mod grpc;
 pub mod metrics;

@@ -1,11 +1,12 @@
 //! `/metrics` in the Prometheus text format: kube-apiserver's `apiserver_request_total` (by verb,
 //! group, version, resource, subresource, code) and `apiserver_request_duration_seconds` (a
 //! histogram by verb, group, version, resource, subresource), fed by a middleware, and
-//! `apiserver_current_inflight_requests` (fed by the in-flight limiter).
+//! `apiserver_current_inflight_requests` (fed by the in-flight limiter), and the audit log's
+//! `apiserver_audit_event_total`/`apiserver_audit_error_total`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -51,7 +52,19 @@ struct Inner {
 
 /// The request metrics of one API server process.
 #[derive(Debug, Default, Clone)]
-pub struct Metrics(Arc<Mutex<Inner>>, Arc<InFlightGauges>);
+pub struct Metrics(Arc<Mutex<Inner>>, Arc<InFlightGauges>, Arc<AuditCounters>);
+
+/// The audit log's counters (kube-apiserver's `apiserver_audit_event_total` and
+/// `apiserver_audit_error_total`), fed by [`crate::audit`].
+#[derive(Debug, Default)]
+pub struct AuditCounters {
+    /// Events handed to the log writer.
+    pub events: AtomicU64,
+    /// Events dropped because the writer's queue was full (`plugin="buffered"`).
+    pub dropped: AtomicU64,
+    /// Events that could not be written (`plugin="log"`).
+    pub write_errors: AtomicU64,
+}
 
 /// kube-apiserver's `apiserver_current_inflight_requests`: requests being served now (watches
 /// excluded), read-only and mutating.
@@ -97,7 +110,12 @@ impl Metrics {
             known: known.into_iter().collect(),
             ..Inner::default()
         };
-        Metrics(Arc::new(Mutex::new(inner)), Arc::default())
+        Metrics(Arc::new(Mutex::new(inner)), Arc::default(), Arc::default())
+    }
+
+    /// The audit log's counters.
+    pub fn audit(&self) -> Arc<AuditCounters> {
+        self.2.clone()
     }
 
     /// Counts a request as in flight until the guard is dropped.
@@ -162,6 +180,20 @@ impl Metrics {
                 gauge.load(Ordering::Relaxed)
             );
         }
+        let audit = &self.2;
+        let _ = write!(
+            out,
+            "# HELP apiserver_audit_event_total Counter of audit events generated and sent to the audit backend.\n\
+             # TYPE apiserver_audit_event_total counter\n\
+             apiserver_audit_event_total {}\n\
+             # HELP apiserver_audit_error_total Counter of audit events that failed to be audited properly. Plugin identifies the plugin affected by the error.\n\
+             # TYPE apiserver_audit_error_total counter\n\
+             apiserver_audit_error_total{{plugin=\"buffered\"}} {}\n\
+             apiserver_audit_error_total{{plugin=\"log\"}} {}\n",
+            audit.events.load(Ordering::Relaxed),
+            audit.dropped.load(Ordering::Relaxed),
+            audit.write_errors.load(Ordering::Relaxed),
+        );
         out.push_str(
             "# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, group, version, resource, subresource and HTTP response code.\n\
              # TYPE apiserver_request_total counter\n",

@@ -15,12 +15,14 @@ use serde_json::{Value, json};
 
 use crate::patch;
 use crate::resources::{self, ResourceInfo};
-use crate::selector::{FieldSelector, LabelSelector, labels_of};
+use crate::selector::{FieldSelector, LabelSelector, escape_field_value, labels_of};
 use crate::status::ApiError;
 use crate::storage::{Change, Storage, StorageError, Stored};
 
 /// Largest request body accepted (kube-apiserver's limit).
 pub const MAX_BODY_BYTES: usize = 3 << 20;
+/// The most operations a JSON patch may have (kube-apiserver's `maxJSONPatchOperations`).
+const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
 /// How many times a patch is retried when the object changes underneath it.
 const PATCH_RETRIES_MAX: usize = 5;
 /// A watch without `timeoutSeconds` is closed after this long (kube: 30–60 minutes).
@@ -382,7 +384,7 @@ impl Registry {
         let mut field_sel = query.get("fieldSelector").cloned().unwrap_or_default();
         if let Some(name) = &t.name {
             // A watch on one object is a watch on its collection with a name selector.
-            field_sel = format!("metadata.name={name},{field_sel}");
+            field_sel = format!("metadata.name={},{field_sel}", escape_field_value(name));
         }
         let fields = FieldSelector::parse(&field_sel, info.kind).map_err(ApiError::bad_request)?;
         let timeout = query
@@ -1344,13 +1346,24 @@ fn apply_patch(ct: &str, obj: &mut Value, patch_doc: &Value) -> Result<(), ApiEr
         "application/strategic-merge-patch+json" => {
             patch::strategic_merge_patch(obj, patch_doc).map_err(ApiError::bad_request)?
         }
-        "application/json-patch+json" => patch::json_patch(obj, patch_doc).map_err(|e| {
-            ApiError::new(
-                422,
-                "Invalid",
-                format!("the server rejected our request due to an error in our request: {e}"),
-            )
-        })?,
+        "application/json-patch+json" => {
+            // kube-apiserver's `maxJSONPatchOperations` (checked before the patch is applied).
+            if let Some(n) = patch_doc.as_array().map(Vec::len)
+                && n > MAX_JSON_PATCH_OPERATIONS
+            {
+                return Err(ApiError::request_entity_too_large(&format!(
+                    "The allowed maximum operations in a JSON patch is \
+                     {MAX_JSON_PATCH_OPERATIONS}, got {n}"
+                )));
+            }
+            patch::json_patch(obj, patch_doc).map_err(|e| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                )
+            })?
+        }
         other => return Err(ApiError::unsupported_media_type(other)),
     }
     Ok(())

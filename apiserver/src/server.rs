@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -66,6 +66,17 @@ pub struct ApiServerConfig {
     pub max_requests_inflight: usize,
     /// `--max-mutating-requests-inflight`: the same for create, update, patch and delete.
     pub max_mutating_requests_inflight: usize,
+    /// `--encryption-provider-config`: an `EncryptionConfiguration` file; the resources it
+    /// names are encrypted in the store (see [`crate::encryption`]).
+    pub encryption_provider_config: Option<PathBuf>,
+    /// `--audit-log-path`: the audit log (a file, or `-` for stdout); None = no audit log.
+    pub audit_log_path: Option<PathBuf>,
+    /// `--audit-policy-file`: an audit `Policy`; without one everything is logged at Metadata.
+    pub audit_policy_file: Option<PathBuf>,
+    /// `--audit-log-maxsize`: megabytes before the audit log is rotated; 0 = never.
+    pub audit_log_maxsize: u64,
+    /// `--audit-log-maxbackup`: rotated audit logs kept; 0 = all.
+    pub audit_log_maxbackup: usize,
 }
 
 /// kube-apiserver's default `--max-requests-inflight`.
@@ -130,6 +141,11 @@ impl Default for ApiServerConfig {
             etcd_compaction_interval: ETCD_COMPACTION_INTERVAL_DEFAULT,
             max_requests_inflight: MAX_REQUESTS_INFLIGHT_DEFAULT,
             max_mutating_requests_inflight: MAX_MUTATING_REQUESTS_INFLIGHT_DEFAULT,
+            encryption_provider_config: None,
+            audit_log_path: None,
+            audit_policy_file: None,
+            audit_log_maxsize: 0,
+            audit_log_maxbackup: 0,
         }
     }
 }
@@ -156,6 +172,11 @@ impl ApiServerConfig {
             ));
         }
         crate::auth::authorizer(&self.authorization_mode).map_err(Error::Config)?;
+        if self.audit_policy_file.is_some() && self.audit_log_path.is_none() {
+            return Err(Error::Config(
+                "--audit-policy-file needs --audit-log-path (the only audit backend)".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -244,9 +265,21 @@ struct AppState {
     tokens: Tokens,
     anonymous: bool,
     authorizer: Arc<dyn crate::auth::Authorizer>,
+    /// `--audit-log-path`.
+    audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 type Shared = Arc<AppState>;
+
+/// The audit log (outside authentication, so that refused requests are logged too), with the
+/// user authentication will find.
+async fn audit(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let Some(auditor) = &state.audit else {
+        return next.run(req).await;
+    };
+    let user = authenticated_user(&state, &req);
+    crate::audit::observe(auditor, user, req, next).await
+}
 
 /// Authentication: a verified client certificate, else a known bearer token (a wrong one is
 /// 401), else anonymous when allowed; then the authorizer. Health endpoints are open.
@@ -367,7 +400,7 @@ async fn handle_api(
     State(state): State<Shared>,
     rest: Option<UrlPath<String>>,
     method: Method,
-    Query(query): Query<HashMap<String, String>>,
+    crate::selector::QueryParams(query): crate::selector::QueryParams,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -402,7 +435,7 @@ async fn handle_apis(
     State(state): State<Shared>,
     rest: Option<UrlPath<String>>,
     method: Method,
-    Query(query): Query<HashMap<String, String>>,
+    crate::selector::QueryParams(query): crate::selector::QueryParams,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -502,6 +535,7 @@ fn router(state: Shared, limits: InFlight) -> Router {
         ))
         .layer(DefaultBodyLimit::max(rest::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(crate::errors::status_errors))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::observe,
@@ -636,6 +670,42 @@ fn kubeconfig(server: &str, ca_pem: Option<&str>, token: &str) -> String {
 /// Runs the API server until `shutdown` completes.
 pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     config.validate()?;
+    let encryption = match &config.encryption_provider_config {
+        Some(path) => Some(
+            crate::encryption::EncryptionConfig::load(path)
+                .map_err(|e| Error::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let audit_policy = match &config.audit_policy_file {
+        Some(path) => {
+            Some(crate::audit::Policy::load(path).map_err(|e| Error::Config(e.to_string()))?)
+        }
+        None => None,
+    };
+    // The audit log opens before anything is served (a bad path is a startup error).
+    let metrics = crate::metrics::Metrics::new(resources::registry().iter().map(|r| {
+        (
+            r.group.to_string(),
+            r.version.to_string(),
+            r.resource.to_string(),
+        )
+    }));
+    let audit = match &config.audit_log_path {
+        Some(path) => {
+            let audit_config = crate::audit::AuditConfig {
+                log_path: path.clone(),
+                policy: audit_policy,
+                max_size_mb: config.audit_log_maxsize,
+                max_backups: config.audit_log_maxbackup,
+            };
+            let auditor = crate::audit::Auditor::start(&audit_config, metrics.audit())
+                .map_err(|e| Error::Config(e.to_string()))?;
+            info!(path = %path.display(), "writing the audit log");
+            Some(Arc::new(auditor))
+        }
+        None => None,
+    };
     let mut tokens = match &config.token_auth_file {
         Some(path) => {
             Tokens::parse(&std::fs::read_to_string(path).map_err(|e| io_err("read", path, e))?)
@@ -696,7 +766,17 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
     }
 
     let etcd = EtcdStorage::connect(&config.etcd_servers).map_err(Error::Config)?;
-    let storage: Arc<dyn Storage> = Arc::new(etcd.clone());
+    let mut storage: Arc<dyn Storage> = Arc::new(etcd.clone());
+    if let Some(encryption) = &encryption {
+        let encrypted = crate::encryption::EncryptedStorage::new(
+            storage,
+            &config.etcd_prefix,
+            encryption,
+            &resources::registry(),
+        );
+        info!(resources = ?encrypted.encrypted_resources(), "encrypting at rest");
+        storage = Arc::new(encrypted);
+    }
     let registry = Arc::new(Registry::new(
         storage,
         &config.etcd_prefix,
@@ -722,17 +802,12 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
     let _namespace_finalizer =
         AbortOnDrop(tokio::spawn(registry.clone().run_namespace_finalizer()));
     let state = Arc::new(AppState {
-        metrics: crate::metrics::Metrics::new(registry.resources.iter().map(|r| {
-            (
-                r.group.to_string(),
-                r.version.to_string(),
-                r.resource.to_string(),
-            )
-        })),
+        metrics,
         registry,
         tokens,
         anonymous: config.anonymous_auth,
         authorizer,
+        audit,
     });
     let app = router(state.clone(), InFlight::new(&config, state.metrics.clone()));
     let _grpc = match config.grpc_port {
@@ -813,6 +888,8 @@ async fn serve(
                 move |mut req: axum::http::Request<hyper::body::Incoming>| {
                     req.extensions_mut()
                         .insert(crate::auth::PeerIdentity(peer_user.clone()));
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
                     req
                 },
             );

@@ -129,6 +129,16 @@ impl ApiError {
         )
     }
 
+    /// 413 (`apierrors.NewRequestEntityTooLargeError`): the message follows
+    /// `Request entity too large: `.
+    pub fn request_entity_too_large(message: &str) -> ApiError {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: {message}"),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "InternalError", message)
     }
@@ -142,11 +152,16 @@ impl ApiError {
                 "The provided continue parameter is too old to display a consistent list result. \
                  You can start a new list without the continue parameter.",
             ),
+            // Not retryable, so not the 503 below; etcd's words, without the gRPC text.
+            StorageError::TooLarge => {
+                ApiError::request_entity_too_large("etcdserver: request is too large")
+            }
             StorageError::Unavailable(msg) => ApiError::new(
                 503,
                 "ServiceUnavailable",
                 format!("storage unavailable: {msg}"),
             ),
+            StorageError::Internal(msg) => ApiError::internal(msg),
         }
     }
 

@@ -67,6 +67,13 @@ pub enum StorageError {
     Compacted(i64),
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The store refused the write for its size (etcd's `--max-request-bytes`, or the gRPC
+    /// message limit in front of it).
+    #[error("etcdserver: request is too large")]
+    TooLarge,
+    /// A stored value that cannot be used (e.g. it does not decrypt): kube-apiserver's 500.
+    #[error("{0}")]
+    Internal(String),
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -252,7 +259,29 @@ fn status_error(status: tonic::Status) -> StorageError {
         // etcd does not say which revision; the caller only needs to know it is gone.
         return StorageError::Compacted(0);
     }
+    if is_too_large(&status) {
+        return StorageError::TooLarge;
+    }
     StorageError::Unavailable(format!("{:?}: {}", status.code(), status.message()))
+}
+
+/// A write the store refused for its size, however it says so: etcd's own check is
+/// InvalidArgument `etcdserver: request is too large` (kube-apiserver's `isTooLargeError`); a
+/// message over the server's gRPC limit is ResourceExhausted `grpc: received message larger than
+/// max` from etcd (grpc-go) and OutOfRange `decoded message length too large` from a tonic
+/// server such as skiff's store; a client-side limit says `trying to send message larger than
+/// max` (grpc-go) or `encoded message length too large` (tonic).
+fn is_too_large(status: &tonic::Status) -> bool {
+    let message = status.message();
+    match status.code() {
+        tonic::Code::InvalidArgument => message.contains("request is too large"),
+        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => {
+            message.contains("larger than max")
+                || message.contains("message length too large")
+                || message.contains("request is too large")
+        }
+        _ => false,
+    }
 }
 
 fn stored(kv: skiff_proto::mvccpb::KeyValue) -> Stored {
@@ -543,6 +572,40 @@ impl Storage for EtcdStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_errors_of_etcd_and_tonic_are_too_large() {
+        use tonic::{Code, Status};
+        for status in [
+            Status::new(Code::InvalidArgument, "etcdserver: request is too large"),
+            Status::new(
+                Code::ResourceExhausted,
+                "grpc: received message larger than max (3040000 vs. 2097152)",
+            ),
+            Status::new(
+                Code::ResourceExhausted,
+                "grpc: trying to send message larger than max (3040000 vs. 2097152)",
+            ),
+            Status::new(
+                Code::OutOfRange,
+                "Error, decoded message length too large: found 3040000 bytes, the limit is: \
+                 2097152 bytes",
+            ),
+        ] {
+            assert_eq!(status_error(status), StorageError::TooLarge);
+        }
+        assert!(matches!(
+            status_error(Status::new(
+                Code::InvalidArgument,
+                "etcdserver: key is not provided"
+            )),
+            StorageError::Unavailable(_)
+        ));
+        assert!(matches!(
+            status_error(Status::new(Code::Unavailable, "connection refused")),
+            StorageError::Unavailable(_)
+        ));
+    }
 
     #[test]
     fn prefix_end_increments_last_byte() {

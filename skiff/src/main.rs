@@ -515,6 +515,23 @@ struct ApiserverArgs {
     /// Create/update/patch/delete requests served at once; more get 429. 0 = no limit.
     #[arg(long, default_value_t = skiff_apiserver::server::MAX_MUTATING_REQUESTS_INFLIGHT_DEFAULT)]
     max_mutating_requests_inflight: usize,
+    /// Encrypt resources at rest as this EncryptionConfiguration file (apiserver.config.k8s.io/v1)
+    /// says: providers aescbc, aesgcm, secretbox and identity; the first provider encrypts.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
+    /// Write the audit log (JSON lines of audit.k8s.io/v1 Events) to this file; `-` = stdout.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// Audit policy (audit.k8s.io/v1 Policy) deciding what is logged at which level; without it
+    /// every request is logged at Metadata.
+    #[arg(long)]
+    audit_policy_file: Option<PathBuf>,
+    /// Megabytes the audit log may reach before it is rotated; 0 = never.
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs to keep; 0 = all.
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxbackup: usize,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     log_level: String,
@@ -544,6 +561,11 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
         etcd_compaction_interval: args.etcd_compaction_interval,
         max_requests_inflight: args.max_requests_inflight,
         max_mutating_requests_inflight: args.max_mutating_requests_inflight,
+        encryption_provider_config: args.encryption_provider_config,
+        audit_log_path: args.audit_log_path,
+        audit_policy_file: args.audit_policy_file,
+        audit_log_maxsize: args.audit_log_maxsize,
+        audit_log_maxbackup: args.audit_log_maxbackup,
     };
     if let Err(err) = config.validate() {
         eprintln!("skiff: {err}");

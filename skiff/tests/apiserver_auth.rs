@@ -329,6 +329,198 @@ fn bad_input_gets_the_right_status(store: &Backend) {
     );
 }
 
+/// Issue 11: a malformed selector is 400 BadRequest with apimachinery's parse error and touches
+/// nothing (a DELETE with one deleted every object before); a write the store refuses for its
+/// size is 413 RequestEntityTooLarge, not a retryable 503 with gRPC text; a JSON patch of more
+/// than 10,000 operations is kube-apiserver's 413; and the server keeps serving.
+fn malformed_selectors_and_oversized_writes(store: &Backend) {
+    let home = ApiHome::new();
+    let api = home.start(&store.endpoints(), &[]);
+    const CMS: &str = "/api/v1/namespaces/default/configmaps";
+    let send_file = |method: &str, content_type: &str, body: &str, path: &str| {
+        let file = home.path().join("body");
+        std::fs::write(&file, body).expect("write body");
+        let data = format!("@{}", file.display());
+        let ct = format!("Content-Type: {content_type}");
+        api.admin(&["-X", method, "-H", &ct, "--data-binary", &data], path)
+    };
+    let names = || -> Vec<String> {
+        let list = api.admin(&[], CMS);
+        assert_eq!(list.0, 200, "{list:?}");
+        let mut names: Vec<String> = list.1["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    for (name, app) in [("a", "one"), ("b", "two"), ("c", "")] {
+        let mut labels = serde_json::json!({"tier": "x"});
+        if !app.is_empty() {
+            labels["app"] = app.into();
+        }
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": labels}});
+        let created = api.send("POST", CMS, &cm);
+        assert_eq!(created.0, 201, "{created:?}");
+    }
+    let all = ["a", "b", "c"];
+
+    // The exact inputs of the issue, and others upstream rejects, on DELETE and on list.
+    let cases = [
+        (
+            "labelSelector=!!app",
+            "unable to parse requirement: found '!', expected: identifier",
+        ),
+        (
+            "labelSelector=!",
+            "unable to parse requirement: found '', expected: identifier",
+        ),
+        (
+            "labelSelector=,,,",
+            "found ',', expected: !, identifier, or 'end of string'",
+        ),
+        (
+            "labelSelector=(((!!!==,,in",
+            "found '(', expected: !, identifier, or 'end of string'",
+        ),
+        (
+            "labelSelector=app%3Done,",
+            "found '', expected: identifier after ','",
+        ),
+        (
+            "labelSelector=app+in+one",
+            "unable to parse requirement: found 'one' expected: '('",
+        ),
+        (
+            "fieldSelector=metadata.name",
+            "invalid selector: 'metadata.name'; can't understand 'metadata.name'",
+        ),
+        (
+            "fieldSelector=metadata.name%3Da%3Db",
+            "invalid field selector: unescaped character in value: 61",
+        ),
+    ];
+    for (query, message) in cases {
+        for method in ["DELETE", "GET"] {
+            let resp = api.admin(&["-X", method], &format!("{CMS}?{query}"));
+            assert_eq!(status_of(&resp), (400, "BadRequest"), "{method} {query}");
+            assert_eq!(resp.1["message"], message, "{method} {query}");
+        }
+        assert_eq!(names(), all, "nothing deleted by {query}");
+    }
+    // Invalid UTF-8 in a selector (percent-encoded) is a 400 too.
+    for query in [
+        "labelSelector=%FF",
+        "labelSelector=app%3D%C3",
+        "fieldSelector=metadata.name%3D%FF",
+    ] {
+        for method in ["DELETE", "GET"] {
+            let resp = api.admin(&["-X", method], &format!("{CMS}?{query}"));
+            assert_eq!(status_of(&resp), (400, "BadRequest"), "{method} {query}");
+        }
+    }
+    let watch = api.admin(&[], &format!("{CMS}?watch=true&labelSelector=!!app"));
+    assert_eq!(status_of(&watch), (400, "BadRequest"));
+    assert_eq!(names(), all);
+    // Well-formed selectors still select.
+    let some = api.admin(
+        &[],
+        &format!("{CMS}?labelSelector=app+in+(one,two),tier%3Dx"),
+    );
+    assert_eq!(
+        some.1["items"].as_array().map(Vec::len),
+        Some(2),
+        "{some:?}"
+    );
+    let none = api.admin(&[], &format!("{CMS}?labelSelector=!app"));
+    assert_eq!(
+        none.1["items"].as_array().map(Vec::len),
+        Some(1),
+        "{none:?}"
+    );
+    let deleted = api.admin(&["-X", "DELETE"], &format!("{CMS}?labelSelector=app%3Dtwo"));
+    assert_eq!(deleted.0, 200, "{deleted:?}");
+    assert_eq!(names(), ["a", "c"]);
+
+    // Objects over the store's request limit (1.5 MiB by default, as etcd's
+    // --max-request-bytes): just over it (the store's own check) and just under the 3 MiB body
+    // limit (over the gRPC message limit in front of the store).
+    for (what, size) in [("1.8 MiB", 1_800_000), ("2.9 MiB", 2_900_000)] {
+        let big = |name: &str, rv: Option<&str>| {
+            let mut cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name}, "data": {"k": "x".repeat(size)}});
+            if let Some(rv) = rv {
+                cm["metadata"]["resourceVersion"] = rv.into();
+            }
+            cm.to_string()
+        };
+        let json = "application/json";
+        let created = send_file("POST", json, &big("big", None), CMS);
+        assert_eq!(
+            status_of(&created),
+            (413, "RequestEntityTooLarge"),
+            "create {what}"
+        );
+        assert_eq!(
+            created.1["message"], "Request entity too large: etcdserver: request is too large",
+            "create {what}"
+        );
+        let a = api.admin(&[], &format!("{CMS}/a"));
+        let rv = a.1["metadata"]["resourceVersion"]
+            .as_str()
+            .expect("rv")
+            .to_string();
+        let updated = send_file("PUT", json, &big("a", Some(&rv)), &format!("{CMS}/a"));
+        assert_eq!(
+            status_of(&updated),
+            (413, "RequestEntityTooLarge"),
+            "update {what}"
+        );
+        let patch = serde_json::json!({"data": {"k": "x".repeat(size)}}).to_string();
+        let patched = send_file(
+            "PATCH",
+            "application/merge-patch+json",
+            &patch,
+            &format!("{CMS}/a"),
+        );
+        assert_eq!(
+            status_of(&patched),
+            (413, "RequestEntityTooLarge"),
+            "patch {what}"
+        );
+        // Nothing was written, and the server still serves.
+        assert_eq!(names(), ["a", "c"], "after {what}");
+        let same = api.admin(&[], &format!("{CMS}/a"));
+        assert_eq!(same.1["metadata"]["resourceVersion"], rv.as_str());
+    }
+
+    // JSON patch: 10,000 operations are allowed, 10,001 are kube-apiserver's 413.
+    let ops = |n: usize| {
+        let op = r#"{"op":"test","path":"/metadata/name","value":"a"}"#;
+        format!("[{}]", vec![op; n].join(","))
+    };
+    let json_patch = "application/json-patch+json";
+    let ok = send_file("PATCH", json_patch, &ops(10_000), &format!("{CMS}/a"));
+    assert_eq!(ok.0, 200, "{:?}", ok.1["message"]);
+    let over = send_file("PATCH", json_patch, &ops(10_001), &format!("{CMS}/a"));
+    assert_eq!(status_of(&over), (413, "RequestEntityTooLarge"));
+    assert_eq!(
+        over.1["message"],
+        "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got \
+         10001"
+    );
+    let small = api.send(
+        "POST",
+        CMS,
+        &serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d"}}),
+    );
+    assert_eq!(small.0, 201, "{small:?}");
+    assert_eq!(names(), ["a", "c", "d"]);
+}
+
 /// `--max-mutating-requests-inflight`: a write beyond the limit is 429 TooManyRequests (with
 /// `retryAfterSeconds`) while reads, watches and `system:masters` go on; once the slot frees,
 /// writes are served again.
@@ -461,4 +653,14 @@ fn bad_input_gets_the_right_status_on_a_skiff_store() {
 #[test]
 fn bad_input_gets_the_right_status_on_real_etcd() {
     bad_input_gets_the_right_status(&Backend::etcd());
+}
+
+#[test]
+fn malformed_selectors_and_oversized_writes_on_a_skiff_store() {
+    malformed_selectors_and_oversized_writes(&Backend::skiff());
+}
+
+#[test]
+fn malformed_selectors_and_oversized_writes_on_real_etcd() {
+    malformed_selectors_and_oversized_writes(&Backend::etcd());
 }

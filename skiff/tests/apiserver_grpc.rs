@@ -312,6 +312,46 @@ async fn resources_service_over_grpc(store: &Backend) {
         (status["code"].as_u64(), status["reason"].as_str()),
         (Some(422), Some("Invalid"))
     );
+    // A malformed selector is INVALID_ARGUMENT with the 400 Status, never "everything".
+    for (label_selector, field_selector, message) in [
+        (
+            "!!app",
+            "",
+            "unable to parse requirement: found '!', expected: identifier",
+        ),
+        (
+            ",,,",
+            "",
+            "found ',', expected: !, identifier, or 'end of string'",
+        ),
+        (
+            "",
+            "metadata.name",
+            "invalid selector: 'metadata.name'; can't understand 'metadata.name'",
+        ),
+    ] {
+        let bad = client
+            .list(authed(
+                ListRequest {
+                    r#ref: cm_ref(""),
+                    label_selector: label_selector.into(),
+                    field_selector: field_selector.into(),
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .expect_err("malformed selector");
+        assert_eq!(
+            (bad.code(), bad.message()),
+            (Code::InvalidArgument, message)
+        );
+        let status: Value = serde_json::from_slice(bad.details()).expect("Status details");
+        assert_eq!(
+            (status["code"].as_u64(), status["reason"].as_str()),
+            (Some(400), Some("BadRequest"))
+        );
+    }
 
     // Authentication: none or a wrong token → UNAUTHENTICATED; a client certificate works.
     let none = client

@@ -539,11 +539,7 @@ pub fn plausible_append_response(
     rpc: &AppendEntriesRequest<TypeConfig>,
     response: AppendEntriesResponse<MemberId>,
 ) -> Result<AppendEntriesResponse<MemberId>, String> {
-    let last_sent = rpc
-        .entries
-        .last()
-        .map(|e| e.log_id)
-        .or(rpc.prev_log_id);
+    let last_sent = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
     match &response {
         AppendEntriesResponse::Conflict if rpc.prev_log_id.is_none() => {
             Err("peer reported a log conflict before its first entry".into())
@@ -598,11 +594,8 @@ mod tests {
             .is_err()
         );
         assert!(
-            plausible_append_response(
-                &later,
-                AppendEntriesResponse::HigherVote(Vote::new(3, 3))
-            )
-            .is_ok()
+            plausible_append_response(&later, AppendEntriesResponse::HigherVote(Vote::new(3, 3)))
+                .is_ok()
         );
     }
 
