@@ -29,7 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&api),
     )?;
 
+    // Every service decodes through the codec that bounds txn nesting (src/codec.rs).
     tonic_prost_build::configure()
+        .codec_path("crate::codec::BoundedCodec")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

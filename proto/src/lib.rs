@@ -16,6 +16,9 @@
 //! crate root because generated code refers to sibling packages through
 //! `super::` paths (e.g. `super::mvccpb::KeyValue`).
 
+pub mod codec;
+pub mod depth;
+
 /// Key/value records and watch events (etcd package `mvccpb`).
 #[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs)]
 pub mod mvccpb {

@@ -1540,7 +1540,46 @@ fn fixed_scenarios() -> Vec<Scenario> {
     add!("lease revoke: largest ID", |t| revoke(i64::MAX - 1));
     add!("range: after all revokes", |t| Op::Range(range(b"l", b"m")));
     add!("leases: all revoked", |t| Op::LeaseLeases);
+    // Nested txns, one op per level, at every depth around etcd's op budget (128 levels
+    // with `--max-txn-ops` 128) and past prost's own recursion limit (~49 levels): writes
+    // (alternating branches, a compare at every level) and reads.
+    for depth in 1..=130usize {
+        let name: &'static str =
+            Box::leak(format!("nested txn put at depth {depth}").into_boxed_str());
+        add!(name, |t| Op::Txn(nested_txn(depth, false)));
+    }
+    for depth in [1usize, 48, 49, 50, 51, 100, 127, 128, 129, 200] {
+        let name: &'static str =
+            Box::leak(format!("nested txn range at depth {depth}").into_boxed_str());
+        add!(name, |t| Op::Txn(nested_txn(depth, true)));
+    }
     v
+}
+
+/// A txn nested `depth` levels deep: each level compares `z`'s version with 0 and holds
+/// the next level in its success branch (even levels) or its failure branch (odd ones);
+/// the innermost puts `z` (or reads `a`..`z` when `read`).
+fn nested_txn(depth: usize, read: bool) -> TxnRequest {
+    use CompareResult as R;
+    use CompareTarget as T;
+    let mut inner = if read {
+        r_range(range(b"a", b"z"))
+    } else {
+        r_put(put(b"z", format!("depth {depth}").as_bytes()))
+    };
+    for level in 0..depth {
+        let compare = vec![cmp(b"z", T::Version, R::Greater, TargetUnion::Version(0))];
+        let txn = if level % 2 == 0 {
+            txn(compare, vec![inner], vec![])
+        } else {
+            txn(compare, vec![], vec![inner])
+        };
+        inner = r_txn(txn);
+    }
+    match inner.request {
+        Some(request_op::Request::RequestTxn(txn)) => txn,
+        _ => unreachable!("depth >= 1"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------

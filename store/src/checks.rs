@@ -47,8 +47,12 @@ pub fn check_forwarded(command: &Command, limits: ProposeLimits) -> Result<(), E
     }
 }
 
-fn decode<M: Message + Default>(raw: &[u8]) -> Result<M, Error> {
-    M::decode(raw).map_err(|e| Error::Internal(format!("decode request: {e}")))
+fn decode<M: Message + Default + 'static>(raw: &[u8]) -> Result<M, Error> {
+    use skiff_proto::depth::{BoundedDecodeError, decode_bounded};
+    decode_bounded(raw).map_err(|e| match e {
+        BoundedDecodeError::TooDeep => Error::TooManyOps,
+        BoundedDecodeError::Invalid(e) => Error::Internal(format!("decode request: {e}")),
+    })
 }
 
 /// A delete names a key.

@@ -81,14 +81,14 @@ impl EtcdApi {
         Ok(())
     }
 
-    async fn replicate<T: Message + Default + HasHeaderMut>(
+    async fn replicate<T: Message + Default + HasHeaderMut + 'static>(
         &self,
         command: Command,
         require_leader: bool,
     ) -> Result<T, Status> {
         match self.node.write(command, require_leader).await? {
             Reply::Response(bytes) => {
-                let mut response = T::decode(bytes.as_slice())
+                let mut response = skiff_proto::depth::decode_bounded::<T>(bytes.as_slice())
                     .map_err(|e| Status::internal(format!("decode reply: {e}")))?;
                 let revision = response.header_mut().revision;
                 // etcd answers a write once the member serving it has applied it, so a

@@ -791,7 +791,7 @@ impl LeaseApi {
     }
 
     /// Replicate a lease command; the reply's header gets this member's fields.
-    async fn replicate<T: Message + Default>(
+    async fn replicate<T: Message + Default + 'static>(
         &self,
         command: Command,
         require_leader: bool,
@@ -803,7 +803,7 @@ impl LeaseApi {
         }
         match self.node.write(command, require_leader).await? {
             Reply::Response(bytes) => {
-                let mut response = T::decode(bytes.as_slice())
+                let mut response = skiff_proto::depth::decode_bounded::<T>(bytes.as_slice())
                     .map_err(|e| Status::internal(format!("decode reply: {e}")))?;
                 let revision = header(&mut response)
                     .as_ref()

@@ -182,7 +182,7 @@ impl StateMachineStore {
                 .and_then(|req| crate::checks::check_delete(&req).map(|()| req))
                 .and_then(|req| state.mvcc.delete_range(&req, batch))
                 .map(|applied| applied.response.encode_to_vec()),
-            Command::Txn(raw) => TxnRequest::decode(raw.as_slice())
+            Command::Txn(raw) => skiff_proto::depth::decode_bounded::<TxnRequest>(raw)
                 .map_err(|e| Error::Internal(format!("decode txn: {e}")))
                 // Structural checks only: the op limit is a flag, checked before proposing.
                 .and_then(|req| crate::checks::check_txn_request(&req, usize::MAX).map(|()| req))
