@@ -272,8 +272,9 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
     config.validate().map_err(|e| Error::Config(e.0))?;
     let member_dir = config.data_dir.join("member");
     for dir in [&config.data_dir, &member_dir] {
-        crate::fsutil::create_private_dir(dir)
-            .map_err(|e| Error::Config(format!("cannot use data dir {}: {e}", dir.display())))?;
+        // etcd's words; the error names the path (a read-only data dir is a config error).
+        crate::fsutil::touch_private_dir(dir)
+            .map_err(|e| Error::Config(format!("cannot access data directory: {e}")))?;
     }
     let engine: Arc<dyn Engine> = Arc::new(CountingEngine::new(CoalescingEngine::new(
         open_engine(&member_dir)?,
@@ -318,7 +319,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         config.backend_batch_interval,
     )
     .and_then(|log| log.for_member(identity.member_id))
-    .map_err(|e| Error::Internal(format!("open the raft log: {e}")))?;
+    .map_err(|e| Error::Config(format!("cannot open the raft log: {e}")))?;
     let log_sync = log.log_sync();
     let sm = sm.with_log_sync(log_sync.clone());
     let log_syncs = log.sync_counter();
@@ -414,6 +415,10 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         stop_rx.clone(),
     )));
     tasks.push(crate::lease::start(node.clone(), stop_rx.clone()));
+    tasks.push(tokio::spawn(crate::memory::trim_after_compactions(
+        node.clone(),
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(publish_attributes(node.clone(), stop_rx)));
     tracing::info!(
         name = %config.name,
@@ -539,9 +544,8 @@ async fn serve_client(
         )
         .add_service(MaintenanceServer::new(api).max_decoding_message_size(limit))
         .add_service(health_service);
-    let router = routes
-        .into_axum_router()
-        .merge(crate::http::routes(node))
+    // Only HTTP/2 with a gRPC content type reaches the gRPC services (see crate::http).
+    let router = crate::http::client_port(routes.into_axum_router(), crate::http::routes(node))
         .layer(axum::middleware::map_response(etcd_receive_limit_status));
     let Some(builder) = server_builder(tls) else {
         return;
