@@ -1,7 +1,8 @@
 //! Turns a run directory's history into `results.json`: runs every checker that applies to the
 //! workload, plus the run-level checks — `stats`, `availability` (enough operations succeeded,
 //! the cluster was healthy again and served every final read within the recovery bound after
-//! healing), `nemesis` (every requested fault was actually installed at least once) and `crash`
+//! healing), `nemesis` (every requested fault was actually installed at least once),
+//! `corruption` (when WALs were damaged: every damaged member refused to start) and `crash`
 //! (no member exited on its own, no panic in a member's log). `skiff-chaos check DIR` re-runs
 //! exactly this offline.
 
@@ -54,6 +55,9 @@ pub fn analyze(
         checks.insert("availability".into(), availability(history, info));
     }
     checks.insert("nemesis".into(), nemesis(history, info));
+    if let Some(c) = crate::nemesis::corrupt::check(history) {
+        checks.insert("corruption".into(), c);
+    }
     checks.insert("crash".into(), crash(history, logs));
     Results::new(info.clone(), checks)
 }

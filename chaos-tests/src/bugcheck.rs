@@ -2,9 +2,9 @@
 //! test build (`--features chaos-bugs`, switches named in `SKIFF_CHAOS_BUGS`; see
 //! `store/src/chaos_bugs.rs`) it runs a short workload × nemesis pair chosen to expose that bug
 //! (a `skiff-chaos run` child process, like a suite) and requires `valid? false` with one of the
-//! anomaly kinds expected for it. Up to `attempts` seeds per switch. A control run of the same
-//! build with no switch on, under power cuts and failpoints, must be valid. Exit 0 only if every
-//! switch was caught and the control passed.
+//! anomaly kinds expected for it. Up to `attempts` seeds per switch. Control runs of the same
+//! build with no switch on — under power cuts and failpoints, and the WAL-corruption scenario —
+//! must be valid. Exit 0 only if every switch was caught and the controls passed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,7 +63,30 @@ const WATCH_OR_REVISIONS: &[&str] = &[
     "stale-write-revision",
 ];
 
-/// The switches and their scenarios. About 9 minutes in all on 2 cores when each is caught at
+/// A silently truncated WAL: the damaged member starts (the nemesis sees it), and a majority
+/// of short logs loses acknowledged writes (stale reads, revisions handed out again).
+const WAL_LOSS: &[&str] = &[
+    "started-on-corrupt-wal",
+    "not-linearizable",
+    "revision-regression",
+    "duplicate-write-revision",
+    "stale-write-revision",
+];
+
+/// `run` arguments of the WAL-corruption scenario (the `wal-truncate-silently` case and its
+/// control): no Raft snapshot during the run, and the state machine made durable only at
+/// elections (`--backend-batch-interval 1h`) instead of every 100 ms, so the WAL is the only
+/// durable copy of the writes acknowledged since the last election. A member that silently
+/// drops the damaged part of it then starts on a short log (instead of failing to re-apply
+/// entries its state machine recorded as committed).
+const WAL_SCENARIO_ARGS: &[&str] = &[
+    "--snapshot-count",
+    "100000",
+    "--store-arg=--backend-batch-interval",
+    "--store-arg=1h",
+];
+
+/// The switches and their scenarios. About 10 minutes in all on 2 cores when each is caught at
 /// its first attempt.
 pub fn cases() -> Vec<BugCase> {
     let case = |bug, workload, nemesis, time_limit, args, expected| BugCase {
@@ -177,6 +200,19 @@ pub fn cases() -> Vec<BugCase> {
             ],
             WATCH_DIVERGENCE,
         ),
+        // Every member SIGKILLed; the leader and one other get bytes flipped near the end of
+        // their synced WAL records and restart first. With the switch on, both drop their logs
+        // from the damage on, start, and elect one of themselves (the intact member is still
+        // down): the writes acknowledged after the damage are gone, new writes get their
+        // revisions again, and the intact member's longer log is overwritten when it returns.
+        case(
+            "wal-truncate-silently",
+            "register",
+            "corrupt-majority",
+            20,
+            WAL_SCENARIO_ARGS,
+            WAL_LOSS,
+        ),
     ]
 }
 
@@ -286,17 +322,41 @@ fn run_pair(
     (valid, kinds, dir, status.ok().and_then(|s| s.code()))
 }
 
-/// The control: the same test build with no switch on, under power cuts and failpoints, must
-/// be valid (no acknowledged write lost, every check passing).
-pub fn control_case() -> BugCase {
-    BugCase {
-        bug: "none (control)",
-        workload: "register",
-        nemesis: "power-loss,failpoints",
-        time_limit: 30,
-        args: &[],
-        expected: &[],
-    }
+/// The controls: the same test build with no switch on must be valid (no acknowledged write
+/// lost, every check passing) under power cuts and failpoints, and in the WAL-corruption
+/// scenario (every damaged member refuses to start; its original bytes are put back).
+pub fn control_cases() -> Vec<BugCase> {
+    vec![
+        BugCase {
+            bug: "none (control)",
+            workload: "register",
+            nemesis: "power-loss,failpoints",
+            time_limit: 30,
+            args: &[],
+            expected: &[],
+        },
+        BugCase {
+            bug: "none (control, wal)",
+            workload: "register",
+            nemesis: "corrupt-majority",
+            time_limit: 20,
+            args: WAL_SCENARIO_ARGS,
+            expected: &[],
+        },
+    ]
+}
+
+/// The controls to run: all of them for a full bugcheck, else those sharing a scenario
+/// (workload and nemesis) with a selected case.
+pub fn selected_controls(selected: &[BugCase], full: bool) -> Vec<BugCase> {
+    control_cases()
+        .into_iter()
+        .filter(|c| {
+            full || selected
+                .iter()
+                .any(|s| s.workload == c.workload && s.nemesis == c.nemesis)
+        })
+        .collect()
 }
 
 /// Runs every selected case; prints the table; returns the exit code (0 = all caught).
@@ -388,9 +448,9 @@ pub fn run_bugcheck(opts: &BugcheckOptions) -> i32 {
         );
         outcomes.push(outcome);
     }
-    // The control (skipped when only some switches were asked for).
-    let control = if opts.only.is_empty() {
-        let case = control_case();
+    // The controls (only those of the selected scenarios when some switches were asked for).
+    let mut controls = Vec::new();
+    for case in selected_controls(&selected, opts.only.is_empty()) {
         eprintln!(
             "=== bugcheck control: {} × {} {} s with no switch on, must be valid",
             case.workload, case.nemesis, case.time_limit
@@ -409,10 +469,8 @@ pub fn run_bugcheck(opts: &BugcheckOptions) -> i32 {
             valid.label(),
             t.elapsed().as_secs_f64()
         );
-        Some((case, valid, kinds, t.elapsed().as_secs_f64(), dir))
-    } else {
-        None
-    };
+        controls.push((case, valid, kinds, t.elapsed().as_secs_f64(), dir));
+    }
     println!(
         "bugcheck: {} switches in {:.0} s ({})",
         outcomes.len(),
@@ -435,13 +493,14 @@ pub fn run_bugcheck(opts: &BugcheckOptions) -> i32 {
         );
     }
     let mut control_ok = true;
-    if let Some((case, valid, kinds, secs, dir)) = &control {
-        control_ok = *valid == Validity::True;
+    for (case, valid, kinds, secs, dir) in &controls {
+        let ok = *valid == Validity::True;
+        control_ok &= ok;
         println!(
             "  {:<24} {:<42} {:<8} {:>5.0}s {:>3}  valid? {}{}",
             case.bug,
             format!("{} × {}", case.workload, case.nemesis),
-            if control_ok { "valid" } else { "INVALID" },
+            if ok { "valid" } else { "INVALID" },
             secs,
             1,
             valid.label(),
@@ -451,7 +510,7 @@ pub fn run_bugcheck(opts: &BugcheckOptions) -> i32 {
                 format!(" ({})", kinds.join(", "))
             }
         );
-        if !control_ok {
+        if !ok {
             println!(
                 "  the control run is not valid: {}",
                 dir.as_ref()
@@ -505,6 +564,7 @@ mod tests {
             "watch-resume-late",
             "lease-no-recheck",
             "snapshot-off-by-one",
+            "wal-truncate-silently",
         ];
         assert_eq!(cases.len(), names.len());
         for n in names {
@@ -520,14 +580,29 @@ mod tests {
                 c.bug
             );
         }
-        // Workload time plus ~25 s of setup, healing and checking each, the control included.
-        NemesisSpec::parse(control_case().nemesis).unwrap();
+        // Workload time plus ~25 s of setup, healing and checking each, the controls included.
+        let controls = control_cases();
+        for c in &controls {
+            NemesisSpec::parse(c.nemesis).unwrap();
+            assert!(c.expected.is_empty());
+        }
         let secs: u64 = cases
             .iter()
-            .chain([control_case()].iter())
+            .chain(controls.iter())
             .map(|c| c.time_limit + 25)
             .sum();
-        assert!(secs <= 10 * 60, "{secs} s");
+        assert!(secs <= 12 * 60, "{secs} s");
+        // Asking for one switch runs the controls of its scenario only.
+        let wal: Vec<BugCase> = cases
+            .iter()
+            .filter(|c| c.bug == "wal-truncate-silently")
+            .cloned()
+            .collect();
+        let picked = selected_controls(&wal, false);
+        assert_eq!(picked.len(), 1);
+        assert_eq!(picked[0].nemesis, "corrupt-majority");
+        assert_eq!(picked[0].args, wal[0].args);
+        assert_eq!(selected_controls(&wal, true).len(), controls.len());
     }
 
     #[test]

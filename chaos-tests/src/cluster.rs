@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use skiff_proto::etcdserverpb::{
-    MemberAddRequest, MemberListRequest, MemberRemoveRequest, StatusRequest,
+    MemberAddRequest, MemberListRequest, MemberRemoveRequest, StatusRequest, StatusResponse,
 };
 
 use crate::client::{channel, peer_url, timed};
@@ -146,6 +146,8 @@ struct Slot {
     expect_exit: bool,
     /// Joined a running cluster (restarts use `--initial-cluster-state existing`).
     joined: bool,
+    /// How its process last exited on its own (cleared at every start).
+    last_exit: Option<String>,
 }
 
 /// An unexpected process exit.
@@ -183,6 +185,7 @@ impl Cluster {
                 env: Vec::new(),
                 expect_exit: false,
                 joined: false,
+                last_exit: None,
             })
             .collect();
         Cluster {
@@ -297,6 +300,7 @@ impl Cluster {
         s.child = Some(child);
         s.paused = false;
         s.starts += 1;
+        s.last_exit = None;
         Ok(())
     }
 
@@ -398,11 +402,31 @@ impl Cluster {
                         status: status.to_string(),
                     });
                 }
+                s.last_exit = Some(status.to_string());
                 s.child = None;
                 s.paused = false;
             }
         }
         exits
+    }
+
+    /// How a slot's process exited on its own since its latest start (reaping it if it just
+    /// did; the monitor may have reaped it first), `None` while it runs.
+    pub fn poll_exit(&self, slot: usize) -> Option<String> {
+        let mut slots = self.lock();
+        let s = &mut slots[slot - 1];
+        if let Some(c) = &mut s.child
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            s.last_exit = Some(status.to_string());
+            s.child = None;
+            s.paused = false;
+        }
+        if s.child.is_some() {
+            None
+        } else {
+            s.last_exit.clone()
+        }
     }
 
     /// Kills every process (e.g. at the end of the run).
@@ -436,6 +460,20 @@ impl Cluster {
                 text[last..].contains(pattern)
             })
         })
+    }
+
+    /// The slot's stdout and stderr since its latest start.
+    pub fn log_since_start(&self, slot: usize) -> String {
+        let dir = self.log_root.join(node_name(slot));
+        ["stdout", "stderr"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .map(|text| {
+                let last = text.rfind("===== skiff-chaos: start #").unwrap_or(0);
+                text[last..].to_owned()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Records membership as the harness now knows it.
@@ -481,6 +519,20 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// One slot's status, if it answers within `timeout` (learning its member id).
+    pub async fn status_of(&self, slot: usize, timeout: Duration) -> Option<StatusResponse> {
+        let mut c = MaintenanceClient::new(channel(slot));
+        let s = timed(timeout, async { c.status(StatusRequest {}).await })
+            .await
+            .ok()?
+            .into_inner();
+        let id = s.header.as_ref().map(|h| h.member_id).unwrap_or(0);
+        if id != 0 {
+            self.set_id(slot, id);
+        }
+        Some(s)
     }
 
     /// The slot of the leader, when live members agree on one that is itself live.

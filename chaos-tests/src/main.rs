@@ -71,10 +71,13 @@ struct RunArgs {
     /// register | append | watch | lease | k8s
     #[arg(long, default_value = "register")]
     workload: String,
-    /// `none`, or comma-separated fault kinds (kill, pause, partition, loss, member, clock) and
-    /// modes (kill-one, kill-leader, kill-all, pause-one, pause-leader, partition-one,
-    /// partition-leader, partition-majority, partition-ring, partition-bridge, partition-one-way,
-    /// loss, member-remove, member-remove-leader, clock-bump, clock-rate).
+    /// `none`, or comma-separated fault kinds (kill, pause, partition, loss, member, clock;
+    /// power-loss, failpoints with a skiff test build; corrupt with skiff) and modes (kill-one,
+    /// kill-leader, kill-all, pause-one, pause-leader, partition-one, partition-leader,
+    /// partition-majority, partition-ring, partition-bridge, partition-one-way, loss,
+    /// member-remove, member-remove-leader, clock-bump, clock-rate, power-loss-one,
+    /// power-loss-all, failpoints-crash, failpoints-slow, failpoints-net, corrupt-one,
+    /// corrupt-majority).
     #[arg(long, default_value = "none")]
     nemesis: String,
     /// Members (3 or 5 usually).
@@ -147,7 +150,7 @@ struct BugcheckArgs {
     /// Seeds tried per switch.
     #[arg(long, default_value_t = 2)]
     attempts: u32,
-    /// Only this switch (repeatable).
+    /// Only this switch (repeatable); then only the controls of the selected scenarios run.
     #[arg(long = "bug")]
     bugs: Vec<String>,
 }
@@ -309,7 +312,7 @@ fn cmd_suite(a: SuiteArgs) -> ExitCode {
         suite::ci_pairs()
     } else {
         match parse_duration(&a.duration) {
-            Ok(d) => suite::soak_pairs(d, seed),
+            Ok(d) => suite::soak_pairs(d, seed, a.common.target == "skiff"),
             Err(e) => return fail(e),
         }
     };

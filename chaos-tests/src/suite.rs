@@ -54,11 +54,15 @@ pub fn ci_pairs() -> Vec<Pair> {
     ]
 }
 
-/// A random soak list filling about `duration`: 5 members, 120–300 s per pair, 1–3 fault kinds.
-pub fn soak_pairs(duration: Duration, seed: u64) -> Vec<Pair> {
+/// A random soak list filling about `duration`: 5 members, 120–300 s per pair, 1–3 fault kinds
+/// (`corrupt`, which needs skiff's WAL, only when `skiff` is the target).
+pub fn soak_pairs(duration: Duration, seed: u64, skiff: bool) -> Vec<Pair> {
     let mut rng = StdRng::seed_from_u64(seed);
     let workloads = ["register", "append", "watch", "lease", "k8s"];
-    let kinds = ["kill", "pause", "partition", "loss", "member", "clock"];
+    let mut kinds: Vec<&str> = crate::nemesis::KINDS.to_vec();
+    if skiff {
+        kinds.extend(crate::nemesis::SKIFF_KINDS);
+    }
     let mut out = Vec::new();
     let mut total = 0u64;
     while total + 120 + 20 <= duration.as_secs().max(140) {
@@ -265,12 +269,23 @@ mod tests {
 
     #[test]
     fn soak_list_fills_the_duration() {
-        let pairs = soak_pairs(Duration::from_secs(7200), 3);
+        let pairs = soak_pairs(Duration::from_secs(7200), 3, true);
         let secs: u64 = pairs.iter().map(|p| p.time_limit + 20).sum();
         assert!(secs <= 7200 && secs > 6000, "{secs}");
-        assert_eq!(pairs, soak_pairs(Duration::from_secs(7200), 3));
+        assert_eq!(pairs, soak_pairs(Duration::from_secs(7200), 3, true));
         for p in &pairs {
             NemesisSpec::parse(&p.nemesis).unwrap();
         }
+        // Against etcd, no skiff-only kind.
+        for seed in 0..20 {
+            for p in soak_pairs(Duration::from_secs(7200), seed, false) {
+                assert!(!p.nemesis.contains("corrupt"), "{p:?}");
+            }
+        }
+        assert!(
+            (0..20)
+                .flat_map(|seed| soak_pairs(Duration::from_secs(7200), seed, true))
+                .any(|p| p.nemesis.contains("corrupt"))
+        );
     }
 }
