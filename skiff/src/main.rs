@@ -26,6 +26,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a store member (etcd v3 API on the client URLs), or an offline store tool.
+    ///
+    /// Members trust each other: a message on the peer port can make a member append log
+    /// entries, vote, install a snapshot or change the membership. Never let anything but
+    /// the members reach the peer port without peer mutual TLS: https peer URLs with
+    /// --peer-cert-file, --peer-key-file, --peer-trusted-ca-file and --peer-client-cert-auth.
     #[command(args_conflicts_with_subcommands = true)]
     Store(StoreArgs),
     /// Certificates for TLS between clients and members.
@@ -115,7 +120,13 @@ struct StoreArgs {
     /// Client URLs of this member, as advertised to the cluster.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     advertise_client_urls: String,
-    /// URLs to listen on for peer traffic.
+    /// URLs to listen on for peer traffic: only the members may reach them, unless peer
+    /// mTLS is on.
+    ///
+    /// A peer message can make this member append log entries, vote, install a snapshot
+    /// or change the membership. Unless only the members can reach these URLs, use https
+    /// with --peer-cert-file, --peer-key-file, --peer-trusted-ca-file and
+    /// --peer-client-cert-auth.
     #[arg(long, default_value = "http://127.0.0.1:2380")]
     listen_peer_urls: String,
     /// Peer URLs of this member, as advertised to the cluster.

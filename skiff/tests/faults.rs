@@ -665,3 +665,129 @@ fn bad_flags_exit_2() {
         assert!(!stderr.trim().is_empty(), "{args:?}");
     }
 }
+
+/// Clears the immutable attribute it set (so the temporary directory can be removed).
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    /// `chattr +i path`, or None where that is not possible (no chattr, a file system
+    /// without the attribute, no CAP_LINUX_IMMUTABLE).
+    fn set(path: &std::path::Path) -> Option<Immutable> {
+        let ok = Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .is_ok_and(|out| out.status.success());
+        ok.then(|| Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).output();
+    }
+}
+
+/// 6. A data dir the member cannot write in: exit code 2 and one line naming the path.
+///
+/// Tests run as root, whom permission bits do not stop: the dirs are under a file, in
+/// /proc, or made immutable.
+#[test]
+fn unusable_data_dir_exits_2_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let mut cases: Vec<(std::path::PathBuf, String)> = vec![
+        (
+            file.join("data"),
+            format!(
+                "skiff: cannot access data directory: mkdir {}: Not a directory (os error 20)",
+                file.join("data").display()
+            ),
+        ),
+        (
+            "/proc/skiff-no-such-dir/data".into(),
+            "skiff: cannot access data directory: mkdir /proc/skiff-no-such-dir/data: No such file or directory (os error 2)".into(),
+        ),
+    ];
+    // An existing data dir that became read-only: refused before anything is opened.
+    let read_only = dir.path().join("read-only");
+    std::fs::create_dir_all(read_only.join("member")).unwrap();
+    let mut guards = Vec::new();
+    let member = read_only.join("member");
+    std::fs::set_permissions(
+        &read_only,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::set_permissions(&member, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    // A data file that cannot be opened for writing.
+    let locked = dir.path().join("locked");
+    std::fs::create_dir_all(locked.join("member")).unwrap();
+    let redb = locked.join("member").join("store.redb");
+    std::fs::write(&redb, b"").unwrap();
+    match (Immutable::set(&member), Immutable::set(&redb)) {
+        (Some(a), Some(b)) => {
+            guards.push(a);
+            guards.push(b);
+            cases.push((
+                read_only.clone(),
+                format!(
+                    "skiff: cannot access data directory: open {}: Operation not permitted (os error 1)",
+                    member.join(".touch").display()
+                ),
+            ));
+            // The engine's error text sits between the prefix and the OS error.
+            cases.push((
+                locked.clone(),
+                format!(
+                    "skiff: open data dir: … {}: … Operation not permitted (os error 1)",
+                    redb.display()
+                ),
+            ));
+        }
+        _ => eprintln!("chattr +i is not available here: immutable data dir cases skipped"),
+    }
+    for (data_dir, expected) in cases {
+        let peer = format!("http://127.0.0.1:{}", common::free_port());
+        let client = format!("http://127.0.0.1:{}", common::free_port());
+        let out = Command::new(skiff_bin())
+            .args(["store", "--name", "a"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("a={peer}")])
+            .current_dir(dir.path())
+            .output()
+            .expect("run skiff");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{data_dir:?}: {stderr}");
+        assert!(
+            in_order(stderr.trim_end(), &expected),
+            "{data_dir:?}: {stderr:?}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{data_dir:?}: {stderr:?}");
+    }
+    drop(guards);
+}
+
+/// Whether `text` is `pattern`, where each "… " in the pattern stands for any text.
+fn in_order(text: &str, pattern: &str) -> bool {
+    let mut parts = pattern.split("… ");
+    let Some(first) = parts.next() else {
+        return true;
+    };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    for part in parts {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty() || pattern.ends_with("… ")
+}

@@ -248,6 +248,102 @@ fn defrag_shrinks_the_file_and_keeps_the_data() {
     );
 }
 
+/// VmRSS of a running member, in bytes (from /proc/<pid>/status).
+fn rss_bytes(cluster: &Cluster, i: usize) -> u64 {
+    let pid = cluster.members[i].child.as_ref().expect("running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"));
+    kib * 1024
+}
+
+/// A compaction drops every old value from the in-memory index and a defrag rebuilds the
+/// file; both return what they free to the OS, so the member's RSS falls back (a functional
+/// property, not a performance bound: the margins are several times the noise).
+#[test]
+fn compaction_and_defrag_give_memory_back() {
+    const MIB: u64 = 1024 * 1024;
+    let cluster = Cluster::start(1);
+    let ep = cluster.members[0].endpoint();
+    let start = rss_bytes(&cluster, 0);
+    // 40,000 revisions of history, 2 KiB values over 1,000 keys: ~80 MiB of old values.
+    let out = Command::new(skiff_bin())
+        .args([
+            "bench",
+            "--endpoints",
+            &ep,
+            "--clients",
+            "16",
+            "--conns",
+            "2",
+        ])
+        .args([
+            "--total",
+            "40000",
+            "--val-size",
+            "2048",
+            "--key-space-size",
+            "1000",
+        ])
+        .arg("put")
+        .output()
+        .expect("run skiff bench");
+    assert!(out.status.success(), "bench: {}", stderr(&out));
+    let revision = sync_revision(&ep);
+    assert!(revision > 40_000, "{revision}");
+    let history = rss_bytes(&cluster, 0);
+    assert!(
+        history > start + 64 * MIB,
+        "writing the history did not grow RSS ({start} -> {history} bytes): nothing to measure"
+    );
+
+    etcdctl_ok(&ep, &["compact", &revision.to_string(), "--physical"]);
+    // The trim runs right after the compaction is applied.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut compacted = rss_bytes(&cluster, 0);
+    while compacted >= history && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        compacted = rss_bytes(&cluster, 0);
+    }
+    assert!(
+        compacted < history,
+        "RSS did not fall after the compaction: {history} -> {compacted} bytes"
+    );
+
+    etcdctl_ok(&ep, &["defrag"]);
+    let defragged = rss_bytes(&cluster, 0);
+    println!(
+        "RSS: start {} MiB, after history {} MiB, after compact {} MiB, after defrag {} MiB",
+        start / MIB,
+        history / MIB,
+        compacted / MIB,
+        defragged / MIB
+    );
+    assert!(
+        defragged < history / 3 * 2,
+        "RSS after compact + defrag is not a third below the history's: {history} -> {defragged} bytes"
+    );
+    // Still serving: the latest version of each of the bench's 1,000 keys.
+    let out = etcdctl_ok(
+        &ep,
+        &[
+            "get",
+            "",
+            "--prefix",
+            "--keys-only",
+            "--limit",
+            "1",
+            "-w",
+            "json",
+        ],
+    );
+    let v: Value = serde_json::from_str(&out).expect("get json");
+    assert_eq!(v["count"].as_u64(), Some(1000), "{out}");
+}
+
 #[test]
 fn quota_raises_nospace_until_disarmed() {
     let quota = 2_000_000u64;

@@ -24,6 +24,34 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A data directory this member can write in, checked as etcd's `TouchDirAll` checks its
+/// data dir: `dir` is created (or narrowed) as by [`create_private_dir`], then a `.touch`
+/// file is created in it and removed, so a read-only directory, file system or mount is
+/// refused before anything is opened. The error names the path and what failed on it
+/// (`mkdir D: ...`, `open D/.touch: ...`).
+pub fn touch_private_dir(dir: &Path) -> io::Result<()> {
+    fn named<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> io::Error + 'a {
+        move |e| io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
+    }
+    DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .map_err(named("mkdir", dir))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(named("stat", dir))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode != PRIVATE_DIR_MODE {
+        std::fs::set_permissions(dir, Permissions::from_mode(PRIVATE_DIR_MODE))
+            .map_err(named("chmod", dir))?;
+    }
+    let probe = dir.join(".touch");
+    drop(private_file(&probe).map_err(named("open", &probe))?);
+    std::fs::remove_file(&probe).map_err(named("remove", &probe))
+}
+
 /// Open `path` for reading and writing, creating it as 0600 (never truncating it).
 pub fn private_file(path: &Path) -> io::Result<File> {
     OpenOptions::new()
@@ -64,5 +92,33 @@ mod tests {
         std::fs::set_permissions(&file, Permissions::from_mode(0o644)).expect("chmod");
         make_private(&file).expect("narrow");
         assert_eq!(mode(&file), 0o600);
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).expect("chmod");
+        touch_private_dir(&dir).expect("touch");
+        assert_eq!(mode(&dir), 0o700);
+        assert!(!dir.join(".touch").exists());
+    }
+
+    #[test]
+    fn an_unusable_data_dir_is_refused_naming_the_path() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let file = root.path().join("file");
+        std::fs::write(&file, b"").expect("file");
+        let under_file = file.join("d");
+        let err = touch_private_dir(&under_file).expect_err("a dir under a file");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "mkdir {}: Not a directory (os error 20)",
+                under_file.display()
+            )
+        );
+        // Even root cannot create directories in /proc.
+        let in_proc = Path::new("/proc/skiff-no-such-dir/d");
+        let err = touch_private_dir(in_proc).expect_err("/proc");
+        assert!(
+            err.to_string()
+                .starts_with("mkdir /proc/skiff-no-such-dir/d: "),
+            "{err}"
+        );
     }
 }

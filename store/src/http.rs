@@ -1,14 +1,22 @@
 //! Plain HTTP endpoints etcd serves next to gRPC on the client port: `/health`,
 //! `/version`, `/metrics` (Prometheus text), plus `/readyz` and `/livez`.
+//!
+//! The client port tells the two apart as etcd does (cmux on the connection, then grpc-go's
+//! handler check): a request is gRPC only if it is HTTP/2 with a gRPC content type
+//! (`application/grpc`, `application/grpc+proto`, `application/grpc;...`). Anything else
+//! goes to the HTTP endpoints, and a path none of them serves, a gRPC method's included,
+//! is Go's plain `404 page not found` — never a gRPC call.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Version, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tower::ServiceExt;
 
 use crate::grpc::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
 use crate::node::StoreNode;
@@ -21,7 +29,55 @@ pub fn routes(node: Arc<StoreNode>) -> Router {
         .route("/livez", get(live))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
         .with_state(node)
+}
+
+/// The client port's router: gRPC requests go to `grpc`, every other request to `http`
+/// (whose fallback answers 404), so an HTTP/1.1 POST to a gRPC method never runs it.
+pub fn client_port(grpc: Router, http: Router) -> Router {
+    grpc.layer(axum::middleware::from_fn_with_state(http, grpc_or_http))
+}
+
+async fn grpc_or_http(State(http): State<Router>, request: Request, next: Next) -> Response {
+    if is_grpc(&request) {
+        return next.run(request).await;
+    }
+    match http.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// grpc-go's test: HTTP/2 and a content type of `application/grpc`, optionally followed
+/// by `+subtype` or `;parameters` (so `application/grpc-web` is not gRPC).
+pub fn is_grpc(request: &Request) -> bool {
+    if request.version() != Version::HTTP_2 {
+        return false;
+    }
+    let Some(content_type) = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(HeaderValue::as_bytes)
+    else {
+        return false;
+    };
+    match content_type.strip_prefix(b"application/grpc") {
+        Some(rest) => matches!(rest.first(), None | Some(b'+' | b';')),
+        None => false,
+    }
+}
+
+/// Go's `http.NotFound`, which etcd answers for any path its HTTP mux does not serve.
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        "404 page not found\n",
+    )
 }
 
 async fn health(State(node): State<Arc<StoreNode>>) -> impl IntoResponse {
@@ -151,4 +207,90 @@ async fn metrics(State(node): State<Arc<StoreNode>>) -> impl IntoResponse {
         resident_memory_bytes() as f64,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::any;
+
+    /// A client-port router whose gRPC side answers 200 "grpc" for any path and whose HTTP
+    /// side serves `/health` and 404 for the rest.
+    fn router() -> Router {
+        let grpc = Router::new()
+            .route("/etcdserverpb.KV/{*rest}", any(|| async { "grpc" }))
+            .fallback(|| async { "grpc fallback" });
+        let http = Router::new()
+            .route("/health", get(|| async { "http health" }))
+            .fallback(not_found);
+        client_port(grpc, http)
+    }
+
+    async fn call(
+        version: Version,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+    ) -> (StatusCode, Vec<(String, String)>, String) {
+        let mut request = Request::builder().method(method).uri(path).version(version);
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let request = request.body(Body::empty()).expect("request");
+        let response = router().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+            .collect();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn only_http2_with_a_grpc_content_type_reaches_grpc() {
+        const PUT: &str = "/etcdserverpb.KV/Put";
+        for content_type in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;x=y",
+        ] {
+            let (status, _, body) = call(Version::HTTP_2, "POST", PUT, Some(content_type)).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::OK, "grpc"),
+                "{content_type}"
+            );
+        }
+        let (_, _, body) = call(Version::HTTP_2, "POST", "/x", Some("application/grpc")).await;
+        assert_eq!(body, "grpc fallback");
+        let not_grpc = [
+            (Version::HTTP_11, Some("application/grpc")),
+            (Version::HTTP_11, None),
+            (Version::HTTP_10, Some("application/grpc")),
+            (Version::HTTP_2, None),
+            (Version::HTTP_2, Some("application/json")),
+            (Version::HTTP_2, Some("application/grpc-web")),
+            (Version::HTTP_2, Some("application/grpcx")),
+            (Version::HTTP_2, Some("text/plain; application/grpc")),
+        ];
+        for (version, content_type) in not_grpc {
+            for (method, path) in [("POST", PUT), ("GET", PUT), ("POST", "/x")] {
+                let (status, headers, body) = call(version, method, path, content_type).await;
+                let case = format!("{version:?} {content_type:?} {method} {path}");
+                assert_eq!(status, StatusCode::NOT_FOUND, "{case}");
+                assert_eq!(body, "404 page not found\n", "{case}");
+                assert!(
+                    headers.contains(&("content-type".into(), "text/plain; charset=utf-8".into())),
+                    "{case}: {headers:?}"
+                );
+            }
+            let (status, _, body) = call(version, "GET", "/health", content_type).await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "http health"));
+        }
+    }
 }

@@ -20,6 +20,7 @@ pub mod http;
 pub mod lease;
 pub mod log_sync;
 pub mod maintenance;
+pub mod memory;
 pub mod mvcc;
 pub mod network;
 pub mod node;

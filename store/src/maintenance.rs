@@ -11,7 +11,8 @@
 //!   alarm disarm` (DEACTIVATE through Raft) lifts it;
 //! - HashKV hashes the MVCC records up to a revision: every member that applied the same
 //!   log and compacted at the same revision returns the same hash;
-//! - Defragment is per member (not replicated) and compacts the redb file;
+//! - Defragment is per member (not replicated), compacts the redb file and returns freed
+//!   memory to the OS ([`crate::memory`]);
 //! - Snapshot streams this member's state machine (see [`crate::snapshot`]).
 
 use std::collections::BTreeSet;
@@ -415,7 +416,13 @@ impl Maintenance for EtcdApi {
         let engine = Arc::clone(self.node.sm.engine());
         let before = engine.size_bytes();
         let started = std::time::Instant::now();
-        blocking(move || engine.defragment().map_err(Error::from)).await?;
+        blocking(move || {
+            engine.defragment().map_err(Error::from)?;
+            // What the old file's pages and caches held goes back to the OS.
+            crate::memory::release_freed_memory();
+            Ok(())
+        })
+        .await?;
         tracing::info!(
             size_before = before,
             size_after = self.node.sm.engine().size_bytes(),
