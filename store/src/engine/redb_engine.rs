@@ -409,7 +409,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store.redb");
         let expected: Vec<(Vec<u8>, Vec<u8>)> = (0..2000u32)
-            .map(|i| (format!("key{i:05}").into_bytes(), vec![(i % 251) as u8; 100]))
+            .map(|i| {
+                (
+                    format!("key{i:05}").into_bytes(),
+                    vec![(i % 251) as u8; 100],
+                )
+            })
             .collect();
         {
             let engine = RedbEngine::open(&path).expect("open");
