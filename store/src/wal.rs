@@ -320,6 +320,14 @@ enum ScanEnd {
     Damaged(String),
 }
 
+/// The `wal-truncate-silently` bug switch (test builds): damage is dropped, never refused.
+fn truncate_silently() -> bool {
+    #[cfg(feature = "chaos-bugs")]
+    return crate::chaos_bugs::enabled(crate::chaos_bugs::Bug::WalTruncateSilently);
+    #[cfg(not(feature = "chaos-bugs"))]
+    false
+}
+
 /// Whether a record that fails its checksum looks like a torn write: one of the sectors
 /// it spans (clipped to the record) is all zeros.
 fn has_zero_sector(data: &[u8], start: u64) -> bool {
@@ -457,26 +465,14 @@ impl Wal {
             match end {
                 ScanEnd::Clean => prefilled = data.len() as u64,
                 ScanEnd::Damaged(why) => {
-                    #[cfg(feature = "chaos-bugs")]
-                    let silently =
-                        crate::chaos_bugs::enabled(crate::chaos_bugs::Bug::WalTruncateSilently);
-                    #[cfg(not(feature = "chaos-bugs"))]
-                    let silently = false;
-                    if !silently {
+                    if !truncate_silently() {
                         return Err(refuse(&why));
                     }
                     torn = true;
                 }
                 ScanEnd::Torn(why) => {
-                    if mark.is_some_and(|m| m.covers(first_index, valid)) {
-                        #[cfg(feature = "chaos-bugs")]
-                        let silently =
-                            crate::chaos_bugs::enabled(crate::chaos_bugs::Bug::WalTruncateSilently);
-                        #[cfg(not(feature = "chaos-bugs"))]
-                        let silently = false;
-                        if !silently {
-                            return Err(refuse(&format!("{why}, before the synced position")));
-                        }
+                    if mark.is_some_and(|m| m.covers(first_index, valid)) && !truncate_silently() {
+                        return Err(refuse(&format!("{why}, before the synced position")));
                     }
                     torn = true;
                 }
