@@ -459,7 +459,11 @@ fn run_store(args: StoreArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(skiff_store::run(config, shutdown_signal()));
+    let result = runtime.block_on(skiff_store::run(config, store_stop_signal()));
+    // The stop is bounded (skiff_store::server::STOP_DEADLINE); so is the wait for
+    // blocking work still running (a snapshot being built). Dropping the runtime drops the
+    // tasks still holding the engine, which closes it and releases the data-dir lock.
+    runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(skiff_store::Error::Config(msg)) => {
@@ -479,6 +483,15 @@ struct ApiserverArgs {
     /// etcd v3 endpoints to keep objects in (comma-separated URLs or host:port).
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     etcd_servers: Vec<String>,
+    /// CA (PEM) that signed the store's serving certificates; needed for https --etcd-servers.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the store (with --etcd-keyfile).
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    /// Key (PEM) of --etcd-certfile.
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
     /// Key prefix of every object in the store.
     #[arg(long, default_value = "/registry")]
     etcd_prefix: String,
@@ -557,6 +570,9 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
         .init();
     let config = skiff_apiserver::ApiServerConfig {
         etcd_servers: args.etcd_servers,
+        etcd_cafile: args.etcd_cafile,
+        etcd_certfile: args.etcd_certfile,
+        etcd_keyfile: args.etcd_keyfile,
         etcd_prefix: args.etcd_prefix,
         bind_address: args.bind_address,
         secure_port: args.secure_port,
@@ -603,6 +619,33 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `skiff store`'s signals: the first SIGTERM or SIGINT completes this future (a clean,
+/// bounded stop; exit status 0). Another one while stopping exits at once with status 1,
+/// as kube-apiserver and k3s do (etcd ignores it and finishes its own bounded stop).
+async fn store_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        shutdown_signal().await;
+        return;
+    };
+    let first = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("received {first}; stopping (another signal exits at once)");
+    tokio::spawn(async move {
+        let second = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::error!("received {second} while stopping; exiting at once");
+        std::process::exit(1);
+    });
 }
 
 async fn shutdown_signal() {

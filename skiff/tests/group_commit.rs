@@ -1,6 +1,7 @@
 //! Group commit, measured: many concurrent proposals share one fsync. The member's
 //! `/metrics` counts fsyncs (Raft log syncs plus fsynced engine writes) and applied log
-//! entries; under concurrent load the first grows much slower than the second. Also checks `/health` and `/version`.
+//! entries; under concurrent load the first grows much slower than the second. Also checks `/health`, `/version`
+//! and etcd's disk and leadership metrics.
 mod common;
 
 use common::{Cluster, client, http_get, metric};
@@ -32,6 +33,24 @@ async fn concurrent_puts_share_fsyncs() {
         task.await.expect("writer task");
     }
     let fsyncs = fsyncs_now() - fsyncs_before;
+    // etcd's disk and leadership metrics, as its dashboards read them: every log sync that
+    // wrote something is one WAL fsync observation; the single member became leader once.
+    let wal_fsyncs = metric(&endpoint, "etcd_disk_wal_fsync_duration_seconds_count");
+    assert!(
+        wal_fsyncs > 0.0 && wal_fsyncs <= metric(&endpoint, "skiff_log_syncs_total"),
+        "wal fsync histogram: {wal_fsyncs}"
+    );
+    assert!(
+        metric(
+            &endpoint,
+            "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}"
+        ) == wal_fsyncs
+    );
+    assert!(metric(&endpoint, "etcd_disk_backend_commit_duration_seconds_count") >= 1.0);
+    assert_eq!(
+        metric(&endpoint, "etcd_server_leader_changes_seen_total"),
+        1.0
+    );
     let applied = metric(&endpoint, "etcd_server_proposals_applied_total") - applied_before;
     let puts = f64::from(writers * puts_per_writer);
     println!("{puts} puts: {applied} log entries applied, {fsyncs} fsyncs");

@@ -206,6 +206,23 @@ async fn metrics(State(node): State<Arc<StoreNode>>) -> impl IntoResponse {
         "Resident memory size in bytes.",
         resident_memory_bytes() as f64,
     );
+    let _ = writeln!(
+        out,
+        "# HELP etcd_server_leader_changes_seen_total The number of leader changes seen.\n\
+         # TYPE etcd_server_leader_changes_seen_total counter\n\
+         etcd_server_leader_changes_seen_total {}",
+        crate::metrics::LEADER_CHANGES.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    crate::metrics::WAL_FSYNC.render(
+        &mut out,
+        "etcd_disk_wal_fsync_duration_seconds",
+        "The latency distributions of fsync called by WAL.",
+    );
+    crate::metrics::BACKEND_COMMIT.render(
+        &mut out,
+        "etcd_disk_backend_commit_duration_seconds",
+        "The latency distributions of commit called by backend.",
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

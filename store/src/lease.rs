@@ -877,7 +877,21 @@ impl lease_server::Lease for LeaseApi {
         let require_leader = self.check(&request)?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_RESPONSE_QUEUE);
-        tokio::spawn(keep_alive_stream(self.clone(), inbound, tx, require_leader));
+        let api = self.clone();
+        let mut stop = self.stop.clone();
+        let stopped = tx.clone();
+        tokio::spawn(async move {
+            let _open = api.node.open_streams.keep_alive();
+            tokio::select! {
+                () = keep_alive_stream(api.clone(), inbound, tx, require_leader) => {}
+                // The member stops: the stream ends wherever it waited (on the client, on
+                // a renewal) with etcd's status for a stopped server; a client that reads
+                // nothing has a full queue, and its stream ends with the transport.
+                _ = stop.wait_for(|stop| *stop) => {
+                    let _ = stopped.try_send(Err(Error::Stopped.into()));
+                }
+            }
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -941,7 +955,6 @@ async fn keep_alive_stream(
     require_leader: bool,
 ) {
     let node = &api.node;
-    let mut stop = api.stop.clone();
     let election = node.config.election_timeout;
     let mut leader_check =
         tokio::time::interval_at(tokio::time::Instant::now() + election, election);
@@ -967,10 +980,6 @@ async fn keep_alive_stream(
                 continue;
             }
             _ = tx.closed() => return,
-            _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
-                let _ = tx.send(Err(Error::Stopped.into())).await;
-                return;
-            }
         };
         // The header is taken before renewing (etcd does the same): its revision is at
         // most the one at which the keep-alive happened.

@@ -21,6 +21,7 @@ pub mod lease;
 pub mod log_sync;
 pub mod maintenance;
 pub mod memory;
+pub mod metrics;
 pub mod mvcc;
 pub mod network;
 pub mod node;

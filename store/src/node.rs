@@ -46,6 +46,57 @@ pub struct StoreNode {
     pub reads: ReadIndexBatcher,
     /// Read-index batching for followers' requests while this member leads.
     pub leader_reads: ReadIndexBatcher,
+    /// Turns true when this member stops: open client and peer streams end then.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Client streams (watch, lease keep-alive) open now, for the shutdown log.
+    pub open_streams: OpenStreams,
+}
+
+/// Counts of the client streams open on a member (see [`StoreNode::open_streams`]).
+#[derive(Default)]
+pub struct OpenStreams {
+    watch: std::sync::atomic::AtomicUsize,
+    keep_alive: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one open stream until dropped.
+pub struct OpenStream<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl OpenStreams {
+    fn open(counter: &std::sync::atomic::AtomicUsize) -> OpenStream<'_> {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenStream(counter)
+    }
+
+    /// Count a watch stream while the guard lives.
+    pub fn watch(&self) -> OpenStream<'_> {
+        Self::open(&self.watch)
+    }
+
+    /// Count a lease keep-alive stream while the guard lives.
+    pub fn keep_alive(&self) -> OpenStream<'_> {
+        Self::open(&self.keep_alive)
+    }
+
+    /// `(watch streams, keep-alive streams)` open now.
+    pub fn counts(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.watch.load(Relaxed), self.keep_alive.load(Relaxed))
+    }
+}
+
+impl StoreNode {
+    /// Completes once this member stops (or its stop signal is gone).
+    pub async fn stopped(&self) {
+        let mut stop = self.stop.clone();
+        let _ = stop.wait_for(|stop| *stop).await;
+    }
 }
 
 /// A member as the Cluster API lists it.

@@ -15,7 +15,8 @@
 //! Wire format: the client sends [`MAGIC`], then requests; each request and each answer is
 //! `[u32 little-endian length][postcard body]`, at most [`PEER_MAX_MESSAGE_BYTES`]. Answers
 //! come in request order, one per request. Any failure closes the connection; the client
-//! opens a new one for its next request.
+//! opens a new one for its next request. When this member stops, its raw connections
+//! close at once (the stream has no status to send; a closed connection is its "stopped").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,13 +166,22 @@ pub async fn accept_loop(
         let grpc = grpc.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(SNIFF_TIMEOUT, opens_with_magic(&stream)).await {
-                Ok(Ok(true)) => serve_raw(node, stream, stop).await,
-                Ok(Ok(false)) => {
-                    let _ = grpc.send(Ok(stream)).await;
+            let mut stopping = stop.clone();
+            let connection = async move {
+                match tokio::time::timeout(SNIFF_TIMEOUT, opens_with_magic(&stream)).await {
+                    Ok(Ok(true)) => serve_raw(node, stream, stop).await,
+                    Ok(Ok(false)) => {
+                        let _ = grpc.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!("peer connection: {e}"),
+                    Err(_) => tracing::debug!("peer connection sent nothing; closed"),
                 }
-                Ok(Err(e)) => tracing::debug!("peer connection: {e}"),
-                Err(_) => tracing::debug!("peer connection sent nothing; closed"),
+            };
+            // When this member stops, the connection closes wherever it is (sniffing, in
+            // Raft, writing an answer): the leader sees it end and stops sending.
+            tokio::select! {
+                () = connection => {}
+                _ = stopping.wait_for(|stop| *stop) => {}
             }
         });
     }

@@ -1,10 +1,16 @@
 //! Starting a store member: open the data directory, find out who we are (restart, new
 //! cluster or joining an existing one), start Raft, serve peers and clients, and stop
 //! cleanly when the shutdown future completes.
+//!
+//! Stopping is bounded whatever clients and peers do: open streams (watch, lease
+//! keep-alive, peer append streams) end at once with `Unavailable` "etcdserver: server
+//! stopped" (raw append streams close); requests in flight get [`STOP_SERVE_GRACE`];
+//! then Raft shuts down and the WAL and the engine are made durable. A stop that overruns
+//! [`STOP_DEADLINE`] returns an error naming what was still open (the process exits anyway).
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,15 +18,18 @@ use serde::{Deserialize, Serialize};
 use skiff_proto::etcdserverpb::cluster_server::ClusterServer;
 use skiff_proto::etcdserverpb::kv_server::KvServer;
 use skiff_proto::etcdserverpb::maintenance_server::MaintenanceServer;
-use skiff_proto::skiffpeer::peer_server::PeerServer;
+use skiff_proto::skiffpeer::Blob;
+use skiff_proto::skiffpeer::peer_server::{Peer, PeerServer};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
 
 use crate::config::{ClusterState, StoreConfig, socket_addr};
 use crate::engine::{
-    CoalescingEngine, CountingEngine, Durability, Engine, RedbEngine, Table, WriteBatch,
+    CoalescingEngine, CountingEngine, Durability, Engine, EngineError, RedbEngine, Table,
+    WriteBatch,
 };
 use crate::error::Error;
 use crate::grpc::{EtcdApi, PeerApi};
@@ -38,6 +47,15 @@ const KEY_IDENTITY: &[u8] = b"identity";
 const KEY_BOOTSTRAP: &[u8] = b"bootstrap_members";
 /// gRPC receive limit: the request limit plus etcd's 512 KiB of slack.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// When a stop begins, open streams end at once and requests in flight get this long to
+/// finish; servers still busy then are abandoned (their connections close as the process
+/// exits). etcd waits its request timeout, then closes its transports.
+pub const STOP_SERVE_GRACE: Duration = Duration::from_secs(2);
+/// Raft's core gets this long to stop.
+const STOP_RAFT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A stop returns within this long whatever clients, peers or the disk do; what was still
+/// open then is logged and returned as the error.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(4);
 
 /// Who this member is; written once, before Raft starts, and never changed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -111,36 +129,141 @@ pub fn engine_path(data_dir: &Path) -> std::path::PathBuf {
 /// A started member: its handle plus the tasks serving it.
 pub struct RunningStore {
     pub node: Arc<StoreNode>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each task with what it does, for the log when a stop overruns.
+    tasks: Vec<(String, tokio::task::JoinHandle<()>)>,
     stop: tokio::sync::watch::Sender<bool>,
+    engine: Arc<dyn Engine>,
+    wal_dir: PathBuf,
 }
 
-impl RunningStore {
-    /// Stop serving and shut Raft down.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        let _ = self.node.raft.shutdown().await;
+/// How far a stop got, for the log line when it overruns [`STOP_DEADLINE`].
+#[derive(Default)]
+struct StopProgress(std::sync::Mutex<String>);
+
+impl StopProgress {
+    fn set(&self, step: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = step.to_string();
+    }
+
+    fn get(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
-/// Run a member until `shutdown` completes.
+impl RunningStore {
+    /// Stop: end open streams, let requests in flight finish (at most
+    /// [`STOP_SERVE_GRACE`]), shut Raft down, make the WAL and the engine durable. Returns
+    /// within [`STOP_DEADLINE`]; an error says what was still under way then.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        let progress = StopProgress::default();
+        let node = self.node.clone();
+        match tokio::time::timeout(STOP_DEADLINE, self.stop_in_steps(&progress)).await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let (watches, keep_alives) = node.open_streams.counts();
+                let still = format!(
+                    "still {} ({watches} watch and {keep_alives} keep-alive streams open)",
+                    progress.get()
+                );
+                tracing::error!(
+                    "shutdown did not finish within {}s: {still}; exiting anyway",
+                    STOP_DEADLINE.as_secs()
+                );
+                Err(Error::Internal(format!(
+                    "shutdown did not finish within {}s: {still}",
+                    STOP_DEADLINE.as_secs()
+                )))
+            }
+        }
+    }
+
+    async fn stop_in_steps(self, progress: &StopProgress) {
+        let RunningStore {
+            node,
+            tasks,
+            stop,
+            engine,
+            wal_dir,
+        } = self;
+        progress.set("ending open streams and stopping the servers");
+        let _ = stop.send(true);
+        let grace = tokio::time::Instant::now() + STOP_SERVE_GRACE;
+        let mut busy = Vec::new();
+        for (name, mut task) in tasks {
+            if tokio::time::timeout_at(grace, &mut task).await.is_err() {
+                task.abort();
+                busy.push(name);
+            }
+        }
+        if !busy.is_empty() {
+            let (watches, keep_alives) = node.open_streams.counts();
+            tracing::warn!(
+                still_busy = %busy.join(", "),
+                watch_streams = watches,
+                keep_alive_streams = keep_alives,
+                "requests still in flight {}s after the stop began; abandoned (their connections close as the process exits)",
+                STOP_SERVE_GRACE.as_secs()
+            );
+        }
+        progress.set("shutting Raft down");
+        match tokio::time::timeout(STOP_RAFT_TIMEOUT, node.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("raft shutdown: {e}"),
+            Err(_) => tracing::warn!(
+                "raft did not stop within {}s; going on",
+                STOP_RAFT_TIMEOUT.as_secs()
+            ),
+        }
+        progress.set("making the WAL and the engine durable");
+        let flushed = crate::raft_log::run_blocking(move || {
+            sync_wal_segments(&wal_dir)?;
+            engine.write(WriteBatch::new(), Durability::Durable)
+        })
+        .await;
+        match flushed {
+            Ok(()) => tracing::info!("stopped; the WAL and the engine are durable"),
+            Err(e) => tracing::error!("stopped; the final flush failed: {e}"),
+        }
+    }
+}
+
+/// fsync every WAL segment of `dir` (an fsync covers the file, whichever descriptor asks
+/// for it). Called once Raft is down: nothing appends any more.
+fn sync_wal_segments(dir: &Path) -> Result<(), EngineError> {
+    let io = |path: &Path, e: std::io::Error| EngineError::Io(format!("{}: {e}", path.display()));
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let path = entry.map_err(|e| io(dir, e))?.path();
+        if path.extension().is_some_and(|ext| ext == "wal") {
+            std::fs::File::open(&path)
+                .and_then(|file| file.sync_data())
+                .map_err(|e| io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Run a member until `shutdown` completes (also while it is still starting).
 pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let running = start(config).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let running = tokio::select! {
+        running = start(config) => running?,
+        () = &mut shutdown => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
     tokio::spawn(watch_own_removal(running.node.clone()));
     let mut removed = running.node.channels.removed();
     let outcome = tokio::select! {
-        _ = shutdown => Ok(()),
+        () = &mut shutdown => Ok(()),
         _ = removed.wait_for(|removed| *removed) => {
             tracing::error!("{}", Error::MemberRemoved);
             Err(Error::MemberRemoved)
         }
     };
     tracing::info!("shutting down");
-    running.shutdown().await;
-    outcome
+    let stopped = running.shutdown().await;
+    outcome.and(stopped)
 }
 
 /// A member that has been part of the configuration and then disappears from it was
@@ -349,6 +472,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         engine.write(batch, Durability::Durable)?;
     }
     let config = Arc::new(config);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let (reads, reads_queue) = ReadIndexBatcher::new(ReadIndexKind::Local);
     let (leader_reads, leader_reads_queue) = ReadIndexBatcher::new(ReadIndexKind::AsLeader);
     let node = Arc::new(StoreNode {
@@ -364,11 +488,12 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         log_syncs,
         reads,
         leader_reads,
+        stop: stop_rx.clone(),
+        open_streams: Default::default(),
     });
     reads_queue.spawn(Arc::downgrade(&node));
     leader_reads_queue.spawn(Arc::downgrade(&node));
 
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     let peer_tls = config.peer_tls.server_config()?;
     for (listener, url) in peer_listeners.into_iter().zip(&config.listen_peer_urls) {
@@ -377,12 +502,10 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         } else {
             None
         };
-        tasks.push(tokio::spawn(serve_peer(
-            node.clone(),
-            listener,
-            tls,
-            stop_rx.clone(),
-        )));
+        tasks.push((
+            format!("peer server on {url}"),
+            tokio::spawn(serve_peer(node.clone(), listener, tls, stop_rx.clone())),
+        ));
     }
     let client_tls = config.client_tls.server_config()?;
     for (listener, url) in client_listeners.into_iter().zip(&config.listen_client_urls) {
@@ -391,41 +514,70 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         } else {
             None
         };
-        tasks.push(tokio::spawn(serve_client(
-            node.clone(),
-            listener,
-            tls,
-            stop_rx.clone(),
-        )));
+        tasks.push((
+            format!("client server on {url}"),
+            tokio::spawn(serve_client(node.clone(), listener, tls, stop_rx.clone())),
+        ));
     }
-    for listener in metrics_listeners {
+    for (listener, url) in metrics_listeners
+        .into_iter()
+        .zip(&config.listen_metrics_urls)
+    {
         let router = crate::http::routes(node.clone());
         let mut stop_rx = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
-                })
-                .await;
-        }));
+        tasks.push((
+            format!("metrics server on {url}"),
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop_rx.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+            }),
+        ));
     }
-    tasks.push(tokio::spawn(send_commit_when_synced(
-        node.raft.clone(),
-        log_sync,
-        stop_rx.clone(),
-    )));
-    tasks.push(crate::lease::start(node.clone(), stop_rx.clone()));
-    tasks.push(tokio::spawn(crate::memory::trim_after_compactions(
-        node.clone(),
-        stop_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(publish_attributes(node.clone(), stop_rx)));
+    tasks.push((
+        "commit heartbeats".into(),
+        tokio::spawn(send_commit_when_synced(
+            node.raft.clone(),
+            log_sync,
+            stop_rx.clone(),
+        )),
+    ));
+    tasks.push((
+        "lease expiry".into(),
+        crate::lease::start(node.clone(), stop_rx.clone()),
+    ));
+    tasks.push((
+        "leader change count".into(),
+        tokio::spawn(crate::metrics::watch_leader_changes(
+            node.raft.clone(),
+            stop_rx.clone(),
+        )),
+    ));
+    tasks.push((
+        "memory trim".into(),
+        tokio::spawn(crate::memory::trim_after_compactions(
+            node.clone(),
+            stop_rx.clone(),
+        )),
+    ));
+    tasks.push((
+        "attribute publishing".into(),
+        tokio::spawn(publish_attributes(node.clone(), stop_rx)),
+    ));
     tracing::info!(
         name = %config.name,
         client_urls = %config.advertise_client_urls.join(","),
         "ready to serve client requests"
     );
-    Ok(RunningStore { node, tasks, stop })
+    Ok(RunningStore {
+        node,
+        tasks,
+        stop,
+        engine,
+        wal_dir: member_dir.join("wal"),
+    })
 }
 
 /// After the leader clamped the commit index it sent to the durable part of its log,
@@ -475,7 +627,7 @@ async fn serve_peer(
     tls: Option<ServerTlsConfig>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let service = PeerServer::new(PeerApi { node: node.clone() })
+    let service = PeerServer::new(StoppingPeer(PeerApi { node: node.clone() }))
         .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
     let plain = tls.is_none();
@@ -514,6 +666,63 @@ async fn serve_peer(
     };
     if let Err(e) = result {
         tracing::error!("peer server: {e}");
+    }
+}
+
+/// The peer service as served: an open append stream ends when this member stops, with
+/// `Unavailable` "etcdserver: server stopped" (the sender stops using it); every other
+/// call is [`PeerApi`]'s.
+#[derive(Clone)]
+struct StoppingPeer(PeerApi);
+
+#[tonic::async_trait]
+impl Peer for StoppingPeer {
+    type AppendStreamStream = <PeerApi as Peer>::AppendStreamStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<Blob>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        use futures::StreamExt;
+        let responses = self.0.append_stream(request).await?.into_inner();
+        let node = self.0.node.clone();
+        let stopped: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(async move { node.stopped().await });
+        let until_stopped =
+            futures::stream::unfold(Some((responses, stopped)), |state| async move {
+                let (mut responses, mut stopped) = state?;
+                tokio::select! {
+                    item = responses.next() => {
+                        item.map(|item| (item, Some((responses, stopped))))
+                    }
+                    () = &mut stopped => Some((Err(Error::Stopped.into()), None)),
+                }
+            });
+        Ok(Response::new(Box::pin(until_stopped)))
+    }
+
+    async fn append_entries(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.0.append_entries(request).await
+    }
+
+    async fn vote(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.0.vote(request).await
+    }
+
+    async fn install_snapshot(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.0.install_snapshot(request).await
+    }
+
+    async fn forward(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.0.forward(request).await
+    }
+
+    async fn read_index(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.0.read_index(request).await
+    }
+
+    async fn members(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.0.members(request).await
     }
 }
 

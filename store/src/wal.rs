@@ -571,8 +571,12 @@ impl Wal {
             return Ok(());
         }
         let synced_any = !dirty.is_empty();
+        let started = std::time::Instant::now();
         for file in dirty {
             file.sync_data().map_err(|e| io("sync wal", e))?;
+        }
+        if synced_any {
+            crate::metrics::WAL_FSYNC.observe(started.elapsed());
         }
         #[cfg(feature = "chaos-bugs")]
         if self.power_loss {

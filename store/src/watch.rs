@@ -10,6 +10,9 @@
 //! exactly what that member applied, and resuming from any revision at or above the
 //! compaction point replays from the records. A watcher whose next revision was
 //! compacted away is cancelled with `compact_revision`, as etcd does.
+//!
+//! When the member stops, every stream ends at once with `Unavailable` "etcdserver: server
+//! stopped" (clients re-establish their watches on another member).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
@@ -102,7 +105,21 @@ impl Watch for EtcdApi {
             next_auto_id: 0,
             synced: 0,
         };
-        tokio::spawn(stream.run(request.into_inner(), require_leader));
+        let node = self.node.clone();
+        let stopped = stream.tx.clone();
+        tokio::spawn(async move {
+            let _open = node.open_streams.watch();
+            tokio::select! {
+                () = stream.run(request.into_inner(), require_leader) => {}
+                // The member stops: the stream ends wherever it waited (on the client, on
+                // the queue) with etcd's status for a stopped server, which clients retry
+                // on another member. A client that reads nothing has a full queue: its
+                // stream ends when the transport closes.
+                () = node.stopped() => {
+                    let _ = stopped.try_send((Err(Error::Stopped.into()), None));
+                }
+            }
+        });
         // A response's share of the byte budget is released when the transport takes it.
         let responses = ReceiverStream::new(rx).map(|(response, _permit)| response);
         Ok(Response::new(Box::pin(responses)))

@@ -262,7 +262,11 @@ impl Engine for RedbEngine {
         })
         .map_err(map_err)?;
         let live_after = apply_batch(&txn, &batch, self.live_bytes.load(Ordering::Acquire))?;
+        let started = Instant::now();
         txn.commit().map_err(map_err)?;
+        if durability == Durability::Durable {
+            crate::metrics::BACKEND_COMMIT.observe(started.elapsed());
+        }
         self.live_bytes.store(live_after, Ordering::Release);
         Ok(())
     }
