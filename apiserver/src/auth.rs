@@ -131,10 +131,7 @@ pub fn authorizer(mode: &str) -> Result<Arc<dyn Authorizer>, String> {
 /// The Kubernetes verb of a request: resource requests (`/api/...`, `/apis/...`) map the HTTP
 /// method and whether the URL names one object; others use the method.
 pub fn verb(method: &Method, path: &str, query: Option<&str>) -> String {
-    let watch = query.is_some_and(|q| {
-        q.split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1" || kv == "watch")
-    });
+    let watch = crate::selector::raw_query_flag(query, "watch");
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     // /api/v1/... or /apis/g/v/... → the part after the version.
     let rest: &[&str] = match segments.as_slice() {

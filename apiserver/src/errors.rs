@@ -9,11 +9,13 @@ use axum::response::{IntoResponse, Response};
 use crate::rest::MAX_BODY_BYTES;
 use crate::status::ApiError;
 
-/// Middleware: a 4xx/5xx response that is not JSON becomes a Status of the same code.
+/// Middleware: a 4xx/5xx response that is not JSON becomes a Status of the same code (but
+/// the health endpoints answer plain text, failures included, as kube-apiserver's do).
 pub async fn status_errors(req: Request, next: Next) -> Response {
+    let health = crate::health::is_health_path(req.uri().path());
     let response = next.run(req).await;
     let code = response.status();
-    if !(code.is_client_error() || code.is_server_error()) {
+    if health || !(code.is_client_error() || code.is_server_error()) {
         return response;
     }
     let is_json = response
@@ -49,11 +51,7 @@ fn status_for(code: u16, text: &str) -> ApiError {
         400 => ApiError::new(400, "BadRequest", or("bad request")),
         401 => ApiError::unauthorized(),
         403 => ApiError::new(403, "Forbidden", or("forbidden")),
-        404 => ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        ),
+        404 => ApiError::path_not_found(),
         405 => ApiError::method_not_allowed(),
         406 => ApiError::new(406, "NotAcceptable", or("not acceptable")),
         408 => ApiError::new(408, "Timeout", or("request timeout")),

@@ -271,8 +271,7 @@ pub fn classify(
         [res] => (*res, None, ""),
         [res, name, sub @ ..] => (*res, Some(*name), sub.first().copied().unwrap_or("")),
     };
-    let watching =
-        query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let watching = crate::selector::raw_query_flag(query, "watch");
     let verb = match (method.as_str(), name.is_some()) {
         ("GET", _) if watching => "WATCH",
         ("GET", false) if !resource.is_empty() => "LIST",

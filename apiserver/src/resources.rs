@@ -274,89 +274,9 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<(String, String)> {
     causes
 }
 
-/// Fills in kube-apiserver's defaults for fields this slice's printers and clients read.
+/// Fills in kube-apiserver's defaults (see [`crate::defaults`]).
 pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
-    let set_default = |v: &mut Value, key: &str, default: Value| {
-        if let Some(map) = v.as_object_mut() {
-            map.entry(key.to_string()).or_insert(default);
-        }
-    };
-    match info.printer {
-        Printer::Namespace => {
-            set_default(obj, "spec", json!({}));
-            set_default(&mut obj["spec"], "finalizers", json!(["kubernetes"]));
-            let phase = if obj["metadata"]["deletionTimestamp"].is_string() {
-                "Terminating"
-            } else {
-                "Active"
-            };
-            obj["status"] = json!({ "phase": phase });
-        }
-        Printer::Secret => {
-            set_default(obj, "type", json!("Opaque"));
-            // stringData is write-only: it is merged into data (base64) and not stored.
-            if let Some(Value::Object(plain)) =
-                obj.as_object_mut().and_then(|o| o.remove("stringData"))
-            {
-                use base64::Engine as _;
-                if !obj["data"].is_object() {
-                    obj["data"] = json!({});
-                }
-                for (k, v) in plain {
-                    let text = v.as_str().unwrap_or("").as_bytes().to_vec();
-                    obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
-                }
-            }
-        }
-        Printer::Service => {
-            set_default(obj, "spec", json!({}));
-            set_default(&mut obj["spec"], "type", json!("ClusterIP"));
-            set_default(&mut obj["spec"], "sessionAffinity", json!("None"));
-            for port in obj["spec"]["ports"].as_array_mut().into_iter().flatten() {
-                set_default(port, "protocol", json!("TCP"));
-                let p = port["port"].clone();
-                set_default(port, "targetPort", p);
-            }
-        }
-        Printer::Pod => {
-            set_default(obj, "status", json!({}));
-            set_default(&mut obj["status"], "phase", json!("Pending"));
-            set_default(&mut obj["spec"], "restartPolicy", json!("Always"));
-        }
-        Printer::Deployment => {
-            let spec = &mut obj["spec"];
-            set_default(spec, "replicas", json!(1));
-            set_default(spec, "revisionHistoryLimit", json!(10));
-            set_default(spec, "progressDeadlineSeconds", json!(600));
-            set_default(
-                spec,
-                "strategy",
-                json!({"type": "RollingUpdate",
-                       "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-            );
-        }
-        Printer::ReplicaSet => set_default(&mut obj["spec"], "replicas", json!(1)),
-        Printer::PersistentVolume => {
-            set_default(obj, "spec", json!({}));
-            set_default(
-                &mut obj["spec"],
-                "persistentVolumeReclaimPolicy",
-                json!("Retain"),
-            );
-            set_default(&mut obj["spec"], "volumeMode", json!("Filesystem"));
-            set_default(obj, "status", json!({"phase": "Pending"}));
-        }
-        Printer::PersistentVolumeClaim => {
-            set_default(obj, "spec", json!({}));
-            set_default(&mut obj["spec"], "volumeMode", json!("Filesystem"));
-            set_default(obj, "status", json!({"phase": "Pending"}));
-        }
-        Printer::Node => {
-            set_default(obj, "spec", json!({}));
-            set_default(obj, "status", json!({}));
-        }
-        _ => {}
-    }
+    crate::defaults::apply(info.printer, obj);
 }
 
 /// Whether this kind has a `status` that the main resource's writes must not change.
@@ -783,8 +703,10 @@ pub fn cells(printer: Printer, obj: &Value, now: Timestamp) -> Vec<Value> {
                     .unwrap_or_default()
             };
             let info = &status["nodeInfo"];
+            // kubectl's printer: an empty value (a new Node's `nodeInfo`) is unknown too.
             let or_unknown = |v: &Value| {
                 v.as_str()
+                    .filter(|s| !s.is_empty())
                     .map_or_else(|| "<unknown>".to_string(), String::from)
             };
             vec![

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::patch;
 use crate::resources::{self, ResourceInfo};
-use crate::selector::{FieldSelector, LabelSelector, escape_field_value, labels_of};
+use crate::selector::{FieldSelector, LabelSelector, escape_field_value, labels_of, query_flag};
 use crate::status::ApiError;
 use crate::storage::{Change, Storage, StorageError, Stored};
 
@@ -142,13 +142,7 @@ impl Registry {
         version: &str,
         rest: &[&str],
     ) -> Result<Target<'a>, ApiError> {
-        let not_found = || {
-            ApiError::new(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            )
-        };
+        let not_found = ApiError::path_not_found;
         let (namespace, resource, name, sub) = match rest {
             [res] => (None, *res, None, None),
             // `/api/v1/namespaces/<name>/status`: the namespace's own subresource.
@@ -392,7 +386,7 @@ impl Registry {
             .and_then(|t| t.parse::<u64>().ok())
             .map(Duration::from_secs)
             .unwrap_or(WATCH_TIMEOUT_DEFAULT);
-        let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+        let bookmarks = query_flag(query, "allowWatchBookmarks");
         let table = wants_table(headers);
         let prefix = self.collection_prefix(&info, t.namespace.as_deref());
         let rv = query.get("resourceVersion").cloned().unwrap_or_default();
@@ -829,7 +823,7 @@ impl Registry {
             .ok_or_else(|| {
                 ApiError::bad_request("PATCH, application/apply-patch+yaml requires fieldManager")
             })?;
-        let force = query.get("force").map(String::as_str) == Some("true");
+        let force = query_flag(query, "force");
         // kubectl sends JSON, which is YAML too; YAML-only syntax is not parsed here.
         let applied: Value = serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(
@@ -1063,10 +1057,7 @@ impl Registry {
             Ok(obj)
         })
         .await?;
-        Ok(json_response(
-            StatusCode::CREATED,
-            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-        ))
+        Ok(crate::status::success(201))
     }
 
     /// Read-modify-write of the object `t` names: reads it, checks the client's `precondition`
@@ -1460,9 +1451,14 @@ struct EventEncoder {
 }
 
 impl EventEncoder {
-    fn line(value: &Value) -> Bytes {
-        let mut bytes = serde_json::to_vec(value).expect("a serde_json::Value always encodes");
-        bytes.push(b'\n');
+    /// One event line in kube-apiserver's field order: `{"type":…,"object":…}` and a newline.
+    fn line(kind: &str, object: &[u8]) -> Bytes {
+        let mut bytes = Vec::with_capacity(object.len() + kind.len() + 24);
+        bytes.extend_from_slice(b"{\"type\":");
+        bytes.extend_from_slice(&crate::status::go_json(kind));
+        bytes.extend_from_slice(b",\"object\":");
+        bytes.extend_from_slice(object);
+        bytes.extend_from_slice(b"}\n");
         Bytes::from(bytes)
     }
 
@@ -1479,17 +1475,17 @@ impl EventEncoder {
         } else {
             obj.clone()
         };
-        Self::line(&json!({"type": kind, "object": object}))
+        Self::line(kind, &crate::status::go_json(&object))
     }
 
     fn bookmark(&self, revision: i64) -> Bytes {
-        Self::line(&json!({"type": "BOOKMARK", "object": {
-            "kind": self.info.kind, "apiVersion": self.info.api_version(),
-            "metadata": {"resourceVersion": revision.to_string()}}}))
+        let object = json!({"kind": self.info.kind, "apiVersion": self.info.api_version(),
+                            "metadata": {"resourceVersion": revision.to_string()}});
+        Self::line("BOOKMARK", &crate::status::go_json(&object))
     }
 
     fn error_event(&self, err: &ApiError) -> Bytes {
-        Self::line(&json!({"type": "ERROR", "object": err.to_status()}))
+        Self::line("ERROR", &err.to_status_json())
     }
 }
 
@@ -1529,7 +1525,7 @@ pub async fn dispatch(
             _ => Err(ApiError::method_not_allowed()),
         };
     }
-    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let watching = query_flag(query, "watch");
     match (method.as_str(), t.name.is_some()) {
         ("GET", _) if watching => registry.clone().watch(&t, query, headers).await,
         ("GET", true) => registry.get(&t, headers).await,
@@ -1561,6 +1557,31 @@ mod tests {
         );
         assert!(decode_continue(&token, "/registry/secrets/").is_err());
         assert!(decode_continue("garbage!", "/registry/pods/").is_err());
+    }
+
+    /// Watch lines as kube-apiserver writes them: `type` first, an ERROR's object the Status
+    /// bytes of a response body.
+    #[test]
+    fn watch_events_are_written_in_kube_apiservers_order() {
+        let info = resources::registry()
+            .into_iter()
+            .find(|r| r.kind == "ConfigMap")
+            .unwrap();
+        let encoder = EventEncoder { info, table: false };
+        assert_eq!(
+            encoder.event("ADDED", &json!({"metadata": {"name": "a<b"}})),
+            Bytes::from(
+                "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"a\\u003cb\"}}}\n"
+            )
+        );
+        assert_eq!(
+            encoder.error_event(&too_old(5)),
+            Bytes::from(
+                "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"apiVersion\":\"v1\",\
+                 \"metadata\":{},\"status\":\"Failure\",\"message\":\"too old resource version: 5\",\
+                 \"reason\":\"Expired\",\"code\":410}}\n"
+            )
+        );
     }
 
     #[test]

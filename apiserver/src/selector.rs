@@ -996,7 +996,31 @@ fn form_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// The query parameters of a request (the last of repeated names wins). A `labelSelector` or
+/// A boolean query parameter as apimachinery's `Convert_Slice_string_To_bool` reads one: `0`
+/// and `false` in any case are false, everything else (`1`, `t`, `True`, `yes`, even the empty
+/// value of a bare `?watch`) is true. Not an error in any case, as in kube-apiserver.
+pub fn parse_bool(value: &str) -> bool {
+    !(value == "0" || value.eq_ignore_ascii_case("false"))
+}
+
+/// Whether boolean parameter `name` is set true in parsed `query` (absent: false).
+pub fn query_flag(query: &HashMap<String, String>, name: &str) -> bool {
+    query.get(name).is_some_and(|v| parse_bool(v))
+}
+
+/// [`query_flag`] on a raw query string (for the filters that run before the handlers parse
+/// it): the first `name` decides, as `url.Values` gives apimachinery its first value.
+pub fn raw_query_flag(query: Option<&str>, name: &str) -> bool {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(n, _)| form_decode(n) == name.as_bytes())
+        .is_some_and(|(_, v)| parse_bool(&String::from_utf8_lossy(&form_decode(v))))
+}
+
+/// The query parameters of a request (the first of repeated names wins, as apimachinery reads
+/// `url.Values`). A `labelSelector` or
 /// `fieldSelector` that is not UTF-8 once decoded is a 400: a label selector with the error
 /// apimachinery's parser gives its bytes, a field selector with a plain message.
 pub fn parse_query(query: &str) -> Result<HashMap<String, String>, ApiError> {
@@ -1022,7 +1046,7 @@ pub fn parse_query(query: &str) -> Result<HashMap<String, String>, ApiError> {
             }
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         };
-        params.insert(name, value);
+        params.entry(name).or_insert(value);
     }
     Ok(params)
 }
@@ -1821,11 +1845,50 @@ mod tests {
         let q = parse_query("labelSelector=app%3Dweb%2Ctier+in+(a)&limit=5&limit=7&&flag&x=%zz%4")
             .unwrap();
         assert_eq!(q["labelSelector"], "app=web,tier in (a)");
-        assert_eq!(q["limit"], "7");
+        // url.Values' first value, as apimachinery's conversions take it.
+        assert_eq!(q["limit"], "5");
         assert_eq!(q["flag"], "");
         assert_eq!(q["x"], "%zz%4");
         // Other parameters that are not UTF-8 are decoded lossily, as before.
         assert_eq!(parse_query("name=%FF").unwrap()["name"], "\u{fffd}");
+    }
+
+    /// apimachinery's `Convert_Slice_string_To_bool` (k8s.io/apimachinery/pkg/runtime/
+    /// conversion.go): only `0` and a case-insensitive `false` are false; no value is an error.
+    #[test]
+    fn booleans_parse_as_apimachinery() {
+        for (value, want) in [
+            ("true", true),
+            ("True", true),
+            ("TRUE", true),
+            ("1", true),
+            ("t", true),
+            ("T", true),
+            ("", true),
+            ("yes", true),
+            ("f", true),
+            ("2", true),
+            ("false", false),
+            ("False", false),
+            ("FALSE", false),
+            ("fAlSe", false),
+            ("0", false),
+        ] {
+            assert_eq!(parse_bool(value), want, "{value:?}");
+            let query = parse_query(&format!("watch={value}")).unwrap();
+            assert_eq!(query_flag(&query, "watch"), want, "{value:?}");
+            assert_eq!(
+                raw_query_flag(Some(&format!("limit=1&watch={value}")), "watch"),
+                want,
+                "{value:?}"
+            );
+        }
+        assert!(!query_flag(&HashMap::new(), "watch"));
+        assert!(raw_query_flag(Some("watch"), "watch"));
+        assert!(!raw_query_flag(Some("watchx=1"), "watch"));
+        assert!(!raw_query_flag(None, "watch"));
+        assert!(raw_query_flag(Some("watch=1&watch=0"), "watch"));
+        assert!(raw_query_flag(Some("%77atch=True"), "watch"));
     }
 
     #[test]

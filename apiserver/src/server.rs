@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::discovery;
+use crate::etcd::{EtcdClient, EtcdConfig};
 use crate::resources;
 use crate::rest::{self, Registry};
 use crate::status::ApiError;
@@ -33,6 +34,11 @@ use crate::storage::{EtcdStorage, Storage};
 pub struct ApiServerConfig {
     /// `--etcd-servers`: etcd v3 endpoints (a skiff store or etcd).
     pub etcd_servers: Vec<String>,
+    /// `--etcd-cafile`: the CA that signed the store's serving certificates (https endpoints).
+    pub etcd_cafile: Option<PathBuf>,
+    /// `--etcd-certfile` / `--etcd-keyfile`: the client certificate presented to the store.
+    pub etcd_certfile: Option<PathBuf>,
+    pub etcd_keyfile: Option<PathBuf>,
     /// `--etcd-prefix`: the key prefix of every object.
     pub etcd_prefix: String,
     /// `--bind-address`.
@@ -126,6 +132,9 @@ impl Default for ApiServerConfig {
     fn default() -> Self {
         ApiServerConfig {
             etcd_servers: vec!["http://127.0.0.1:2379".into()],
+            etcd_cafile: None,
+            etcd_certfile: None,
+            etcd_keyfile: None,
             etcd_prefix: "/registry".into(),
             bind_address: IpAddr::from([0, 0, 0, 0]),
             secure_port: 6443,
@@ -159,9 +168,35 @@ pub enum Error {
 }
 
 impl ApiServerConfig {
+    /// How to reach the store.
+    pub fn etcd(&self) -> EtcdConfig {
+        EtcdConfig {
+            servers: self.etcd_servers.clone(),
+            ca_file: self.etcd_cafile.clone(),
+            cert_file: self.etcd_certfile.clone(),
+            key_file: self.etcd_keyfile.clone(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         if self.etcd_servers.is_empty() {
             return Err(Error::Config("--etcd-servers must be set".into()));
+        }
+        if self.etcd_certfile.is_some() != self.etcd_keyfile.is_some() {
+            return Err(Error::Config(
+                "--etcd-certfile and --etcd-keyfile must be given together".into(),
+            ));
+        }
+        if let Some(https) = self
+            .etcd_servers
+            .iter()
+            .find(|s| s.starts_with("https://"))
+            .filter(|_| self.etcd_cafile.is_none())
+        {
+            return Err(Error::Config(format!(
+                "--etcd-servers {https} is https: give the CA that signed its certificate in \
+                 --etcd-cafile (and --etcd-certfile/--etcd-keyfile if it wants a client certificate)"
+            )));
         }
         if !self.etcd_prefix.starts_with('/') {
             return Err(Error::Config("--etcd-prefix must start with '/'".into()));
@@ -261,6 +296,8 @@ fn split_csv(line: &str) -> Vec<String> {
 
 struct AppState {
     registry: Arc<Registry>,
+    /// For the health checks' `etcd` check.
+    etcd: EtcdClient,
     metrics: crate::metrics::Metrics,
     tokens: Tokens,
     anonymous: bool,
@@ -285,7 +322,7 @@ async fn audit(State(state): State<Shared>, req: Request, next: Next) -> Respons
 /// 401), else anonymous when allowed; then the authorizer. Health endpoints are open.
 async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if matches!(path, "/healthz" | "/livez" | "/readyz") {
+    if crate::health::is_health_path(path) {
         return next.run(req).await;
     }
     let user = authenticated_user(&state, &req);
@@ -336,10 +373,7 @@ impl InFlight {
 /// TooManyRequests with `Retry-After: 1`. Long-running requests (watches), health checks and
 /// `system:masters` members are not limited, as in kube-apiserver.
 async fn limit_inflight(State(limits): State<InFlight>, req: Request, next: Next) -> Response {
-    let watching = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let watching = crate::selector::raw_query_flag(req.uri().query(), "watch");
     let privileged = req
         .extensions()
         .get::<User>()
@@ -485,11 +519,7 @@ fn aggregated(resources: &[resources::ResourceInfo], core: bool) -> Response {
 }
 
 fn not_found() -> ApiError {
-    ApiError::new(
-        404,
-        "NotFound",
-        "the server could not find the requested resource",
-    )
+    ApiError::path_not_found()
 }
 
 async fn openapi_v3(State(state): State<Shared>) -> Response {
@@ -509,15 +539,40 @@ async fn openapi_v3_doc(State(state): State<Shared>, UrlPath(path): UrlPath<Stri
     }
 }
 
+/// `/healthz`, `/livez`, `/readyz`: every check, listed with `?verbose` or on failure.
+async fn health_root(State(state): State<Shared>, uri: axum::http::Uri) -> Response {
+    let endpoint = uri.path().trim_start_matches('/');
+    crate::health::root(endpoint, uri.query(), &state.etcd).await
+}
+
+/// `/readyz/<check>` (and the same under `/livez`, `/healthz`): one check.
+async fn health_check(
+    State(state): State<Shared>,
+    uri: axum::http::Uri,
+    UrlPath(check): UrlPath<String>,
+) -> Response {
+    let endpoint = uri.path().trim_start_matches('/');
+    let endpoint = endpoint.split('/').next().unwrap_or_default();
+    crate::health::single(endpoint, &check, &state.etcd).await
+}
+
 fn router(state: Shared, limits: InFlight) -> Router {
     Router::new()
         .route("/version", get(|| async { Json(discovery::version()) }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        // kube-apiserver answers these with a trailing slash too (the Python client's
+        // `VersionApi` asks for `/version/`).
+        .route("/version/", get(|| async { Json(discovery::version()) }))
+        .route("/healthz", get(health_root))
+        .route("/healthz/{check}", get(health_check))
+        .route("/livez", get(health_root))
+        .route("/livez/{check}", get(health_check))
+        .route("/readyz", get(health_root))
+        .route("/readyz/{check}", get(health_check))
         .route("/api", any(handle_api))
+        .route("/api/", any(handle_api))
         .route("/api/{*rest}", any(handle_api))
         .route("/apis", any(handle_apis))
+        .route("/apis/", any(handle_apis))
         .route("/apis/{*rest}", any(handle_apis))
         .route("/openapi/v3", get(openapi_v3))
         .route("/openapi/v3/{*path}", get(openapi_v3_doc))
@@ -525,7 +580,7 @@ fn router(state: Shared, limits: InFlight) -> Router {
             "/metrics",
             get(crate::metrics::serve).with_state(state.metrics.clone()),
         )
-        .fallback(|| async { (StatusCode::NOT_FOUND, Json(not_found().to_status())) })
+        .fallback(|| async { not_found().into_response() })
         // YAML bodies become JSON after authentication (layers run outermost first).
         .layer(axum::middleware::from_fn(crate::yaml::yaml_bodies))
         .layer(axum::middleware::from_fn_with_state(limits, limit_inflight))
@@ -765,7 +820,8 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
         info!(path = %path.display(), "wrote admin kubeconfig");
     }
 
-    let etcd = EtcdStorage::connect(&config.etcd_servers).map_err(Error::Config)?;
+    let etcd = EtcdStorage::connect(&config.etcd()).map_err(Error::Config)?;
+    let etcd_client = etcd.client().clone();
     let mut storage: Arc<dyn Storage> = Arc::new(etcd.clone());
     if let Some(encryption) = &encryption {
         let encrypted = crate::encryption::EncryptedStorage::new(
@@ -782,13 +838,26 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
         &config.etcd_prefix,
         resources::registry(),
     ));
-    // Seed the initial namespaces; wait for the store if it is not up yet.
+    // Seed the initial namespaces; wait for the store if it is not up yet. A TLS store that
+    // wants client certificates may close the connection without a readable alert: say what
+    // is likely missing.
+    let hint = if config.etcd_certfile.is_none()
+        && config
+            .etcd_servers
+            .iter()
+            .any(|s| s.starts_with("https://"))
+    {
+        "no --etcd-certfile/--etcd-keyfile: a store started with --client-cert-auth refuses \
+         clients without a certificate"
+    } else {
+        ""
+    };
     let mut delay = Duration::from_millis(100);
     loop {
         match registry.seed().await {
             Ok(()) => break,
             Err(e) => {
-                warn!(error = %e, "store not ready; retrying");
+                warn!(error = %e, hint, "store not ready; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
@@ -804,6 +873,7 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
     let state = Arc::new(AppState {
         metrics,
         registry,
+        etcd: etcd_client,
         tokens,
         anonymous: config.anonymous_auth,
         authorizer,

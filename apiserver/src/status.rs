@@ -1,9 +1,10 @@
 //! Every failure the REST API returns is a `meta.k8s.io/v1 Status` (kube-apiserver's
 //! `apierrors`): the one table from error kind to HTTP code, reason and message.
 
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
 
 use crate::storage::StorageError;
 
@@ -26,8 +27,14 @@ pub fn qualified(resource: &str, group: &str) -> String {
     }
 }
 
+/// `details` of a named object's error: `group` only when there is one (kube-apiserver's
+/// `StatusDetails` has `omitempty` on every field).
 fn details(resource: &str, group: &str, name: &str) -> Value {
-    json!({"name": name, "group": group, "kind": resource})
+    let mut details = json!({"name": name, "kind": resource});
+    if !group.is_empty() {
+        details["group"] = json!(group);
+    }
+    details
 }
 
 impl ApiError {
@@ -89,12 +96,27 @@ impl ApiError {
         } else {
             format!("{kind}.{group}")
         };
+        let mut details = details(kind, group, name);
+        details["causes"] = json!(causes);
         ApiError {
-            details: Some(json!({"name": name, "group": group, "kind": kind, "causes": causes})),
+            details: Some(details),
             ..ApiError::new(
                 422,
                 "Invalid",
                 format!("{what} \"{name}\" is invalid: {}", text.join(", ")),
+            )
+        }
+    }
+
+    /// 404 for a path that names no resource (`apierrors.NewGenericServerResponse(404, …)`,
+    /// whose empty `details` are written as `{}`).
+    pub fn path_not_found() -> ApiError {
+        ApiError {
+            details: Some(json!({})),
+            ..ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
             )
         }
     }
@@ -156,36 +178,310 @@ impl ApiError {
             StorageError::TooLarge => {
                 ApiError::request_entity_too_large("etcdserver: request is too large")
             }
-            StorageError::Unavailable(msg) => ApiError::new(
-                503,
-                "ServiceUnavailable",
-                format!("storage unavailable: {msg}"),
-            ),
+            // Nothing was applied: clients retry after the Retry-After header.
+            StorageError::Unavailable(msg) => ApiError {
+                details: Some(json!({"retryAfterSeconds": 1})),
+                ..ApiError::new(
+                    503,
+                    "ServiceUnavailable",
+                    format!("storage unavailable: {msg}"),
+                )
+            },
+            // `apierrors.NewTimeoutError`: the write's fate is unknown.
+            StorageError::Timeout(msg) => ApiError {
+                details: Some(json!({"retryAfterSeconds": 1})),
+                ..ApiError::new(
+                    504,
+                    "Timeout",
+                    format!("Timeout: request did not complete within requested timeout - {msg}"),
+                )
+            },
             StorageError::Internal(msg) => ApiError::internal(msg),
         }
     }
 
-    /// The `Status` object.
+    /// The `Status` object (as a JSON value, whose keys are unordered: [`Self::to_status_json`]
+    /// is what goes on the wire).
     pub fn to_status(&self) -> Value {
-        let mut status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        });
-        if let Some(details) = &self.details {
-            status["details"] = details.clone();
-        }
-        status
+        serde_json::from_slice(&self.to_status_json()).unwrap_or(Value::Null)
     }
+
+    /// The `Status` as kube-apiserver encodes it: [`StatusBody`]'s field order, empty fields
+    /// left out, Go's escaping, no trailing newline (see [`encode_status`]).
+    pub fn to_status_json(&self) -> Vec<u8> {
+        let body = StatusBody {
+            status: "Failure",
+            message: &self.message,
+            reason: self.reason,
+            details: self.details.as_ref().map(StatusDetails::from_value),
+            code: self.code,
+            ..StatusBody::default()
+        };
+        go_json(&body)
+    }
+}
+
+/// `metav1.Status` in Go's declaration order (`TypeMeta` inline, then `ListMeta` as `metadata`,
+/// which is a struct and so always written, as `{}`), every other field `omitempty`.
+#[derive(Debug, Serialize)]
+pub struct StatusBody<'a> {
+    pub kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    pub api_version: &'static str,
+    pub metadata: Map<String, Value>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub status: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<StatusDetails>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub code: u16,
+}
+
+impl Default for StatusBody<'_> {
+    fn default() -> Self {
+        StatusBody {
+            kind: "Status",
+            api_version: "v1",
+            metadata: Map::new(),
+            status: "",
+            message: "",
+            reason: "",
+            details: None,
+            code: 0,
+        }
+    }
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
+/// `metav1.StatusDetails` in Go's field order, empty fields left out.
+#[derive(Debug, Default, Serialize)]
+pub struct StatusDetails {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<StatusCause>,
+    #[serde(rename = "retryAfterSeconds", skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+}
+
+/// `metav1.StatusCause`: `type` is written as `reason`.
+#[derive(Debug, Default, Serialize)]
+pub struct StatusCause {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub field: String,
+}
+
+impl StatusDetails {
+    /// The typed details of an [`ApiError::details`] value (unknown keys are dropped, as
+    /// kube-apiserver's struct has no place for them).
+    fn from_value(v: &Value) -> StatusDetails {
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        StatusDetails {
+            name: s(&v["name"]),
+            group: s(&v["group"]),
+            kind: s(&v["kind"]),
+            uid: s(&v["uid"]),
+            causes: v["causes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| StatusCause {
+                    reason: s(&c["reason"]),
+                    message: s(&c["message"]),
+                    field: s(&c["field"]),
+                })
+                .collect(),
+            retry_after_seconds: v["retryAfterSeconds"].as_u64().filter(|s| *s > 0),
+        }
+    }
+}
+
+/// JSON as Go's `encoding/json` writes it (kube-apiserver's serializer): `<`, `>`, `&`,
+/// U+2028 and U+2029 escaped as `\u003c` etc., backspace and form feed as `\u0008` and
+/// `\u000c` (serde_json writes `\b`, `\f`). Those characters occur only inside strings, so
+/// rewriting serde_json's output is exact.
+pub fn go_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let text = serde_json::to_string(value).unwrap_or_default();
+    if !text.contains(['<', '>', '&', '\\', '\u{2028}', '\u{2029}']) {
+        return text.into_bytes();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            '\\' => match chars.next() {
+                Some('b') => out.push_str("\\u0008"),
+                Some('f') => out.push_str("\\u000c"),
+                Some(next) => {
+                    out.push('\\');
+                    out.push(next);
+                }
+                None => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out.into_bytes()
+}
+
+/// A `Status` response body as kube-apiserver writes one: the JSON and a newline (Go's
+/// `json.Encoder`).
+pub fn status_response(code: u16, json: Vec<u8>) -> Response {
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = json;
+    body.push(b'\n');
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from(body),
+    )
+        .into_response()
+}
+
+/// A `status: Success` Status (e.g. the answer to a `pods/binding`).
+pub fn success(code: u16) -> Response {
+    let body = StatusBody {
+        status: "Success",
+        code,
+        ..StatusBody::default()
+    };
+    status_response(code, go_json(&body))
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (code, axum::Json(self.to_status())).into_response()
+        // kube-apiserver's response writers turn `details.retryAfterSeconds` into the header
+        // client-go waits for before it retries.
+        let retry_after = self
+            .details
+            .as_ref()
+            .and_then(|d| d["retryAfterSeconds"].as_u64())
+            .filter(|s| *s > 0);
+        let mut response = status_response(code.as_u16(), self.to_status_json());
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(response: Response) -> (u16, String, String) {
+        let code = response.status().as_u16();
+        let ct = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (code, ct, String::from_utf8(bytes.to_vec()).expect("utf-8"))
+    }
+
+    /// Bodies copied from kube-apiserver v1.33 (`curl -k https://…/api/v1/namespaces/default/
+    /// configmaps/nope` and the like): byte for byte, newline included.
+    #[tokio::test]
+    async fn status_bodies_are_kube_apiservers_bytes() {
+        let core = ApiError::not_found("configmaps", "", "nope").into_response();
+        assert_eq!(
+            body_of(core).await,
+            (
+                404,
+                "application/json".into(),
+                "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
+                 \"message\":\"configmaps \\\"nope\\\" not found\",\"reason\":\"NotFound\",\
+                 \"details\":{\"name\":\"nope\",\"kind\":\"configmaps\"},\"code\":404}\n"
+                    .into()
+            )
+        );
+        let grouped = ApiError::already_exists("deployments", "apps", "web").into_response();
+        assert_eq!(
+            body_of(grouped).await.2,
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
+             \"message\":\"deployments.apps \\\"web\\\" already exists\",\"reason\":\"AlreadyExists\",\
+             \"details\":{\"name\":\"web\",\"group\":\"apps\",\"kind\":\"deployments\"},\"code\":409}\n"
+        );
+        let invalid = ApiError::invalid(
+            "Pod",
+            "",
+            "p",
+            &[("spec.containers".into(), "Required value".into())],
+        )
+        .into_response();
+        assert_eq!(
+            body_of(invalid).await.2,
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
+             \"message\":\"Pod \\\"p\\\" is invalid: spec.containers: Required value\",\
+             \"reason\":\"Invalid\",\"details\":{\"name\":\"p\",\"kind\":\"Pod\",\"causes\":\
+             [{\"reason\":\"FieldValueInvalid\",\"message\":\"Required value\",\
+             \"field\":\"spec.containers\"}]},\"code\":422}\n"
+        );
+        // No details: none written; Go's HTML-safe escaping of `<`, `>` and `&`.
+        let bare = ApiError::bad_request("a <b> & c").into_response();
+        assert_eq!(
+            body_of(bare).await.2,
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
+             \"message\":\"a \\u003cb\\u003e \\u0026 c\",\"reason\":\"BadRequest\",\"code\":400}\n"
+        );
+        // An unknown resource: go-restful's 404, whose empty details are still written.
+        assert_eq!(
+            body_of(ApiError::path_not_found().into_response()).await.2,
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
+             \"message\":\"the server could not find the requested resource\",\"reason\":\"NotFound\",\
+             \"details\":{},\"code\":404}\n"
+        );
+        assert_eq!(
+            body_of(success(201)).await,
+            (
+                201,
+                "application/json".into(),
+                "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Success\",\
+                 \"code\":201}\n"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn go_escaping_only_touches_strings_specials() {
+        let v = json!({"s": "\u{8}\u{c}\n\\b\u{2028}\u{1f}"});
+        assert_eq!(
+            String::from_utf8(go_json(&v)).unwrap(),
+            r#"{"s":"\u0008\u000c\n\\b\u2028\u001f"}"#
+        );
+        // The value form keeps the fields (for audit logs and watch ERROR events).
+        let s = ApiError::not_found("pods", "", "x").to_status();
+        assert_eq!(s["details"], json!({"name": "x", "kind": "pods"}));
+        assert_eq!(s["metadata"], json!({}));
     }
 }

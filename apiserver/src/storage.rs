@@ -8,21 +8,19 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 use skiff_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use skiff_proto::etcdserverpb::kv_client::KvClient;
 use skiff_proto::etcdserverpb::request_op::Request;
 use skiff_proto::etcdserverpb::response_op::Response;
-use skiff_proto::etcdserverpb::watch_client::WatchClient;
-use skiff_proto::etcdserverpb::watch_request::RequestUnion;
 use skiff_proto::etcdserverpb::{
-    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse,
+    RequestOp, TxnRequest, WatchCreateRequest, WatchResponse,
 };
 use skiff_proto::mvccpb::event::EventType;
-use tonic::transport::Channel;
+
+use crate::etcd::{CallError, EtcdClient, EtcdConfig, WatchError};
 
 /// One stored object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,8 +63,13 @@ pub enum StorageError {
     /// The requested revision was compacted; the store's compact revision.
     #[error("revision compacted (compact revision {0})")]
     Compacted(i64),
+    /// No store member took the request; it was not applied.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A write that may or may not have been applied: the store stopped answering after
+    /// taking it (kube-apiserver's 504 Timeout).
+    #[error("storage timeout: {0}")]
+    Timeout(String),
     /// The store refused the write for its size (etcd's `--max-request-bytes`, or the gRPC
     /// message limit in front of it).
     #[error("etcdserver: request is too large")]
@@ -120,40 +123,43 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// [`Storage`] over the etcd v3 gRPC API (skiff store or etcd).
+/// [`Storage`] over the etcd v3 gRPC API (skiff store or etcd), through the balanced,
+/// failing-over [`EtcdClient`].
 #[derive(Clone)]
 pub struct EtcdStorage {
-    kv: KvClient<Channel>,
-    watch: WatchClient<Channel>,
+    client: EtcdClient,
     /// How often a bookmarking watch asks the store for progress.
     progress_interval: Duration,
 }
 
+/// How many times a conditional write whose first attempt may have been applied is re-issued
+/// (and its outcome checked) before the API server answers 504 Timeout.
+pub const WRITE_REISSUES: u32 = 3;
+
 impl EtcdStorage {
-    /// A lazily connecting client balanced over `endpoints` (`host:port` or URLs).
-    pub fn connect(endpoints: &[String]) -> std::result::Result<EtcdStorage, String> {
-        let mut list = Vec::new();
-        for endpoint in endpoints {
-            let url = if endpoint.contains("://") {
-                endpoint.clone()
-            } else {
-                format!("http://{endpoint}")
-            };
-            let ep = tonic::transport::Endpoint::from_shared(url.clone())
-                .map_err(|e| format!("--etcd-servers {url}: {e}"))?
-                .connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true);
-            list.push(ep);
-        }
-        if list.is_empty() {
-            return Err("--etcd-servers must name at least one endpoint".into());
-        }
-        let channel = Channel::balance_list(list.into_iter());
+    /// A lazily connecting client balanced over `--etcd-servers` (`host:port` or URLs), with
+    /// TLS when the endpoints are https.
+    pub fn connect(config: &EtcdConfig) -> std::result::Result<EtcdStorage, String> {
+        let client = EtcdClient::new(config).map_err(|e| e.to_string())?;
         Ok(EtcdStorage {
-            kv: KvClient::new(channel.clone()).max_decoding_message_size(64 << 20),
-            watch: WatchClient::new(channel),
+            client,
             progress_interval: Duration::from_secs(5),
         })
+    }
+
+    /// The client underneath (for the health checks).
+    pub fn client(&self) -> &EtcdClient {
+        &self.client
+    }
+
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.client
+            .kv(true, |mut kv| {
+                let req = req.clone();
+                async move { kv.range(req).await }
+            })
+            .await
+            .map_err(call_error)
     }
 }
 
@@ -192,13 +198,15 @@ impl EtcdStorage {
             }],
             failure: vec![range_op(COMPACT_REV_KEY)],
         };
+        // Not re-issued when it may have been applied: the next round sorts it out.
         let resp = self
-            .kv
-            .clone()
-            .txn(txn)
+            .client
+            .kv(false, |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
             .await
-            .map_err(status_error)?
-            .into_inner();
+            .map_err(call_error)?;
         let current = resp.header.map(|h| h.revision).unwrap_or_default();
         if !resp.succeeded {
             let version = resp
@@ -216,21 +224,21 @@ impl EtcdStorage {
             // The first round only records where the store is.
             return Ok((seen_version + 1, current, None));
         }
+        let compaction = CompactionRequest {
+            revision: seen_revision,
+            physical: false,
+        };
         match self
-            .kv
-            .clone()
-            .compact(CompactionRequest {
-                revision: seen_revision,
-                physical: false,
-            })
+            .client
+            .kv(false, |mut kv| async move { kv.compact(compaction).await })
             .await
         {
             Ok(_) => Ok((seen_version + 1, current, Some(seen_revision))),
             // Someone (an operator, another tool) compacted further already.
-            Err(status) if status.message().contains("compacted") => {
+            Err(CallError::Store(_, message)) if message.contains("compacted") => {
                 Ok((seen_version + 1, current, None))
             }
-            Err(status) => Err(status_error(status)),
+            Err(e) => Err(call_error(e)),
         }
     }
 
@@ -254,15 +262,29 @@ impl EtcdStorage {
     }
 }
 
+#[cfg(test)]
 fn status_error(status: tonic::Status) -> StorageError {
-    if status.message().contains("compacted") {
+    store_error(status.code(), status.message())
+}
+
+/// A definitive answer of the store.
+fn store_error(code: tonic::Code, message: &str) -> StorageError {
+    if message.contains("compacted") {
         // etcd does not say which revision; the caller only needs to know it is gone.
         return StorageError::Compacted(0);
     }
-    if is_too_large(&status) {
+    if is_too_large(code, message) {
         return StorageError::TooLarge;
     }
-    StorageError::Unavailable(format!("{:?}: {}", status.code(), status.message()))
+    StorageError::Unavailable(format!("{code:?}: {message}"))
+}
+
+fn call_error(err: CallError) -> StorageError {
+    match err {
+        CallError::Store(code, message) => store_error(code, &message),
+        CallError::Unavailable(message) => StorageError::Unavailable(message),
+        CallError::Ambiguous(message) => StorageError::Timeout(message),
+    }
 }
 
 /// A write the store refused for its size, however it says so: etcd's own check is
@@ -271,9 +293,8 @@ fn status_error(status: tonic::Status) -> StorageError {
 /// max` from etcd (grpc-go) and OutOfRange `decoded message length too large` from a tonic
 /// server such as skiff's store; a client-side limit says `trying to send message larger than
 /// max` (grpc-go) or `encoded message length too large` (tonic).
-fn is_too_large(status: &tonic::Status) -> bool {
-    let message = status.message();
-    match status.code() {
+fn is_too_large(code: tonic::Code, message: &str) -> bool {
+    match code {
         tonic::Code::InvalidArgument => message.contains("request is too large"),
         tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => {
             message.contains("larger than max")
@@ -311,34 +332,75 @@ fn range_op(key: &str) -> RequestOp {
     }
 }
 
+/// What a conditional write leaves behind, to recognise it when its outcome was unknown.
+enum Written<'a> {
+    /// The key holds this value.
+    Value(&'a [u8]),
+    /// The key is gone.
+    Deleted,
+}
+
 impl EtcdStorage {
     /// Runs a conditional txn whose failure branch reads `key`; maps a failure to NotFound or
     /// Conflict.
+    ///
+    /// An attempt that may have been applied (the member went away or timed out after taking
+    /// it) is re-issued: the compare makes a second application impossible, and if the
+    /// re-issued txn's compare fails, the key is checked for what this write leaves behind
+    /// (`written`): found = the first attempt was applied, so this write succeeded; not found =
+    /// nobody can tell (someone else may have written since), a 504 Timeout as kube-apiserver
+    /// reports a write whose fate it does not know.
     async fn conditional(
         &self,
         key: &str,
         compare: Compare,
         success: Vec<RequestOp>,
+        written: Written<'_>,
     ) -> Result<i64> {
         let txn = TxnRequest {
             compare: vec![compare],
             success,
             failure: vec![range_op(key)],
         };
-        let resp = self
-            .kv
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(status_error)?
-            .into_inner();
+        let mut unknown: Option<String> = None;
+        let mut reissues = 0;
+        let resp = loop {
+            let outcome = self
+                .client
+                .kv(false, |mut kv| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await;
+            match outcome {
+                Ok(resp) => break resp,
+                Err(CallError::Ambiguous(e)) if reissues < WRITE_REISSUES => {
+                    tracing::info!(key, error = %e, "write may have been applied; re-issuing it");
+                    reissues += 1;
+                    unknown = Some(e);
+                }
+                Err(CallError::Ambiguous(e) | CallError::Unavailable(e)) if unknown.is_some() => {
+                    return Err(StorageError::Timeout(e));
+                }
+                Err(e) => return Err(call_error(e)),
+            }
+        };
         if resp.succeeded {
             return Ok(resp.header.map(|h| h.revision).unwrap_or_default());
         }
-        let exists = resp.responses.into_iter().any(
-            |r| matches!(r.response, Some(Response::ResponseRange(range)) if !range.kvs.is_empty()),
-        );
-        Err(if exists {
+        let current = resp.responses.into_iter().find_map(|r| match r.response {
+            Some(Response::ResponseRange(range)) => Some(range.kvs.into_iter().next()),
+            _ => None,
+        });
+        let current = current.flatten();
+        if let Some(first) = unknown {
+            return match (written, current) {
+                (Written::Value(value), Some(kv)) if kv.value == value => Ok(kv.mod_revision),
+                (Written::Deleted, None) => Ok(resp.header.map(|h| h.revision).unwrap_or_default()),
+                _ => Err(StorageError::Timeout(first)),
+            };
+        }
+        Err(if current.is_some() {
             StorageError::Conflict
         } else {
             StorageError::NotFound
@@ -353,13 +415,7 @@ impl Storage for EtcdStorage {
             ..Default::default()
         };
         Box::pin(async move {
-            let resp = self
-                .kv
-                .clone()
-                .range(req)
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let resp = self.range(req).await?;
             Ok(resp.kvs.into_iter().next().map(stored))
         })
     }
@@ -377,11 +433,12 @@ impl Storage for EtcdStorage {
             let put = RequestOp {
                 request: Some(Request::RequestPut(PutRequest {
                     key: key.as_bytes().to_vec(),
-                    value,
+                    value: value.clone(),
                     ..Default::default()
                 })),
             };
-            match self.conditional(&key, compare, vec![put]).await {
+            let written = Written::Value(&value);
+            match self.conditional(&key, compare, vec![put], written).await {
                 Err(StorageError::Conflict) => Err(StorageError::Exists),
                 other => other,
             }
@@ -394,11 +451,12 @@ impl Storage for EtcdStorage {
             let put = RequestOp {
                 request: Some(Request::RequestPut(PutRequest {
                     key: key.as_bytes().to_vec(),
-                    value,
+                    value: value.clone(),
                     ..Default::default()
                 })),
             };
-            self.conditional(&key, compare_mod(&key, expected), vec![put])
+            let written = Written::Value(&value);
+            self.conditional(&key, compare_mod(&key, expected), vec![put], written)
                 .await
         })
     }
@@ -426,7 +484,7 @@ impl Storage for EtcdStorage {
                     })),
                 });
             }
-            self.conditional(&key, compare_mod(&key, expected), ops)
+            self.conditional(&key, compare_mod(&key, expected), ops, Written::Deleted)
                 .await
         })
     }
@@ -449,13 +507,7 @@ impl Storage for EtcdStorage {
         };
         let requested = revision;
         Box::pin(async move {
-            let resp = self
-                .kv
-                .clone()
-                .range(req)
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let resp = self.range(req).await?;
             let revision = resp.header.map(|h| h.revision).unwrap_or_default();
             let remaining = resp.count - resp.kvs.len() as i64;
             Ok(Page {
@@ -472,101 +524,67 @@ impl Storage for EtcdStorage {
         after: i64,
         bookmarks: bool,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change>>>> {
-        let create = WatchRequest {
-            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                key: prefix.as_bytes().to_vec(),
-                range_end: prefix_end(prefix.as_bytes()),
-                start_revision: after + 1,
-                progress_notify: bookmarks,
-                prev_kv: true,
-                ..Default::default()
-            })),
+        let create = WatchCreateRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            start_revision: after + 1,
+            progress_notify: bookmarks,
+            prev_kv: true,
+            ..Default::default()
         };
-        let interval = self.progress_interval;
-        let mut client = self.watch.clone();
+        let progress = bookmarks.then_some(self.progress_interval);
         Box::pin(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(4);
-            tx.send(create)
+            // The client re-establishes the watch on another member when one goes away; what
+            // comes out is one gap-free stream.
+            let responses = self
+                .client
+                .watch(create, progress)
                 .await
-                .map_err(|_| StorageError::Unavailable("watch closed".into()))?;
-            if bookmarks {
-                // etcd's own progress notifications come every 10 minutes; ask more often.
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(interval).await;
-                        let req = WatchRequest {
-                            request_union: Some(RequestUnion::ProgressRequest(
-                                WatchProgressRequest {},
-                            )),
-                        };
-                        if tx.send(req).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-            let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
-            let mut responses = client
-                .watch(requests)
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            // The first response confirms the watch (or cancels it at once when compacted).
-            let first = responses
-                .message()
-                .await
-                .map_err(status_error)?
-                .ok_or_else(|| StorageError::Unavailable("watch stream ended".into()))?;
-            if first.canceled {
-                return Err(if first.compact_revision > 0 {
-                    StorageError::Compacted(first.compact_revision)
-                } else {
-                    StorageError::Unavailable(first.cancel_reason)
-                });
-            }
-            // Keep the request sender alive as long as the stream: dropping it ends the watch.
-            let stream = responses
-                .map_err(status_error)
-                .map_ok(move |resp| {
-                    let _keep = &tx;
-                    let mut out: Vec<Result<Change>> = Vec::new();
-                    if resp.canceled {
-                        out.push(Err(if resp.compact_revision > 0 {
-                            StorageError::Compacted(resp.compact_revision)
-                        } else {
-                            StorageError::Unavailable(resp.cancel_reason.clone())
-                        }));
-                    } else if resp.events.is_empty() && !resp.created {
-                        out.push(Ok(Change::Progress(
-                            resp.header.map(|h| h.revision).unwrap_or_default(),
-                        )));
-                    }
-                    for event in resp.events {
-                        let Some(kv) = event.kv else { continue };
-                        let prev = event.prev_kv.map(stored);
-                        if event.r#type == EventType::Delete as i32 {
-                            let Some(mut prev) = prev else { continue };
-                            prev.revision = kv.mod_revision;
-                            out.push(Ok(Change::Delete { prev }));
-                        } else {
-                            out.push(Ok(Change::Put {
-                                new: stored(kv),
-                                prev,
-                            }));
-                        }
-                    }
+                .map_err(watch_error)?;
+            let stream = tokio_stream::wrappers::ReceiverStream::new(responses)
+                .flat_map(|item| {
+                    let out: Vec<Result<Change>> = match item {
+                        Ok(resp) => changes(resp),
+                        Err(e) => vec![Err(watch_error(e))],
+                    };
                     futures::stream::iter(out)
                 })
-                .map(|r| match r {
-                    Ok(s) => s.boxed(),
-                    Err(e) => futures::stream::iter(vec![Err(e)]).boxed(),
-                })
-                .flatten()
                 .boxed();
             Ok(stream)
         })
     }
+}
+
+fn watch_error(err: WatchError) -> StorageError {
+    match err {
+        WatchError::Compacted(revision) => StorageError::Compacted(revision),
+        WatchError::Unavailable(message) => StorageError::Unavailable(message),
+    }
+}
+
+/// The changes in one watch response (a progress notification when it has no events).
+fn changes(resp: WatchResponse) -> Vec<Result<Change>> {
+    if resp.events.is_empty() {
+        return vec![Ok(Change::Progress(
+            resp.header.map(|h| h.revision).unwrap_or_default(),
+        ))];
+    }
+    let mut out = Vec::with_capacity(resp.events.len());
+    for event in resp.events {
+        let Some(kv) = event.kv else { continue };
+        let prev = event.prev_kv.map(stored);
+        if event.r#type == EventType::Delete as i32 {
+            let Some(mut prev) = prev else { continue };
+            prev.revision = kv.mod_revision;
+            out.push(Ok(Change::Delete { prev }));
+        } else {
+            out.push(Ok(Change::Put {
+                new: stored(kv),
+                prev,
+            }));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

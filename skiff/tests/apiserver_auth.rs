@@ -327,6 +327,46 @@ fn bad_input_gets_the_right_status(store: &Backend) {
         "only the valid objects were stored: {}",
         list.1
     );
+
+    // Status bodies are kube-apiserver's bytes (some clients compare them): Go's field order,
+    // `metadata: {}`, no empty `group`, a trailing newline. (As the Python client: for a
+    // curl user agent kube-apiserver would pretty-print.)
+    let raw = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "20", "--cacert"])
+            .arg(api.ca())
+            .args(["-A", "OpenAPI-Generator/33.1.0/python"])
+            .args(["-H", &bearer(ADMIN_TOKEN)])
+            .arg(api.url(path))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        raw(&format!("{CMS}/nope")),
+        "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
+         \"message\":\"configmaps \\\"nope\\\" not found\",\"reason\":\"NotFound\",\
+         \"details\":{\"name\":\"nope\",\"kind\":\"configmaps\"},\"code\":404}\n"
+    );
+    assert_eq!(
+        raw("/apis/apps/v1/namespaces/default/deployments/nope"),
+        "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
+         \"message\":\"deployments.apps \\\"nope\\\" not found\",\"reason\":\"NotFound\",\
+         \"details\":{\"name\":\"nope\",\"group\":\"apps\",\"kind\":\"deployments\"},\"code\":404}\n"
+    );
+    assert_eq!(
+        raw("/api/v1/namespaces/default/widgets"),
+        "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
+         \"message\":\"the server could not find the requested resource\",\"reason\":\"NotFound\",\
+         \"details\":{},\"code\":404}\n"
+    );
+    // `/version/` answers as `/version` (the Python client's VersionApi asks for it).
+    let version = api.admin(&[], "/version/");
+    assert_eq!(
+        (version.0, version.1["gitVersion"].as_str()),
+        (200, Some("v1.33.0")),
+        "{version:?}"
+    );
 }
 
 /// Issue 11: a malformed selector is 400 BadRequest with apimachinery's parse error and touches

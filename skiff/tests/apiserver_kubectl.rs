@@ -191,6 +191,7 @@ fn kubectl_suite(etcd_endpoints: &str) {
     );
     let before = api.json(&["get", "deployment", "web", "-n", "demo", "-o", "json"]);
     assert_eq!(before["metadata"]["generation"], 1);
+    compatibility(&api);
     assert_eq!(
         api.json(&["get", "secret", "sec", "-n", "demo", "-o", "json"])["data"]["password"],
         "czNjcmV0"
@@ -455,6 +456,137 @@ fn kubectl_suite(etcd_endpoints: &str) {
         String::from_utf8_lossy(&out.stderr).contains("NotFound"),
         "{out:?}"
     );
+}
+
+/// Issue 12's small compatibility misses: trailing-slash discovery paths, apimachinery's
+/// booleans, upstream's defaults and new statuses, the namespace name label; defaults keep a
+/// re-apply and `kubectl diff` quiet. Runs right after `app.yaml` was applied.
+fn compatibility(api: &ApiServer) {
+    tracing_free_section("compatibility: /version/, ?watch=True, defaults, statuses");
+    for path in ["/version/", "/api/", "/apis/"] {
+        let out = api.json(&["get", "--raw", path]);
+        assert!(out.is_object(), "{path}: {out}");
+    }
+    assert_eq!(
+        api.json(&["get", "--raw", "/version/"])["gitVersion"],
+        "v1.33.0"
+    );
+    assert_eq!(api.json(&["get", "--raw", "/api/"])["kind"], "APIVersions");
+    // `True` is a watch (kube-apiserver reads booleans as apimachinery does): a stream of
+    // events, ended by timeoutSeconds, not a ConfigMapList.
+    let stream = api.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/demo/configmaps?watch=True&timeoutSeconds=1",
+    ]);
+    let first: serde_json::Value =
+        serde_json::from_str(stream.lines().next().unwrap_or("")).expect("an event line");
+    assert_eq!(
+        (&first["type"], &first["object"]["metadata"]["name"]),
+        (&serde_json::json!("ADDED"), &serde_json::json!("cfg")),
+        "{stream}"
+    );
+    assert!(
+        stream.starts_with("{\"type\":\"ADDED\",\"object\":{"),
+        "{stream}"
+    );
+    let list = api.json(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/demo/configmaps?watch=False",
+    ]);
+    assert_eq!(list["kind"], "ConfigMapList");
+
+    let svc = api.json(&["get", "svc", "web", "-n", "demo", "-o", "json"]);
+    assert_eq!(
+        svc["status"],
+        serde_json::json!({"loadBalancer": {}}),
+        "{svc}"
+    );
+    assert_eq!(
+        (
+            &svc["spec"]["sessionAffinity"],
+            &svc["spec"]["ports"][0]["protocol"],
+            &svc["spec"]["ipFamilyPolicy"],
+            &svc["spec"]["internalTrafficPolicy"]
+        ),
+        (
+            &serde_json::json!("None"),
+            &serde_json::json!("TCP"),
+            &serde_json::json!("SingleStack"),
+            &serde_json::json!("Cluster")
+        ),
+        "{svc}"
+    );
+    let deploy = api.json(&["get", "deployment", "web", "-n", "demo", "-o", "json"]);
+    let spec = &deploy["spec"]["template"]["spec"];
+    assert_eq!(
+        (
+            &spec["restartPolicy"],
+            &spec["dnsPolicy"],
+            &spec["terminationGracePeriodSeconds"],
+            &spec["schedulerName"],
+            &spec["securityContext"]
+        ),
+        (
+            &serde_json::json!("Always"),
+            &serde_json::json!("ClusterFirst"),
+            &serde_json::json!(30),
+            &serde_json::json!("default-scheduler"),
+            &serde_json::json!({})
+        ),
+        "{deploy}"
+    );
+    let containers = &spec["containers"];
+    assert_eq!(
+        (
+            &containers[0]["imagePullPolicy"],
+            &containers[1]["imagePullPolicy"],
+            &containers[0]["ports"][0]["protocol"],
+            &containers[0]["terminationMessagePath"]
+        ),
+        (
+            &serde_json::json!("IfNotPresent"),
+            &serde_json::json!("Always"),
+            &serde_json::json!("TCP"),
+            &serde_json::json!("/dev/termination-log")
+        ),
+        "{deploy}"
+    );
+    assert_eq!(deploy["spec"]["revisionHistoryLimit"], 10);
+
+    let ns = api.json(&["get", "namespace", "demo", "-o", "json"]);
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "demo"
+    );
+    assert_eq!(ns["status"]["phase"], "Active");
+    // The label is the server's: removing or changing it leaves it as it was.
+    api.ok(&["label", "namespace", "demo", "kubernetes.io/metadata.name-"]);
+    api.ok(&[
+        "label",
+        "namespace",
+        "demo",
+        "--overwrite",
+        "kubernetes.io/metadata.name=other",
+    ]);
+    let ns = api.json(&["get", "namespace", "demo", "-o", "json"]);
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "demo"
+    );
+
+    // Defaults change nothing on a re-apply: no diff, "unchanged", the same generation.
+    let workloads: Vec<&str> = APP.split("---").take(3).collect();
+    let manifest = write(api.dir.path(), "workloads.yaml", &workloads.join("---"));
+    let out = api.kubectl(&["diff", "-f", &manifest]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        api.ok(&["apply", "-f", &manifest]),
+        "deployment.apps/web unchanged\nservice/web unchanged\nconfigmap/cfg unchanged\n"
+    );
+    let again = api.json(&["get", "deployment", "web", "-n", "demo", "-o", "json"]);
+    assert_eq!(again["metadata"]["generation"], 1);
 }
 
 /// Every other kind issue 6 asks for, created from a manifest, listed with kube-apiserver's
@@ -854,6 +986,19 @@ fn subresources(api: &ApiServer) {
     ]);
     let pod = api.json(&["get", "pod", "p", "-n", "demo", "-o", "json"]);
     assert_eq!(pod["spec"]["nodeName"], "node-1", "{pod}");
+    assert_eq!(
+        (
+            &pod["spec"]["containers"][0]["imagePullPolicy"],
+            &pod["spec"]["enableServiceLinks"],
+            &pod["status"]
+        ),
+        (
+            &serde_json::json!("Always"),
+            &serde_json::json!(true),
+            &serde_json::json!({"phase": "Pending", "qosClass": "BestEffort"})
+        ),
+        "{pod}"
+    );
     let out = api.kubectl(&[
         "create",
         "--raw",
