@@ -104,6 +104,25 @@ fn a_member_with_damaged_files_refuses_to_start_or_keeps_every_acknowledged_writ
     let records = record_offsets(&pristine_wal);
     assert!(records.len() > 10, "{} records", records.len());
     let redb = data_dir.join("member/store.redb");
+    // The member's data is its owner's only (etcd's modes): 0700 dirs, 0600 files.
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    };
+    for dir in [
+        data_dir.clone(),
+        data_dir.join("member"),
+        data_dir.join("member/wal"),
+    ] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    for file in [
+        redb.clone(),
+        segment.clone(),
+        data_dir.join("member/wal/sync-mark"),
+    ] {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
     let pristine_redb = std::fs::read(&redb).expect("read redb");
 
     let cases: Vec<(&str, &PathBuf, &Vec<u8>, usize)> = vec![
