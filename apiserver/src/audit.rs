@@ -533,7 +533,7 @@ pub async fn observe(
         kind: "Event",
         api_version: AUDIT_API_VERSION,
         level: decision.level,
-        audit_id: new_audit_id(),
+        audit_id: crate::resources::new_uid(),
         stage: Stage::RequestReceived,
         request_uri: req
             .uri()
@@ -774,19 +774,6 @@ fn user_agent(headers: &HeaderMap) -> String {
         cut -= 1;
     }
     format!("{}...TRUNCATED", &agent[..cut])
-}
-
-/// A random (version 4) UUID.
-fn new_audit_id() -> String {
-    let b: [u8; 16] = rand::random();
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-        u16::from_be_bytes([b[4], b[5]]),
-        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
-        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
-        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]]),
-    )
 }
 
 /// metav1.MicroTime: RFC 3339 in UTC with microseconds.
@@ -1130,7 +1117,7 @@ rules:
             kind: "Event",
             api_version: AUDIT_API_VERSION,
             level: Level::Metadata,
-            audit_id: new_audit_id(),
+            audit_id: crate::resources::new_uid(),
             stage: Stage::ResponseComplete,
             request_uri: "/api/v1/namespaces/d/configmaps?limit=1".into(),
             verb: "list".into(),
@@ -1222,7 +1209,8 @@ rules:
     }
 
     fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("skiff-audit-test-{}", new_audit_id()));
+        let dir =
+            std::env::temp_dir().join(format!("skiff-audit-test-{}", crate::resources::new_uid()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

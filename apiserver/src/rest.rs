@@ -64,18 +64,6 @@ fn now_rfc3339() -> String {
     resources::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn new_uid() -> String {
-    let b: [u8; 16] = rand::random();
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-        u16::from_be_bytes([b[4], b[5]]),
-        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
-        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
-        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]]),
-    )
-}
-
 fn wants_table(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
@@ -1393,7 +1381,7 @@ fn set_create_metadata(obj: &mut Value) {
         obj["metadata"] = json!({});
     }
     let meta = &mut obj["metadata"];
-    meta["uid"] = json!(new_uid());
+    meta["uid"] = json!(resources::new_uid());
     meta["creationTimestamp"] = json!(now_rfc3339());
     meta["generation"] = json!(1);
     if let Some(m) = meta.as_object_mut() {
@@ -1586,7 +1574,7 @@ mod tests {
 
     #[test]
     fn uids_look_like_uuids() {
-        let uid = new_uid();
+        let uid = resources::new_uid();
         assert_eq!(uid.len(), 36);
         assert_eq!(&uid[14..15], "4");
     }
