@@ -7,6 +7,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// `skiff store` flags for client and peer mTLS with the certificates `skiff pki init`
+/// writes into `pki` (server, peer and CA; client certificates required on both ports).
+pub fn mtls_member_args(pki: &Path) -> Vec<std::ffi::OsString> {
+    let file = |name: &str| pki.join(name).into_os_string();
+    vec![
+        "--cert-file".into(),
+        file("server.pem"),
+        "--key-file".into(),
+        file("server-key.pem"),
+        "--trusted-ca-file".into(),
+        file("ca.pem"),
+        "--client-cert-auth".into(),
+        "--peer-cert-file".into(),
+        file("peer.pem"),
+        "--peer-key-file".into(),
+        file("peer-key.pem"),
+        "--peer-trusted-ca-file".into(),
+        file("ca.pem"),
+        "--peer-client-cert-auth".into(),
+    ]
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     // Never hand out the same port twice in one test binary, even if the kernel would.
