@@ -330,7 +330,9 @@ fn audit_events(path: &Path, until: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let events: Vec<Value> = text
+        // The writer may be in the middle of a line: only whole (newline-ended) lines count.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let events: Vec<Value> = whole
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
             .collect();
