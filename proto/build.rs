@@ -8,6 +8,8 @@ const PROTOS: &[&str] = &[
     "proto/etcd/mvccpb/kv.proto",
     "proto/etcd/authpb/auth.proto",
     "proto/etcd/etcdserverpb/rpc.proto",
+    "proto/etcd/v3lockpb/v3lock.proto",
+    "proto/etcd/v3electionpb/v3election.proto",
     "proto/skiff/peer.proto",
     "proto/skiff/api.proto",
 ];

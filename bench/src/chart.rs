@@ -154,6 +154,78 @@ fn panel<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Draw named series of per-round values (e.g. milliseconds per leader kill) as lines
+/// with points, one colour each, to `path` (PNG).
+pub fn render_series(path: &Path, title: &str, series: &[(&str, &[f64])]) -> Result<(), String> {
+    register_font(None)?;
+    let err = |e: &dyn std::fmt::Display| format!("chart {}: {e}", path.display());
+    let root = BitMapBackend::new(path, (1200, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let rounds = series
+        .iter()
+        .map(|(_, v)| v.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let top = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max)
+        * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(1usize..rounds, 0f64..top)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("round")
+        .y_desc("ms")
+        .x_label_style(("sans-serif", 15))
+        .y_label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(&e))?;
+    let colors = [
+        RGBColor(46, 110, 180),
+        RGBColor(220, 120, 40),
+        RGBColor(60, 160, 80),
+    ];
+    for (i, (name, values)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let points: Vec<(usize, f64)> = values
+            .iter()
+            .enumerate()
+            .map(|(round, v)| (round + 1, if v.is_finite() { *v } else { 0.0 }))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, color.filled())),
+            )
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

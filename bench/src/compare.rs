@@ -109,7 +109,7 @@ pub enum System {
 }
 
 impl System {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             System::Skiff => "skiff",
             System::Etcd => "etcd",
@@ -209,10 +209,11 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// Free loopback ports, never the same one twice.
-struct Ports(Vec<u16>);
+#[derive(Default)]
+pub(crate) struct Ports(Vec<u16>);
 
 impl Ports {
-    fn next(&mut self) -> Result<u16, Error> {
+    pub(crate) fn next(&mut self) -> Result<u16, Error> {
         loop {
             let listener = TcpListener::bind("127.0.0.1:0")
                 .map_err(|e| Error::Run(format!("cannot find a free port: {e}")))?;

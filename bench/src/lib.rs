@@ -13,6 +13,7 @@
 
 pub mod chart;
 pub mod compare;
+pub mod failover;
 pub mod procfs;
 pub mod report;
 

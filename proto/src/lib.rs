@@ -5,7 +5,8 @@
 //!
 //! * the etcd v3 client API — [`etcdserverpb`] (services `KV`, `Watch`,
 //!   `Lease`, `Cluster`, `Maintenance`, `Auth`) together with the record types
-//!   it builds on, [`mvccpb`] and [`authpb`]. Package, service, message names
+//!   it builds on, [`mvccpb`] and [`authpb`], and etcd's optional [`v3lockpb`]
+//!   (`Lock`) and [`v3electionpb`] (`Election`) services. Package, service, message names
 //!   and field numbers are identical to upstream etcd, so unmodified etcd
 //!   clients can talk to a skiff server;
 //! * skiff's own member-to-member protocol — [`skiffpeer`], a `Peer` service
@@ -35,6 +36,18 @@ pub mod authpb {
 #[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's optional `Lock` service (package `v3lockpb`): named locks held by a lease.
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs)]
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's optional `Election` service (package `v3electionpb`): leader election on a lease.
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs)]
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }
 
 /// skiff's internal member-to-member `Peer` service.

@@ -44,6 +44,20 @@ pub fn check_forwarded(command: &Command, limits: ProposeLimits) -> Result<(), E
         Command::LeaseRevoke(raw) => decode::<LeaseRevokeRequest>(raw).map(drop),
         // A follower publishes its own attributes through the leader (bounded by size above).
         Command::PublishMember { .. } => Ok(()),
+        Command::Auth(op) => op.check(),
+        // One level only: the payload must be a client request, itself checked.
+        Command::Guarded { command, .. } => match postcard::from_bytes::<Command>(command) {
+            Ok(
+                inner @ (Command::Put(_)
+                | Command::DeleteRange(_)
+                | Command::Txn(_)
+                | Command::LeaseRevoke(_)),
+            ) => check_forwarded(&inner, limits),
+            Ok(_) => Err(Error::Internal(
+                "a guarded command must be a client request".into(),
+            )),
+            Err(e) => Err(Error::Internal(format!("decode guarded command: {e}"))),
+        },
     }
 }
 

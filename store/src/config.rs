@@ -60,6 +60,87 @@ pub struct StoreConfig {
     pub client_tls: TlsFiles,
     /// TLS for peer listeners and connections with https URLs.
     pub peer_tls: TlsFiles,
+    /// `--auth-token-ttl`, `--bcrypt-cost` (see [`crate::auth`]).
+    pub auth: crate::auth::AuthConfig,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention` (see
+    /// [`crate::compactor`]); `None`: no automatic compaction (etcd's default).
+    pub auto_compaction: Option<AutoCompaction>,
+}
+
+/// etcd's automatic compaction modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep this much history (by time).
+    Periodic(Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
+impl AutoCompaction {
+    /// Parse etcd's flag pair: `periodic` takes a duration (`1h`, `30m`, `90s`; a bare
+    /// number is hours), `revision` a revision count; retention `0` turns compaction off.
+    pub fn from_flags(mode: &str, retention: &str) -> Result<Option<AutoCompaction>, ConfigError> {
+        let retention = retention.trim();
+        let bad = |why: &str| {
+            ConfigError(format!(
+                "--auto-compaction-retention={retention:?}: {why} (--auto-compaction-mode={mode})"
+            ))
+        };
+        match mode {
+            "periodic" => {
+                if let Ok(hours) = retention.parse::<u64>() {
+                    return Ok((hours > 0).then(|| {
+                        AutoCompaction::Periodic(Duration::from_secs(hours.saturating_mul(3600)))
+                    }));
+                }
+                let duration = parse_go_duration(retention)
+                    .ok_or_else(|| bad("not a duration such as 1h, 30m or 90s"))?;
+                Ok((!duration.is_zero()).then_some(AutoCompaction::Periodic(duration)))
+            }
+            "revision" => {
+                let revisions: i64 = retention
+                    .parse()
+                    .map_err(|_| bad("not a number of revisions"))?;
+                if revisions < 0 {
+                    return Err(bad("must not be negative"));
+                }
+                Ok((revisions > 0).then_some(AutoCompaction::Revision(revisions)))
+            }
+            other => Err(ConfigError(format!(
+                "--auto-compaction-mode={other:?}: must be \"periodic\" or \"revision\""
+            ))),
+        }
+    }
+}
+
+/// A Go duration such as `1h30m`, `90s`, `500ms`, `1.5h`.
+pub fn parse_go_duration(value: &str) -> Option<Duration> {
+    let mut rest = value.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let (number, after) = rest.split_at(split);
+        let number: f64 = number.parse().ok()?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = next;
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 /// etcd's defaults.
@@ -93,6 +174,8 @@ impl StoreConfig {
             client_tls: TlsFiles::default(),
             peer_tls: TlsFiles::default(),
             quota_backend_bytes: 0,
+            auth: crate::auth::AuthConfig::default(),
+            auto_compaction: None,
         }
     }
 

@@ -14,6 +14,8 @@ use skiff_proto::etcdserverpb::{
 use skiff_proto::skiffpeer::{Blob, peer_server::Peer};
 use tonic::{Request, Response, Status};
 
+use crate::auth::AuthData;
+use crate::auth_grpc::{self, Caller};
 use crate::checks::{check_delete, check_put, check_range, check_txn_request};
 use crate::error::Error;
 use crate::mvcc::txn_has_writes;
@@ -111,6 +113,31 @@ impl EtcdApi {
         }
     }
 
+    /// Replicate a client write after its permission check (see [`crate::auth`]): checked
+    /// again and re-proposed if the auth state changed before it applied.
+    async fn replicate_as<T: Message + Default + HasHeaderMut + 'static>(
+        &self,
+        caller: Option<&Caller>,
+        command: Command,
+        check: impl Fn(&AuthData, Option<&str>) -> Result<(), Error>,
+        require_leader: bool,
+    ) -> Result<T, Status> {
+        let mut attempts = 0;
+        loop {
+            let (guarded, revision) = auth_grpc::guard(&self.node, caller, &command, &check)?;
+            match self.replicate(guarded, require_leader).await {
+                Err(status)
+                    if auth_grpc::is_old_revision(&status)
+                        && attempts < auth_grpc::MAX_AUTH_RETRIES =>
+                {
+                    attempts += 1;
+                    auth_grpc::wait_auth_newer(&self.node, revision).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
     fn member_pb(view: &MemberView) -> pb::Member {
         pb::Member {
             id: view.id,
@@ -164,12 +191,16 @@ impl Kv for EtcdApi {
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
         self.check_leader(&request)?;
+        let caller = auth_grpc::caller(&request);
         let req = request.into_inner();
         check_range(&req)?;
         if !req.serializable {
             self.check_not_learner()?;
             self.node.linearizable_barrier().await?;
         }
+        auth_grpc::check_read(&self.node, caller.as_ref(), |auth, user| {
+            auth_grpc::check_range(auth, user, &req)
+        })?;
         let mut response = self.node.sm.read().mvcc.range(&req)?;
         let revision = response
             .header
@@ -182,6 +213,7 @@ impl Kv for EtcdApi {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let require_leader = self.admit_write(&request)?;
+        let caller = auth_grpc::caller(&request);
         let req = request.into_inner();
         check_put(&req)?;
         let raw = self.encode_checked(&req)?;
@@ -190,8 +222,10 @@ impl Kv for EtcdApi {
         if let Some(early) = crate::chaos_bugs::ack_put_early(&self.node, &raw, require_leader) {
             return Ok(Response::new(early));
         }
+        let check = |auth: &AuthData, user: Option<&str>| auth_grpc::check_put(auth, user, &req);
         Ok(Response::new(
-            self.replicate(Command::Put(raw), require_leader).await?,
+            self.replicate_as(caller.as_ref(), Command::Put(raw), check, require_leader)
+                .await?,
         ))
     }
 
@@ -200,17 +234,25 @@ impl Kv for EtcdApi {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let require_leader = self.admit_write(&request)?;
+        let caller = auth_grpc::caller(&request);
         let req = request.into_inner();
         check_delete(&req)?;
         let raw = self.encode_checked(&req)?;
+        let check = |auth: &AuthData, user: Option<&str>| auth_grpc::check_delete(auth, user, &req);
         Ok(Response::new(
-            self.replicate(Command::DeleteRange(raw), require_leader)
-                .await?,
+            self.replicate_as(
+                caller.as_ref(),
+                Command::DeleteRange(raw),
+                check,
+                require_leader,
+            )
+            .await?,
         ))
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let require_leader = self.admit_write(&request)?;
+        let caller = auth_grpc::caller(&request);
         let req = request.into_inner();
         check_txn_request(&req, self.node.config.max_txn_ops)?;
         #[cfg(feature = "chaos-bugs")]
@@ -225,6 +267,9 @@ impl Kv for EtcdApi {
         if !txn_has_writes(&req) {
             self.check_not_learner()?;
             self.node.linearizable_barrier().await?;
+            auth_grpc::check_read(&self.node, caller.as_ref(), |auth, user| {
+                auth_grpc::check_txn(auth, user, &req)
+            })?;
             let mut response = self.node.sm.read().mvcc.read_only_txn(&req)?;
             let revision = response
                 .header
@@ -236,8 +281,10 @@ impl Kv for EtcdApi {
         }
         let raw = self.encode_checked(&req)?;
         crate::maintenance::check_quota(&self.node, crate::maintenance::txn_cost(&req)).await?;
+        let check = |auth: &AuthData, user: Option<&str>| auth_grpc::check_txn(auth, user, &req);
         Ok(Response::new(
-            self.replicate(Command::Txn(raw), require_leader).await?,
+            self.replicate_as(caller.as_ref(), Command::Txn(raw), check, require_leader)
+                .await?,
         ))
     }
 

@@ -1,5 +1,6 @@
 //! Plain HTTP endpoints etcd serves next to gRPC on the client port: `/health`,
-//! `/version`, `/metrics` (Prometheus text), plus `/readyz` and `/livez`.
+//! `/version`, `/metrics` (Prometheus text: etcd's metrics with etcd's names, see
+//! [`crate::metrics`]), plus `/readyz` and `/livez`.
 //!
 //! The client port tells the two apart as etcd does (cmux on the connection, then grpc-go's
 //! handler check): a request is gRPC only if it is HTTP/2 with a gRPC content type
@@ -103,20 +104,40 @@ async fn version() -> impl IntoResponse {
     )
 }
 
-fn resident_memory_bytes() -> u64 {
-    // /proc/self/statm: size resident shared ... (in pages)
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
+/// The highest log index a quorum of voters has: what this member knows committed (its
+/// last applied index when it does not lead: it applies all that the leader told it).
+fn committed_index(m: &openraft::RaftMetrics<crate::types::MemberId, crate::types::Member>) -> u64 {
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let Some(replication) = &m.replication else {
+        return applied;
+    };
+    let mut matched: Vec<u64> = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .map(|id| match replication.get(&id) {
+            Some(Some(log_id)) => log_id.index,
+            _ if id == m.id => applied,
+            _ => 0,
         })
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
+        .collect();
+    if matched.is_empty() {
+        return applied;
+    }
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    matched[matched.len() / 2].max(applied)
+}
+
+/// etcd's `version.Cluster`: `major.minor` of a version.
+fn major_minor(version: &str) -> &str {
+    match version.match_indices('.').nth(1) {
+        Some((i, _)) => &version[..i],
+        None => version,
+    }
 }
 
 async fn metrics(State(node): State<Arc<StoreNode>>) -> impl IntoResponse {
+    use std::sync::atomic::Ordering::Relaxed;
     let m = node.raft.metrics().borrow().clone();
     let (revision, compacted, keys) = {
         let state = node.sm.read();
@@ -127,91 +148,173 @@ async fn metrics(State(node): State<Arc<StoreNode>>) -> impl IntoResponse {
         )
     };
     let engine = node.sm.engine();
+    let db_size = engine.size_bytes() as f64;
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: f64| {
+    let mut metric = |name: &str, kind: &str, help: &str, labels: &str, value: f64| {
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {value}"
         );
     };
-    gauge(
-        "etcd_server_has_leader",
-        "Whether a leader exists (1) or not (0).",
-        f64::from(u8::from(m.current_leader.is_some())),
+    let gauge = "gauge";
+    let counter = "counter";
+    metric(
+        "etcd_cluster_version",
+        gauge,
+        "Which version is running. 1 for 'cluster_version' label with current cluster version",
+        &format!(
+            "{{cluster_version=\"{}\"}}",
+            major_minor(ETCD_CLUSTER_VERSION)
+        ),
+        1.0,
     );
-    gauge(
-        "etcd_server_is_leader",
-        "Whether this member is the leader.",
-        f64::from(u8::from(m.current_leader == Some(node.id))),
-    );
-    gauge(
-        "etcd_server_is_learner",
-        "Whether this member is a learner.",
-        f64::from(u8::from(node.is_learner())),
-    );
-    gauge(
-        "etcd_server_term",
-        "Current Raft term.",
-        m.current_term as f64,
-    );
-    gauge(
-        "etcd_server_proposals_committed_total",
-        "Last Raft log index.",
-        m.last_log_index.unwrap_or(0) as f64,
-    );
-    gauge(
-        "etcd_server_proposals_applied_total",
-        "Last applied Raft log index.",
-        m.last_applied.map(|l| l.index).unwrap_or(0) as f64,
-    );
-    gauge(
-        "etcd_debugging_mvcc_current_revision",
-        "Current store revision.",
-        revision as f64,
-    );
-    gauge(
+    metric(
         "etcd_debugging_mvcc_compact_revision",
-        "Last compaction revision.",
+        gauge,
+        "The revision of the last compaction in store.",
+        "",
         compacted as f64,
     );
-    gauge("etcd_debugging_mvcc_keys_total", "Live keys.", keys as f64);
-    gauge(
-        "etcd_mvcc_db_total_size_in_bytes",
-        "Backend size on disk.",
-        engine.size_bytes() as f64,
+    metric(
+        "etcd_debugging_mvcc_current_revision",
+        gauge,
+        "The current revision of store.",
+        "",
+        revision as f64,
     );
-    gauge(
+    metric(
+        "etcd_debugging_mvcc_db_total_size_in_bytes",
+        gauge,
+        "Total size of the underlying database physically allocated in bytes.",
+        "",
+        db_size,
+    );
+    metric(
+        "etcd_debugging_mvcc_keys_total",
+        gauge,
+        "Total number of keys.",
+        "",
+        keys as f64,
+    );
+    metric(
+        "etcd_mvcc_db_total_size_in_bytes",
+        gauge,
+        "Total size of the underlying database physically allocated in bytes.",
+        "",
+        db_size,
+    );
+    metric(
         "etcd_mvcc_db_total_size_in_use_in_bytes",
-        "Backend bytes in use.",
+        gauge,
+        "Total size of the underlying database logically in use in bytes.",
+        "",
         engine.size_in_use_bytes() as f64,
     );
+    metric(
+        "etcd_server_has_leader",
+        gauge,
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        "",
+        f64::from(u8::from(m.current_leader.is_some())),
+    );
+    metric(
+        "etcd_server_id",
+        gauge,
+        "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+        &format!("{{server_id=\"{:x}\"}}", node.id),
+        1.0,
+    );
+    metric(
+        "etcd_server_is_leader",
+        gauge,
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        "",
+        f64::from(u8::from(m.current_leader == Some(node.id))),
+    );
+    metric(
+        "etcd_server_is_learner",
+        gauge,
+        "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+        "",
+        f64::from(u8::from(node.is_learner())),
+    );
+    metric(
+        "etcd_server_leader_changes_seen_total",
+        counter,
+        "The number of leader changes seen.",
+        "",
+        crate::metrics::LEADER_CHANGES.load(Relaxed) as f64,
+    );
+    metric(
+        "etcd_server_proposals_applied_total",
+        gauge,
+        "The total number of consensus proposals applied.",
+        "",
+        m.last_applied.map_or(0, |l| l.index) as f64,
+    );
+    metric(
+        "etcd_server_proposals_committed_total",
+        gauge,
+        "The total number of consensus proposals committed.",
+        "",
+        committed_index(&m) as f64,
+    );
+    metric(
+        "etcd_server_proposals_failed_total",
+        counter,
+        "The total number of failed proposals seen.",
+        "",
+        crate::metrics::grpc::PROPOSALS_FAILED.load(Relaxed) as f64,
+    );
+    metric(
+        "etcd_server_proposals_pending",
+        gauge,
+        "The current number of pending proposals to commit.",
+        "",
+        crate::metrics::grpc::PROPOSALS_PENDING.load(Relaxed) as f64,
+    );
+    metric(
+        "etcd_server_quota_backend_bytes",
+        gauge,
+        "Current backend storage quota size in bytes.",
+        "",
+        node.config.quota_bytes().unwrap_or(0) as f64,
+    );
+    metric(
+        "etcd_server_term",
+        gauge,
+        "Current Raft term.",
+        "",
+        m.current_term as f64,
+    );
+    metric(
+        "etcd_server_version",
+        gauge,
+        "Which version is running. 1 for 'server_version' label with current version.",
+        &format!("{{server_version=\"{ETCD_VERSION}\"}}"),
+        1.0,
+    );
     let writes = engine.write_counts();
-    gauge(
+    metric(
         "skiff_engine_durable_writes_total",
+        counter,
         "Engine writes fsynced before returning (checkpoints, votes, purges).",
+        "",
         writes.durable as f64,
     );
-    gauge(
+    metric(
         "skiff_log_syncs_total",
+        counter,
         "Raft log fsyncs, each making every entry appended before it durable (group commit).",
-        node.log_syncs.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        "",
+        node.log_syncs.load(Relaxed) as f64,
     );
-    gauge(
+    metric(
         "skiff_engine_buffered_writes_total",
+        counter,
         "Engine writes made durable by a later fsync (state machine applies).",
+        "",
         writes.buffered as f64,
-    );
-    gauge(
-        "process_resident_memory_bytes",
-        "Resident memory size in bytes.",
-        resident_memory_bytes() as f64,
-    );
-    let _ = writeln!(
-        out,
-        "# HELP etcd_server_leader_changes_seen_total The number of leader changes seen.\n\
-         # TYPE etcd_server_leader_changes_seen_total counter\n\
-         etcd_server_leader_changes_seen_total {}",
-        crate::metrics::LEADER_CHANGES.load(std::sync::atomic::Ordering::Relaxed)
     );
     crate::metrics::WAL_FSYNC.render(
         &mut out,
@@ -223,6 +326,9 @@ async fn metrics(State(node): State<Arc<StoreNode>>) -> impl IntoResponse {
         "etcd_disk_backend_commit_duration_seconds",
         "The latency distributions of commit called by backend.",
     );
+    crate::metrics::render_peers(&mut out);
+    crate::metrics::grpc::render(&mut out);
+    crate::metrics::process::render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

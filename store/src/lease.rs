@@ -857,13 +857,18 @@ impl lease_server::Lease for LeaseApi {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let require_leader = self.check(&request)?;
+        let caller = crate::auth_grpc::caller(&request);
         let req = request.into_inner();
+        let command = crate::auth_grpc::guard_lease_revoke(
+            &self.node,
+            caller.as_ref(),
+            req.id,
+            Command::LeaseRevoke(req.encode_to_vec()),
+        )?;
         let response = self
-            .replicate(
-                Command::LeaseRevoke(req.encode_to_vec()),
-                require_leader,
-                |r: &mut LeaseRevokeResponse| &mut r.header,
-            )
+            .replicate(command, require_leader, |r: &mut LeaseRevokeResponse| {
+                &mut r.header
+            })
             .await?;
         Ok(Response::new(response))
     }
@@ -902,7 +907,11 @@ impl lease_server::Lease for LeaseApi {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         self.check(&request)?;
+        let caller = crate::auth_grpc::caller(&request);
         let req = request.into_inner();
+        if req.keys {
+            crate::auth_grpc::check_lease_read(&self.node, caller.as_ref(), req.id)?;
+        }
         let response = match time_to_live(&self.node, req.id, req.keys).await? {
             Some(ttl) => LeaseTimeToLiveResponse {
                 header: Some(self.current_header()),

@@ -8,16 +8,22 @@
 // openraft's StorageError is large and is the return type its traits dictate.
 #![allow(clippy::result_large_err)]
 
+pub mod auth;
+pub mod auth_grpc;
+pub mod campaign;
 #[cfg(feature = "chaos-bugs")]
 pub mod chaos_bugs;
 pub mod checks;
+pub mod compactor;
 pub mod config;
+pub mod election;
 pub mod engine;
 pub mod error;
 pub mod fsutil;
 pub mod grpc;
 pub mod http;
 pub mod lease;
+pub mod lock;
 pub mod log_sync;
 pub mod maintenance;
 pub mod memory;

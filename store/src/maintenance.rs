@@ -429,9 +429,8 @@ impl Maintenance for EtcdApi {
             took = ?started.elapsed(),
             "defragmented"
         );
-        Ok(Response::new(pb::DefragmentResponse {
-            header: Some(self.current_header()),
-        }))
+        // etcd answers an empty DefragmentResponse: no header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn hash(
@@ -497,15 +496,11 @@ impl Maintenance for EtcdApi {
         if !membership.voter_ids().any(|id| id == target) {
             return Err(Error::BadLeaderTransferee.into());
         }
-        if target == self.node.id {
-            return Ok(Response::new(pb::MoveLeaderResponse {
-                header: Some(self.current_header()),
-            }));
+        // etcd answers an empty MoveLeaderResponse (no header), also for a move to itself.
+        if target != self.node.id {
+            crate::transfer::move_leader(&self.node, target).await?;
         }
-        crate::transfer::move_leader(&self.node, target).await?;
-        Ok(Response::new(pb::MoveLeaderResponse {
-            header: Some(self.current_header()),
-        }))
+        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(

@@ -2,6 +2,7 @@
 //! membership discovery, carried as postcard blobs over the `skiffpeer.Peer` gRPC service.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ pub enum Forwarded {
     },
     /// A step of a leadership transfer (see [`crate::transfer`]).
     Transfer(crate::transfer::TransferStep),
+    /// Would you vote for this candidate now? (see [`crate::campaign`]).
+    PreVote(crate::campaign::PreVoteRequest),
 }
 
 /// Membership changes; they run on the leader.
@@ -79,6 +82,10 @@ pub enum ForwardOutcome {
     LeaseKeepAlive(Option<i64>),
     /// `None`: no such lease.
     LeaseTimeToLive(Option<crate::lease::LeaseTtl>),
+    /// The answer to a [`Forwarded::PreVote`].
+    PreVote {
+        granted: bool,
+    },
 }
 
 /// What a joining member learns from an existing one.
@@ -253,6 +260,8 @@ pub struct PeerConnection {
     /// use the gRPC append stream with it from now on.
     raw_refused: bool,
     log_sync: Option<Arc<crate::log_sync::LogSync>>,
+    /// Round trips and bytes with this member (`etcd_network_peer_*`).
+    metrics: Arc<crate::metrics::PeerMetrics>,
 }
 
 /// Requests waiting to go out on one append stream (openraft sends one at a time per
@@ -280,6 +289,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             raw: None,
             raw_refused: false,
             log_sync: self.log_sync.clone(),
+            metrics: crate::metrics::peer(target),
         }
     }
 }
@@ -362,6 +372,7 @@ impl PeerConnection {
         stream.next_seq += 1;
         let seq = stream.next_seq;
         let blob = to_blob(&(seq, rpc)).map_err(|e| network(e.message().into()))?;
+        let sent = blob.data.len() as u64;
         if stream.requests.send(blob).await.is_err() {
             self.stream = None;
             return Err(unreachable("append stream closed".into()));
@@ -373,6 +384,9 @@ impl PeerConnection {
             let failure = match tokio::time::timeout_at(deadline, stream.responses.message()).await
             {
                 Ok(Ok(Some(blob))) => {
+                    self.metrics.sent_bytes.fetch_add(sent, Relaxed);
+                    let received = blob.data.len() as u64;
+                    self.metrics.received_bytes.fetch_add(received, Relaxed);
                     let (answered, result): (
                         u64,
                         Result<AppendEntriesResponse<MemberId>, RaftError<MemberId>>,
@@ -430,7 +444,7 @@ impl PeerConnection {
         let Some(stream) = self.raw.as_mut() else {
             return Err(unreachable("append stream not open".into()));
         };
-        let outcome = tokio::time::timeout_at(deadline, stream.call(rpc)).await;
+        let outcome = tokio::time::timeout_at(deadline, stream.call(rpc, &self.metrics)).await;
         let failure = match outcome {
             Ok(Ok(Some(Answer::Raft(result)))) => {
                 return result
@@ -475,6 +489,7 @@ impl PeerConnection {
         let blob = to_blob(request).map_err(|e| {
             RPCError::Network(NetworkError::new(&TransportError(e.message().into())))
         })?;
+        let sent = blob.data.len() as u64;
         let mut req = tonic::Request::new(blob);
         req.set_timeout(option.hard_ttl());
         let resp = match method {
@@ -482,6 +497,9 @@ impl PeerConnection {
             _ => client.install_snapshot(req).await,
         };
         let resp = resp.map_err(|status| self.status_error(status))?;
+        self.metrics.sent_bytes.fetch_add(sent, Relaxed);
+        let received = resp.get_ref().data.len() as u64;
+        self.metrics.received_bytes.fetch_add(received, Relaxed);
         let decoded: Result<Resp, RaftError<MemberId, E>> =
             from_blob(resp.get_ref()).map_err(|e| {
                 RPCError::Network(NetworkError::new(&TransportError(e.message().into())))
@@ -501,10 +519,16 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         if let Some(sync) = &self.log_sync {
             rpc.leader_commit = sync.clamp_commit(rpc.leader_commit);
         }
+        // A heartbeat's round trip (no entries, so no disk write in it) is etcd's
+        // etcd_network_peer_round_trip_time_seconds.
+        let started = rpc.entries.is_empty().then(std::time::Instant::now);
         let response = match self.append_raw(&rpc, &option).await? {
             Some(response) => response,
             None => self.append_streamed(&rpc, &option).await?,
         };
+        if let Some(started) = started {
+            self.metrics.round_trip.observe(started.elapsed());
+        }
         plausible_append_response(&rpc, response).map_err(|why| {
             tracing::warn!(target = %self.target, "{why}");
             RPCError::Network(NetworkError::new(&std::io::Error::other(why)))

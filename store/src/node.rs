@@ -50,6 +50,8 @@ pub struct StoreNode {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// Client streams (watch, lease keep-alive) open now, for the shutdown log.
     pub open_streams: OpenStreams,
+    /// Elections this member holds off (see [`crate::campaign`]).
+    pub election_hold: crate::campaign::ElectionHold,
 }
 
 /// Counts of the client streams open on a member (see [`StoreNode::open_streams`]).
@@ -221,7 +223,8 @@ impl StoreNode {
                         ForwardOutcome::NotLeader
                         | ForwardOutcome::Admin(_)
                         | ForwardOutcome::LeaseKeepAlive(_)
-                        | ForwardOutcome::LeaseTimeToLive(_) => {}
+                        | ForwardOutcome::LeaseTimeToLive(_)
+                        | ForwardOutcome::PreVote { .. } => {}
                     }
                 }
                 None if require_leader => return Err(Error::NoLeader),
@@ -262,6 +265,9 @@ impl StoreNode {
                 crate::lease::handle_forward(self, lease).await
             }
             Forwarded::Transfer(step) => crate::transfer::handle_step(self, step).await,
+            Forwarded::PreVote(request) => ForwardOutcome::PreVote {
+                granted: crate::campaign::would_vote(self, &request).await,
+            },
         }
     }
 
@@ -401,7 +407,8 @@ impl StoreNode {
                     ForwardOutcome::NotLeader
                     | ForwardOutcome::Write(_)
                     | ForwardOutcome::LeaseKeepAlive(_)
-                    | ForwardOutcome::LeaseTimeToLive(_) => {}
+                    | ForwardOutcome::LeaseTimeToLive(_)
+                    | ForwardOutcome::PreVote { .. } => {}
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -19,6 +19,7 @@
 //! close at once (the stream has no status to send; a closed connection is its "stopped").
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use openraft::error::RaftError;
@@ -124,16 +125,20 @@ impl RawStream {
     }
 
     /// Send one AppendEntries and wait for its answer (`Ok(None)`: the peer closed the
-    /// connection without answering).
+    /// connection without answering), counting the bytes each way in `peer`.
     pub async fn call(
         &mut self,
         rpc: &AppendEntriesRequest<TypeConfig>,
+        peer: &crate::metrics::PeerMetrics,
     ) -> Result<Option<Answer>, StreamError> {
         let out = frame(rpc)?;
         self.conn.write_all(&out).await?;
+        peer.sent_bytes.fetch_add(out.len() as u64, Relaxed);
         if !read_frame(&mut self.conn, &mut self.buf).await? {
             return Ok(None);
         }
+        let received = self.buf.len() as u64 + 4;
+        peer.received_bytes.fetch_add(received, Relaxed);
         postcard::from_bytes(&self.buf)
             .map(Some)
             .map_err(|e| StreamError::Decode(e.to_string()))
@@ -220,6 +225,8 @@ async fn serve_raw(
         return;
     }
     let mut buf = Vec::new();
+    // The leader this stream comes from, for etcd_network_peer_{received,sent}_bytes_total.
+    let mut leader: Option<Arc<crate::metrics::PeerMetrics>> = None;
     loop {
         let more = tokio::select! {
             more = read_frame(&mut conn, &mut buf) => more,
@@ -236,6 +243,11 @@ async fn serve_raw(
         let answer = match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&buf) {
             Err(e) => Answer::Invalid(e.to_string()),
             Ok(rpc) => {
+                if let Some(id) = rpc.vote.leader_id().voted_for()
+                    && leader.as_ref().is_none_or(|peer| peer.id != id)
+                {
+                    leader = Some(crate::metrics::peer(id));
+                }
                 if node.from_removed_member(&rpc.vote) {
                     Answer::Removed
                 } else {
@@ -251,6 +263,10 @@ async fn serve_raw(
                 return;
             }
         };
+        if let Some(peer) = &leader {
+            peer.received_bytes.fetch_add(buf.len() as u64 + 4, Relaxed);
+            peer.sent_bytes.fetch_add(out.len() as u64, Relaxed);
+        }
         if conn.write_all(&out).await.is_err() || last {
             return;
         }

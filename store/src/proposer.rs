@@ -40,6 +40,8 @@ pub struct Proposer {
     queue: mpsc::Sender<(Command, usize, Waiter)>,
     raft: Raft,
     slots: Arc<Slots>,
+    /// While a leadership transfer runs, new proposals wait (see [`Proposer::hold_until`]).
+    hold: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
 }
 
 /// Proposals in flight (batches and direct proposals), at most [`MAX_BATCHES_IN_FLIGHT`].
@@ -79,11 +81,44 @@ impl Proposer {
         let (queue, rx) = mpsc::channel(PROPOSAL_QUEUE);
         let slots = Arc::new(Slots::default());
         tokio::spawn(batch_loop(raft.clone(), rx, slots.clone()));
-        Proposer { queue, raft, slots }
+        Proposer {
+            queue,
+            raft,
+            slots,
+            hold: tokio::sync::watch::Sender::new(None),
+        }
+    }
+
+    /// New proposals wait until [`Proposer::release`] or `deadline`, whichever comes
+    /// first, as etcd's raft drops proposals while a leadership transfer runs: an entry
+    /// replicated meanwhile would renew the followers' leader lease and make them refuse
+    /// the transferee's votes.
+    pub fn hold_until(&self, deadline: tokio::time::Instant) {
+        self.hold.send_replace(Some(deadline));
+    }
+
+    pub fn release(&self) {
+        self.hold.send_replace(None);
+    }
+
+    async fn wait_while_held(&self) {
+        let mut hold = self.hold.subscribe();
+        loop {
+            let Some(deadline) = *hold.borrow_and_update() else {
+                return;
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                changed = hold.changed() => if changed.is_err() { return },
+            }
+        }
     }
 
     /// Propose one command and wait for its outcome.
     pub async fn propose(&self, command: Command) -> Proposed {
+        if self.hold.borrow().is_some() {
+            self.wait_while_held().await;
+        }
         // Alone: nothing queued and nothing in flight.
         if self.queue.capacity() == self.queue.max_capacity() && self.slots.try_acquire(1) {
             let _slot = SlotGuard(self.slots.clone());

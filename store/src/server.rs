@@ -2,7 +2,8 @@
 //! cluster or joining an existing one), start Raft, serve peers and clients, and stop
 //! cleanly when the shutdown future completes.
 //!
-//! Stopping is bounded whatever clients and peers do: open streams (watch, lease
+//! Stopping is bounded whatever clients and peers do: a leader first hands leadership to
+//! its most up-to-date voter (at most [`STOP_HANDOFF_BUDGET`], still serving); open streams (watch, lease
 //! keep-alive, peer append streams) end at once with `Unavailable` "etcdserver: server
 //! stopped" (raw append streams close); requests in flight get [`STOP_SERVE_GRACE`];
 //! then Raft shuts down and the WAL and the engine are made durable. A stop that overruns
@@ -53,6 +54,9 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 pub const STOP_SERVE_GRACE: Duration = Duration::from_secs(2);
 /// Raft's core gets this long to stop.
 const STOP_RAFT_TIMEOUT: Duration = Duration::from_secs(1);
+/// At most this long (and at most one election timeout) for a stopping leader to hand
+/// leadership over before it stops (see [`crate::transfer::hand_off_before_stop`]).
+pub const STOP_HANDOFF_BUDGET: Duration = Duration::from_secs(1);
 /// A stop returns within this long whatever clients, peers or the disk do; what was still
 /// open then is logged and returned as the error.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(4);
@@ -157,6 +161,9 @@ impl RunningStore {
     pub async fn shutdown(self) -> Result<(), Error> {
         let progress = StopProgress::default();
         let node = self.node.clone();
+        // A leader hands over first (as etcd's does), still serving meanwhile.
+        let budget = node.config.election_timeout.min(STOP_HANDOFF_BUDGET);
+        crate::transfer::hand_off_before_stop(&node, budget).await;
         match tokio::time::timeout(STOP_DEADLINE, self.stop_in_steps(&progress)).await {
             Ok(()) => Ok(()),
             Err(_) => {
@@ -312,12 +319,14 @@ fn read_identity(engine: &dyn Engine) -> Result<Option<Identity>, Error> {
 
 fn raft_config(config: &StoreConfig) -> Result<openraft::Config, Error> {
     let heartbeat = config.heartbeat_interval.as_millis() as u64;
-    let election = config.election_timeout.as_millis() as u64;
+    // openraft's election timer is off: crate::campaign runs elections (with pre-vote).
+    let (election_timeout_min, election_timeout_max) = crate::campaign::openraft_timeouts(config);
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: heartbeat,
-        election_timeout_min: election,
-        election_timeout_max: election * 2,
+        election_timeout_min,
+        election_timeout_max,
+        enable_elect: false,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
         // Bounded queues: at most this many entries per AppendEntries, chunks of 4 MiB.
@@ -444,7 +453,9 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
     .and_then(|log| log.for_member(identity.member_id))
     .map_err(|e| Error::Config(format!("cannot open the raft log: {e}")))?;
     let log_sync = log.log_sync();
-    let sm = sm.with_log_sync(log_sync.clone());
+    let sm = sm
+        .with_log_sync(log_sync.clone())
+        .with_token_ttl(config.auth.token_ttl);
     let log_syncs = log.sync_counter();
     let restored_leader = log
         .restored_leader_floor(identity.member_id)
@@ -490,6 +501,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         leader_reads,
         stop: stop_rx.clone(),
         open_streams: Default::default(),
+        election_hold: Default::default(),
     });
     reads_queue.spawn(Arc::downgrade(&node));
     leader_reads_queue.spawn(Arc::downgrade(&node));
@@ -545,6 +557,10 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
         )),
     ));
     tasks.push((
+        "election timer".into(),
+        tokio::spawn(crate::campaign::run(node.clone(), stop_rx.clone())),
+    ));
+    tasks.push((
         "lease expiry".into(),
         crate::lease::start(node.clone(), stop_rx.clone()),
     ));
@@ -554,6 +570,10 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
             node.raft.clone(),
             stop_rx.clone(),
         )),
+    ));
+    tasks.push((
+        "auto-compaction".into(),
+        tokio::spawn(crate::compactor::run(node.clone(), stop_rx.clone())),
     ));
     tasks.push((
         "memory trim".into(),
@@ -752,10 +772,40 @@ async fn serve_client(
             .max_decoding_message_size(limit),
         )
         .add_service(MaintenanceServer::new(api).max_decoding_message_size(limit))
+        // etcd's optional Lock and Election services (crate::lock, crate::election).
+        .add_service(
+            skiff_proto::v3lockpb::lock_server::LockServer::new(crate::lock::LockApi {
+                recipe: crate::lock::Recipe::new(node.clone(), stop.clone()),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            skiff_proto::v3electionpb::election_server::ElectionServer::new(
+                crate::election::ElectionApi {
+                    recipe: crate::lock::Recipe::new(node.clone(), stop.clone()),
+                },
+            )
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            skiff_proto::etcdserverpb::auth_server::AuthServer::new(crate::auth_grpc::AuthApi {
+                node: node.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
         .add_service(health_service);
+    // Who calls, and admin-only RPCs, once auth is on (see crate::auth_grpc).
+    let grpc = routes
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            crate::auth_grpc::gate,
+        ));
     // Only HTTP/2 with a gRPC content type reaches the gRPC services (see crate::http).
-    let router = crate::http::client_port(routes.into_axum_router(), crate::http::routes(node))
-        .layer(axum::middleware::map_response(etcd_receive_limit_status));
+    let router = crate::http::client_port(grpc, crate::http::routes(node))
+        .layer(axum::middleware::map_response(etcd_receive_limit_status))
+        // etcd's grpc_server_* counters, on each call's final status (crate::metrics::grpc).
+        .layer(crate::metrics::grpc::GrpcMetricsLayer);
     let Some(builder) = server_builder(tls) else {
         return;
     };

@@ -50,6 +50,10 @@ pub struct SmState {
     pub removed: BTreeSet<MemberId>,
     /// Active alarms (NOSPACE, ...), replicated like etcd's alarm store.
     pub alarms: crate::maintenance::Alarms,
+    /// Users, roles, permissions and the auth switch (replicated, see [`crate::auth`]).
+    pub auth: crate::auth::AuthData,
+    /// This member's simple tokens (in memory; assigned as `Authenticate`s apply).
+    pub tokens: Arc<crate::auth::Tokens>,
 }
 
 impl SmState {
@@ -74,6 +78,11 @@ impl SmState {
                 .transpose()?
                 .unwrap_or_default(),
             alarms: crate::maintenance::Alarms::load(view)?,
+            auth: get(crate::auth::KEY_AUTH)?
+                .map(|raw| decode(&raw))
+                .transpose()?
+                .unwrap_or_default(),
+            tokens: Arc::default(),
         })
     }
 }
@@ -130,6 +139,13 @@ impl StateMachineStore {
         self
     }
 
+    /// Simple tokens live `ttl` without use (`--auth-token-ttl`).
+    pub fn with_token_ttl(self, ttl: std::time::Duration) -> Self {
+        self.state.write().unwrap_or_else(|p| p.into_inner()).tokens =
+            Arc::new(crate::auth::Tokens::new(ttl));
+        self
+    }
+
     /// Read access for request handlers.
     pub fn read(&self) -> RwLockReadGuard<'_, SmState> {
         // A poisoned lock means a writer panicked mid-update; the data it guards is still
@@ -164,8 +180,66 @@ impl StateMachineStore {
         }
     }
 
-    /// Apply one command; a command that fails its checks fails alone.
+    /// Apply one command; a command that fails its checks fails alone. A client write
+    /// applies only if its permission check still holds (see [`crate::auth`]).
     fn apply_command(state: &mut SmState, command: &Command, batch: &mut WriteBatch) -> Reply {
+        match command {
+            Command::Guarded {
+                auth_revision,
+                command,
+            } => {
+                let inner = match postcard::from_bytes::<Command>(command) {
+                    Ok(
+                        inner @ (Command::Put(_)
+                        | Command::DeleteRange(_)
+                        | Command::Txn(_)
+                        | Command::LeaseRevoke(_)),
+                    ) => inner,
+                    Ok(_) => {
+                        return Reply::Failed(Error::Internal(
+                            "a guarded command must be a client request".into(),
+                        ));
+                    }
+                    Err(e) => {
+                        return Reply::Failed(Error::Internal(format!(
+                            "decode guarded command: {e}"
+                        )));
+                    }
+                };
+                if state.auth.enabled && *auth_revision < state.auth.revision {
+                    return Reply::Failed(Error::AuthOldRevision);
+                }
+                Self::apply_checked(state, &inner, batch)
+            }
+            // Checked while auth was off, applied after it was turned on: no user.
+            Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) if state.auth.enabled => {
+                Reply::Failed(Error::UserEmpty)
+            }
+            Command::Auth(op) => {
+                let index = state.last_applied.map_or(0, |id| id.index);
+                match state.auth.apply(op, index) {
+                    Ok(effect) => {
+                        let reply = match &effect {
+                            crate::auth::TokenEffect::Assign { token, .. } => {
+                                token.clone().into_bytes()
+                            }
+                            _ => {
+                                batch.put(Table::Meta, crate::auth::KEY_AUTH, encode(&state.auth));
+                                Vec::new()
+                            }
+                        };
+                        state.tokens.take_effect(effect);
+                        Reply::Response(reply)
+                    }
+                    Err(err) => Reply::Failed(err),
+                }
+            }
+            command => Self::apply_checked(state, command, batch),
+        }
+    }
+
+    /// Apply a command that passed the auth checks (or needs none).
+    fn apply_checked(state: &mut SmState, command: &Command, batch: &mut WriteBatch) -> Reply {
         // etcd's capped applier: while a NOSPACE alarm is active, writes that grow the
         // store are refused (deletes and compactions still apply).
         if state.alarms.nospace() && crate::maintenance::needs_space(command) {
@@ -214,6 +288,9 @@ impl StateMachineStore {
                 .map_err(|e| Error::Internal(format!("decode lease revoke: {e}")))
                 .and_then(|req| state.mvcc.lease_revoke(&req, batch))
                 .map(|applied| applied.response.encode_to_vec()),
+            Command::Auth(_) | Command::Guarded { .. } => Err(Error::Internal(
+                "auth commands are applied by apply_command".into(),
+            )),
         };
         match result {
             Ok(bytes) => Reply::Response(bytes),
@@ -402,7 +479,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .write(batch, Durability::Durable)
             .map_err(|e| snap_err(&e))?;
         let view = self.engine.read().map_err(|e| snap_err(&e))?;
+        let tokens = state.tokens.clone();
         *state = SmState::load(view.as_ref()).map_err(|e| snap_err(&e))?;
+        // Tokens are this member's (etcd keeps them across a snapshot install too).
+        state.tokens = tokens;
         drop(state);
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(StoredSnapshot {
             meta: meta.clone(),

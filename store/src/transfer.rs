@@ -1,11 +1,13 @@
-//! Leadership transfer (`MoveLeader`), built from openraft 0.9's runtime switches since it
-//! has no transfer API: the leader asks every other voter to hold its elections, stops its
-//! own heartbeats, waits until followers' leader leases have run out, and asks the target
-//! to campaign at once. The target is the only member that may start an election then, so
-//! it wins as long as its log is up to date (checked first). Every pause carries a
-//! deadline and is lifted by the member itself when it passes, so a leader that dies
-//! mid-transfer leaves no member unable to campaign. Best effort, as in etcd: a transfer
-//! that does not finish in time reports etcd's timeout error.
+//! Leadership transfer (`MoveLeader`, and a stopping leader's hand-off), built on the
+//! election timer of [`crate::campaign`] since openraft 0.9 has no transfer API. As etcd's
+//! raft does it: the leader stops taking proposals, waits until the target has its whole
+//! log, holds every other voter's elections, stops its heartbeats, lets openraft's short
+//! leader lease run out on the followers, and tells the target to campaign at once (no
+//! pre-vote: etcd's `MsgTimeoutNow`). The target is then the only member campaigning, with
+//! a log as long as anyone's, so it wins one election; it is asked again if the first
+//! vote races a lease. Every hold carries a deadline and lifts by itself, so a leader that
+//! dies mid-transfer leaves no member unable to campaign. Best effort, as in etcd: a
+//! transfer that does not finish in time reports etcd's timeout error.
 
 use std::time::Duration;
 
@@ -32,16 +34,12 @@ pub enum TransferStep {
 pub async fn handle_step(node: &StoreNode, step: TransferStep) -> ForwardOutcome {
     match step {
         TransferStep::HoldElections { millis } => {
-            node.raft.runtime_config().elect(false);
-            let raft = node.raft.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(millis)).await;
-                raft.runtime_config().elect(true);
-            });
+            node.election_hold
+                .hold_for(Duration::from_millis(millis.min(MAX_HOLD_MILLIS)));
         }
-        TransferStep::ResumeElections => node.raft.runtime_config().elect(true),
+        TransferStep::ResumeElections => node.election_hold.resume(),
         TransferStep::Campaign => {
-            node.raft.runtime_config().elect(true);
+            node.election_hold.resume();
             if node.raft.trigger().elect().await.is_err() {
                 return ForwardOutcome::Failed(Error::Stopped);
             }
@@ -49,6 +47,9 @@ pub async fn handle_step(node: &StoreNode, step: TransferStep) -> ForwardOutcome
     }
     ForwardOutcome::Admin(crate::network::AdminReply::Done)
 }
+
+/// The longest election hold a member accepts (a hold always ends by itself).
+const MAX_HOLD_MILLIS: u64 = 60_000;
 
 async fn send_step(
     node: &StoreNode,
@@ -71,8 +72,65 @@ async fn send_step(
 pub async fn move_leader(node: &StoreNode, target: MemberId) -> Result<(), Error> {
     let election = node.config.election_timeout;
     let rpc_timeout = election;
-    // 1. The target must have the whole log, or it could not win.
-    let deadline = Instant::now() + election * 3;
+    let lease = crate::campaign::openraft_lease(&node.config);
+    let started = Instant::now();
+    // Every hold below ends by itself by then, whatever happens to this task.
+    let hold = election * 4;
+    node.proposer.hold_until(started + hold);
+    let restore = RestoreOnDrop(node);
+    let moved = transfer(node, target, hold, lease, rpc_timeout).await;
+    // Back to normal everywhere, whatever happened.
+    drop(restore);
+    let others = other_voters(node, target);
+    for voter in others.iter().chain([&target]) {
+        send_step(node, *voter, TransferStep::ResumeElections, rpc_timeout).await;
+    }
+    match moved {
+        Ok(()) => {
+            tracing::info!(
+                to = %format!("{target:x}"),
+                took_ms = started.elapsed().as_millis() as u64,
+                "leadership transferred"
+            );
+            Ok(())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Puts this member's heartbeats, elections and proposals back to normal when dropped —
+/// also when the transfer's future is dropped midway (its caller went away).
+struct RestoreOnDrop<'a>(&'a StoreNode);
+
+impl Drop for RestoreOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.raft.runtime_config().heartbeat(true);
+        self.0.election_hold.resume();
+        self.0.proposer.release();
+    }
+}
+
+fn other_voters(node: &StoreNode, target: MemberId) -> Vec<MemberId> {
+    node.raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .filter(|id| *id != node.id && *id != target)
+        .collect()
+}
+
+async fn transfer(
+    node: &StoreNode,
+    target: MemberId,
+    hold: Duration,
+    lease: Duration,
+    rpc_timeout: Duration,
+) -> Result<(), Error> {
+    let election = node.config.election_timeout;
+    // 1. The target must have the whole log (no new entries come now), or it could not win.
+    let deadline = Instant::now() + election * 2;
     loop {
         let metrics = node.raft.metrics().borrow().clone();
         if metrics.current_leader != Some(node.id) {
@@ -91,55 +149,84 @@ pub async fn move_leader(node: &StoreNode, target: MemberId) -> Result<(), Error
         if Instant::now() > deadline {
             return Err(Error::LeaderTransferTimeout);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let voters: Vec<MemberId> = node
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .filter(|id| *id != node.id && *id != target)
-        .collect();
-    // 2. Nobody but the target may campaign for the duration of the transfer.
-    let hold = election * 6;
-    for voter in &voters {
+    // 2. Nobody but the target campaigns until the transfer is over.
+    node.election_hold.hold_for(hold);
+    let millis = hold.as_millis() as u64;
+    for voter in other_voters(node, target) {
         send_step(
             node,
-            *voter,
-            TransferStep::HoldElections {
-                millis: hold.as_millis() as u64,
-            },
+            voter,
+            TransferStep::HoldElections { millis },
             rpc_timeout,
         )
         .await;
     }
-    node.raft.runtime_config().elect(false);
+    // 3. No more heartbeats: the followers' openraft lease (refusing votes right after a
+    //    heartbeat) runs out, then the target campaigns; asked again if a vote raced it.
     node.raft.runtime_config().heartbeat(false);
-    // 3. Followers refuse votes while their leader lease lasts (one election timeout
-    //    since the last heartbeat); let it run out, then ask the target to campaign.
-    tokio::time::sleep(election + election / 2).await;
-    let asked = send_step(node, target, TransferStep::Campaign, rpc_timeout).await;
-    let moved = asked
-        && node
+    let heartbeat = node.config.heartbeat_interval;
+    tokio::time::sleep(lease + heartbeat).await;
+    let deadline = Instant::now() + election * 2;
+    while Instant::now() < deadline {
+        if !send_step(node, target, TransferStep::Campaign, rpc_timeout).await {
+            tokio::time::sleep(heartbeat).await;
+            continue;
+        }
+        let won = node
             .raft
-            .wait(Some(election * 3))
+            .wait(Some(lease * 2 + heartbeat * 2))
             .metrics(
                 |m| m.current_leader == Some(target),
                 "leadership moved to the target",
             )
             .await
             .is_ok();
-    // 4. Back to normal everywhere, whatever happened.
-    node.raft.runtime_config().heartbeat(true);
-    node.raft.runtime_config().elect(true);
-    for voter in &voters {
-        send_step(node, *voter, TransferStep::ResumeElections, rpc_timeout).await;
+        if won {
+            return Ok(());
+        }
     }
-    if moved {
-        Ok(())
-    } else {
-        Err(Error::LeaderTransferTimeout)
+    Err(Error::LeaderTransferTimeout)
+}
+
+/// A stopping leader hands leadership to its most up-to-date voter first (etcd does the
+/// same), within `budget`; then the rest of the cluster does not wait out an election
+/// timeout. Returns whether it moved.
+pub async fn hand_off_before_stop(node: &StoreNode, budget: Duration) -> bool {
+    let metrics = node.raft.metrics().borrow().clone();
+    if metrics.current_leader != Some(node.id) {
+        return false;
+    }
+    let voters: Vec<MemberId> = metrics
+        .membership_config
+        .membership()
+        .voter_ids()
+        .filter(|id| *id != node.id)
+        .collect();
+    let matched = |id: &MemberId| {
+        metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(id).cloned().flatten())
+            .map(|log_id| log_id.index)
+    };
+    let Some(target) = voters.iter().copied().max_by_key(|id| matched(id)) else {
+        return false;
+    };
+    tracing::info!(to = %format!("{target:x}"), "leader stopping: handing leadership over");
+    match tokio::time::timeout(budget, move_leader(node, target)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::warn!("leadership hand-off before stop failed: {err}");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                "leadership hand-off before stop did not finish within {} ms",
+                budget.as_millis()
+            );
+            false
+        }
     }
 }

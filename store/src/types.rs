@@ -58,6 +58,17 @@ pub enum Command {
     /// An etcd `LeaseRevokeRequest`, protobuf-encoded: from a client, or from the leader
     /// when the lease expired.
     LeaseRevoke(Vec<u8>),
+    /// A change of users, roles or the auth switch, or a token assignment (see
+    /// [`crate::auth`]); passwords travel only as bcrypt hashes.
+    Auth(crate::auth::AuthOp),
+    /// A client request whose permissions were checked, by the member that received it,
+    /// at auth revision `auth_revision`: the postcard encoding of a single non-`Guarded`
+    /// command. It applies only if the auth state has not changed since (else
+    /// `AuthOldRevision`, and the member checks again).
+    Guarded {
+        auth_revision: u64,
+        command: Vec<u8>,
+    },
 }
 
 impl Command {
@@ -72,6 +83,8 @@ impl Command {
             Command::PublishMember { attrs, .. } => {
                 64 + attrs.name.len() + attrs.client_urls.iter().map(String::len).sum::<usize>()
             }
+            Command::Auth(op) => op.encoded_len(),
+            Command::Guarded { command, .. } => command.len() + 16,
         }
     }
 }
@@ -123,6 +136,16 @@ impl Serialize for Command {
             }
             Command::LeaseRevoke(b) => {
                 s.serialize_newtype_variant(NAME, 8, "LeaseRevoke", &bytes::Bytes(b))
+            }
+            Command::Auth(op) => s.serialize_newtype_variant(NAME, 9, "Auth", op),
+            Command::Guarded {
+                auth_revision,
+                command,
+            } => {
+                let mut v = s.serialize_struct_variant(NAME, 10, "Guarded", 2)?;
+                v.serialize_field("auth_revision", auth_revision)?;
+                v.serialize_field("command", &bytes::Bytes(command))?;
+                v.end()
             }
         }
     }
@@ -205,6 +228,12 @@ mod wire {
         Alarm(#[serde(with = "super::bytes")] Vec<u8>),
         LeaseGrant(#[serde(with = "super::bytes")] Vec<u8>),
         LeaseRevoke(#[serde(with = "super::bytes")] Vec<u8>),
+        Auth(crate::auth::AuthOp),
+        Guarded {
+            auth_revision: u64,
+            #[serde(with = "super::bytes")]
+            command: Vec<u8>,
+        },
     }
 
     impl TryFrom<CommandWire> for Command {
@@ -221,6 +250,14 @@ mod wire {
                 CommandWire::Alarm(b) => Command::Alarm(b),
                 CommandWire::LeaseGrant(b) => Command::LeaseGrant(b),
                 CommandWire::LeaseRevoke(b) => Command::LeaseRevoke(b),
+                CommandWire::Auth(op) => Command::Auth(op),
+                CommandWire::Guarded {
+                    auth_revision,
+                    command,
+                } => Command::Guarded {
+                    auth_revision,
+                    command,
+                },
             })
         }
     }
@@ -231,11 +268,20 @@ mod wire {
         DeleteRange(#[serde(with = "super::bytes")] Vec<u8>),
         Txn(#[serde(with = "super::bytes")] Vec<u8>),
         Compact(#[serde(with = "super::bytes")] Vec<u8>),
-        PublishMember { id: MemberId, attrs: MemberAttrs },
+        PublishMember {
+            id: MemberId,
+            attrs: MemberAttrs,
+        },
         Batch(Vec<Command>),
         Alarm(#[serde(with = "super::bytes")] Vec<u8>),
         LeaseGrant(#[serde(with = "super::bytes")] Vec<u8>),
         LeaseRevoke(#[serde(with = "super::bytes")] Vec<u8>),
+        Auth(crate::auth::AuthOp),
+        Guarded {
+            auth_revision: u64,
+            #[serde(with = "super::bytes")]
+            command: Vec<u8>,
+        },
     }
 
     impl From<ProposalWire> for Proposal {
@@ -250,6 +296,14 @@ mod wire {
                 ProposalWire::Alarm(b) => Command::Alarm(b),
                 ProposalWire::LeaseGrant(b) => Command::LeaseGrant(b),
                 ProposalWire::LeaseRevoke(b) => Command::LeaseRevoke(b),
+                ProposalWire::Auth(op) => Command::Auth(op),
+                ProposalWire::Guarded {
+                    auth_revision,
+                    command,
+                } => Command::Guarded {
+                    auth_revision,
+                    command,
+                },
             })
         }
     }

@@ -104,6 +104,7 @@ impl Watch for EtcdApi {
             compacted_ids: BTreeSet::new(),
             next_auto_id: 0,
             synced: 0,
+            caller: crate::auth_grpc::caller(&request),
         };
         let node = self.node.clone();
         let stopped = stream.tx.clone();
@@ -162,6 +163,8 @@ struct WatchStream {
     next_auto_id: i64,
     /// Every watcher has been sent every event up to this revision.
     synced: Revision,
+    /// Who opened the stream (auth on), for the read check of each watch.
+    caller: Option<crate::auth_grpc::Caller>,
 }
 
 /// The stream ended (client gone or the stream was cancelled).
@@ -311,6 +314,12 @@ impl WatchStream {
         // `"\0"` aside) is refused, as is a taken ID; both answer with watch ID -1.
         if !create.range_end.is_empty() && create.range_end != [0] && key >= create.range_end {
             let response = refuse(self, -1, CANCEL_EMPTY_RANGE);
+            return self.send(response).await;
+        }
+        if let Err(err) =
+            crate::auth_grpc::check_watch(&self.node, self.caller.as_ref(), &key, &create.range_end)
+        {
+            let response = refuse(self, -1, &err.to_string());
             return self.send(response).await;
         }
         let taken = |this: &Self, id: i64| {

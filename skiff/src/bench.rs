@@ -1,0 +1,289 @@
+//! `skiff bench`: etcd's benchmark tool's flags mapped onto `skiff_bench::BenchConfig`
+//! (or `compare::CompareConfig`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::cli::{EXIT_USAGE, parse_duration};
+
+/// `skiff bench` flags, with the names of etcd's benchmark tool; mapped onto
+/// `skiff_bench::BenchConfig` (or `compare::CompareConfig`).
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+    /// Client endpoints, comma-separated (host:port or http://host:port).
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    endpoints: Vec<String>,
+    /// Concurrent clients (each sends one request at a time).
+    #[arg(long, global = true, default_value_t = 1)]
+    clients: usize,
+    /// gRPC connections shared by the clients (connection i goes to endpoint i mod N).
+    #[arg(long, global = true, default_value_t = 1)]
+    conns: usize,
+    /// Requests to send (default 10000 unless --duration is given).
+    #[arg(long, global = true)]
+    total: Option<u64>,
+    /// Run for this long, e.g. `10s` (compare: per case; default 10s).
+    #[arg(long, global = true, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Key size in bytes [default: 8].
+    #[arg(long, global = true)]
+    key_size: Option<usize>,
+    /// Value size in bytes [default: 8; compare: 256].
+    #[arg(long, global = true)]
+    val_size: Option<usize>,
+    /// Number of distinct keys written.
+    #[arg(long, global = true, default_value_t = 1)]
+    key_space_size: u64,
+    /// Write keys in sequence instead of at random.
+    #[arg(long, global = true)]
+    sequential_keys: bool,
+    /// Requests per second over all clients (0 = no limit).
+    #[arg(long, global = true, default_value_t = 0.0)]
+    rate: f64,
+    /// Print one JSON object as the last line of output.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+// Parsed once at startup: the size of the flag struct does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Put keys of the key space.
+    Put,
+    /// Range KEY (or [KEY, END)) repeatedly.
+    Range {
+        key: String,
+        end: Option<String>,
+        /// l (linearizable) or s (serializable).
+        #[arg(long, default_value = "l")]
+        consistency: skiff_bench::Consistency,
+        /// Maximum keys per range (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        /// Only count the keys.
+        #[arg(long)]
+        count_only: bool,
+    },
+    /// Txns whose success branch puts --txn-ops keys.
+    TxnPut {
+        #[arg(long, default_value_t = 1)]
+        txn_ops: usize,
+    },
+    /// N watchers on the key space while the clients put: events/s and delivery latency.
+    Watch {
+        #[arg(long, default_value_t = 10)]
+        watchers: usize,
+        /// Watch streams the watchers are spread over.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+    },
+    /// Lease keepalive round trips (one lease and one keepalive stream per client).
+    LeaseKeepalive,
+    /// Start 3 skiff and 3 etcd members on loopback, run the same matrix against both, and
+    /// write a Markdown table, a PNG chart and the raw JSON (see README "Benchmarks").
+    Compare {
+        /// Repeats of the whole matrix.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Keys preloaded into each cluster (also the put key space).
+        #[arg(long, default_value_t = 100_000)]
+        preload: u64,
+        /// Client counts of the put cases.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        put_clients: Vec<usize>,
+        /// Client counts of the linearizable and serializable range cases.
+        #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+        range_clients: Vec<usize>,
+        /// Output directory.
+        #[arg(long, default_value = "docs/benchmarks")]
+        out: PathBuf,
+        /// File stem of the outputs (<out>/<name>.md, .png, .json).
+        #[arg(long, default_value = "compare")]
+        name: String,
+        /// A note for the report header, e.g. "smoke run on a busy machine".
+        #[arg(long)]
+        label: Option<String>,
+        /// The etcd binary.
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd_bin: PathBuf,
+        /// Parent directory of both clusters' data dirs (default: the temp dir).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Keep data dirs and member logs.
+        #[arg(long)]
+        keep_data: bool,
+        /// Before each run, wait until other processes use fewer than this many cores.
+        #[arg(long)]
+        idle_gate: Option<f64>,
+        /// TrueType font for the chart (default: DejaVu Sans).
+        #[arg(long)]
+        font: Option<PathBuf>,
+        /// Extra flag for every skiff member (repeat for more).
+        #[arg(long, allow_hyphen_values = true)]
+        skiff_arg: Vec<String>,
+        /// Extra flag for every etcd member (repeat for more).
+        #[arg(long, allow_hyphen_values = true)]
+        etcd_arg: Vec<String>,
+    },
+    /// Kill the leader of a 3-member skiff cluster, then of a 3-member etcd cluster, N
+    /// times each, and report how long writes stopped (p50/p99, ratio, chart).
+    Failover {
+        /// Leader kills per system.
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// Output directory.
+        #[arg(long, default_value = "docs/benchmarks")]
+        out: PathBuf,
+        /// File stem of the outputs (<out>/<name>.md, .png, .json).
+        #[arg(long, default_value = "failover")]
+        name: String,
+        /// The etcd binary.
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd_bin: PathBuf,
+        /// Parent directory of the data dirs (default: the temp dir).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+}
+
+impl BenchArgs {
+    pub(crate) fn run(self) -> ExitCode {
+        use skiff_bench::{BenchConfig, Error, Workload, compare::CompareConfig};
+        let workload = match self.command {
+            BenchCommand::Put => Workload::Put,
+            BenchCommand::Range {
+                key,
+                end,
+                consistency,
+                limit,
+                count_only,
+            } => Workload::Range {
+                key: key.into_bytes(),
+                end: end.map(String::into_bytes),
+                consistency,
+                limit,
+                count_only,
+            },
+            BenchCommand::TxnPut { txn_ops } => Workload::TxnPut { txn_ops },
+            BenchCommand::Watch { watchers, streams } => Workload::Watch { watchers, streams },
+            BenchCommand::LeaseKeepalive => Workload::LeaseKeepalive,
+            BenchCommand::Failover {
+                kills,
+                out,
+                name,
+                etcd_bin,
+                work_dir,
+            } => {
+                let config = skiff_bench::failover::FailoverConfig {
+                    skiff_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")),
+                    etcd_bin,
+                    kills,
+                    out_dir: out,
+                    name,
+                    work_dir,
+                    command_line: skiff_bench::compare::current_command_line(),
+                };
+                return match skiff_bench::failover::run_blocking(config) {
+                    Ok(report) => {
+                        println!("{}", report.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(Error::Config(msg)) => {
+                        eprintln!("skiff: {msg}");
+                        ExitCode::from(EXIT_USAGE)
+                    }
+                    Err(err) => {
+                        eprintln!("skiff: {err}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            BenchCommand::Compare {
+                repeats,
+                preload,
+                put_clients,
+                range_clients,
+                out,
+                name,
+                label,
+                etcd_bin,
+                work_dir,
+                keep_data,
+                idle_gate,
+                font,
+                skiff_arg,
+                etcd_arg,
+            } => {
+                let defaults = CompareConfig::default();
+                let config = CompareConfig {
+                    skiff_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")),
+                    etcd_bin,
+                    repeats,
+                    duration: self.duration.unwrap_or(defaults.duration),
+                    preload,
+                    put_clients,
+                    range_clients,
+                    key_size: self.key_size.unwrap_or(defaults.key_size),
+                    val_size: self.val_size.unwrap_or(defaults.val_size),
+                    out_dir: out,
+                    name,
+                    label,
+                    work_dir,
+                    keep_data,
+                    idle_gate,
+                    font,
+                    skiff_args: skiff_arg,
+                    etcd_args: etcd_arg,
+                    command_line: None,
+                };
+                return match skiff_bench::compare::run_blocking(config) {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(Error::Config(msg)) => {
+                        eprintln!("skiff: {msg}");
+                        ExitCode::from(EXIT_USAGE)
+                    }
+                    Err(err) => {
+                        eprintln!("skiff: {err}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+        };
+        let config = BenchConfig {
+            endpoints: self.endpoints,
+            clients: self.clients,
+            conns: self.conns,
+            total: self.total,
+            duration: self.duration,
+            key_size: self.key_size.unwrap_or(8),
+            val_size: self.val_size.unwrap_or(8),
+            key_space_size: self.key_space_size,
+            sequential_keys: self.sequential_keys,
+            rate: (self.rate > 0.0).then_some(self.rate),
+            workload,
+            ..BenchConfig::default()
+        };
+        match skiff_bench::run_and_print(config, self.json) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(Error::Config(msg)) => {
+                eprintln!("skiff: {msg}");
+                ExitCode::from(EXIT_USAGE)
+            }
+            Err(err) => {
+                eprintln!("skiff: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
