@@ -14,6 +14,8 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The API server tests drive the machine's kubectl; Debian's (older) one is the fallback.
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+# As root, skiff/tests/pre_vote.rs cuts a member off with an iptables rule on loopback.
+if [[ $(id -u) -eq 0 ]] && ! command -v iptables >/dev/null 2>&1; then need+=(iptables); fi
 if ((${#need[@]})); then
   sudo=""
   [[ $(id -u) -ne 0 ]] && sudo=sudo
