@@ -1,18 +1,134 @@
-//! Authentication beyond bearer tokens (client certificates from `--client-ca-file`, anonymous
-//! requests) and the authorization hook (`--authorization-mode`).
+//! Who a request is and what it may do, without HTTP routing: the [`User`], bearer tokens
+//! (`--token-auth-file`), client certificates (`--client-ca-file`), anonymous requests, the
+//! [`Authenticator`] that tries them in order, and the authorization hook
+//! (`--authorization-mode`). The filters in `crate::filters::{authn, authz}` apply them.
 //!
 //! As in kube-apiserver, a verified client certificate names the user by its subject CommonName
 //! and the groups by its Organization entries; the TLS layer verifies the chain against
 //! `--client-ca-file` and a certificate is optional (a client without one may still present a
 //! bearer token).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::http::Method;
+use axum::extract::Request;
+use axum::http::header;
+
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::server::User;
+use crate::request_info::RequestInfo;
+
+/// An authenticated user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+/// Bearer tokens → users (`--token-auth-file`).
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(HashMap<String, User>);
+
+impl Tokens {
+    /// Parses kube-apiserver's token file: `token,user,uid[,"group1,group2"]` per line.
+    pub fn parse(text: &str) -> Result<Tokens, String> {
+        let mut tokens = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields = split_csv(line);
+            if fields.len() < 3 || fields[0].is_empty() || fields[1].is_empty() {
+                return Err(format!(
+                    "token file line {}: want token,user,uid[,groups]",
+                    i + 1
+                ));
+            }
+            let groups = fields
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            tokens.insert(
+                fields[0].clone(),
+                User {
+                    name: fields[1].clone(),
+                    uid: fields[2].clone(),
+                    groups,
+                },
+            );
+        }
+        Ok(Tokens(tokens))
+    }
+
+    /// Adds (or replaces) one token.
+    pub fn insert(&mut self, token: String, user: User) {
+        self.0.insert(token, user);
+    }
+
+    pub fn authenticate(&self, token: &str) -> Option<&User> {
+        self.0.get(token)
+    }
+
+    /// A token for the admin kubeconfig: a `system:masters` member, else any.
+    pub fn admin_token(&self) -> Option<String> {
+        let mut all: Vec<(&String, &User)> = self.0.iter().collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all.iter()
+            .find(|(_, u)| u.groups.iter().any(|g| g == "system:masters"))
+            .or(all.first())
+            .map(|(t, _)| (*t).clone())
+    }
+}
+
+/// Splits one CSV line with double-quoted fields.
+fn split_csv(line: &str) -> Vec<String> {
+    let (mut fields, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    fields.into_iter().map(|f| f.trim().to_string()).collect()
+}
+
+/// Who a request is (kube-apiserver's union authenticator in its order): a verified client
+/// certificate, else a known bearer token, else anonymous when allowed; None = 401.
+#[derive(Debug, Clone, Default)]
+pub struct Authenticator {
+    pub tokens: Tokens,
+    /// `--anonymous-auth`.
+    pub anonymous: bool,
+}
+
+impl Authenticator {
+    pub fn authenticate(&self, req: &Request) -> Option<User> {
+        if let Some(PeerIdentity(Some(user))) = req.extensions().get() {
+            return Some(user.clone());
+        }
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match token {
+            Some(token) => self.tokens.authenticate(token).cloned(),
+            None if self.anonymous => Some(anonymous_user()),
+            None => None,
+        }
+    }
+}
 
 /// The user a verified client certificate names, attached to every request of its connection.
 #[derive(Debug, Clone, Default)]
@@ -76,15 +192,12 @@ pub fn client_verifier(
         .map_err(|e| format!("--client-ca-file: {e}"))
 }
 
-/// What a request asks to do, for the authorizer (kube-apiserver's request attributes, as far
-/// as this server resolves them from the URL).
+/// What a request asks to do, for the authorizer (kube-apiserver's `authorizer.Attributes`):
+/// who asks, and the request's [`RequestInfo`] (verb, resource, namespace, name or path).
 #[derive(Debug, Clone)]
 pub struct Attributes<'a> {
     pub user: &'a User,
-    /// get, list, watch, create, update, patch, delete, deletecollection; for non-resource
-    /// URLs the lower-cased HTTP method.
-    pub verb: String,
-    pub path: &'a str,
+    pub request: &'a RequestInfo,
 }
 
 /// The authorization decision.
@@ -128,80 +241,20 @@ pub fn authorizer(mode: &str) -> Result<Arc<dyn Authorizer>, String> {
     }
 }
 
-/// The Kubernetes verb of a request: resource requests (`/api/...`, `/apis/...`) map the HTTP
-/// method and whether the URL names one object; others use the method.
-pub fn verb(method: &Method, path: &str, query: Option<&str>) -> String {
-    let watch = crate::selector::raw_query_flag(query, "watch");
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    // /api/v1/... or /apis/g/v/... → the part after the version.
-    let rest: &[&str] = match segments.as_slice() {
-        ["api", _, rest @ ..] => rest,
-        ["apis", _, _, rest @ ..] => rest,
-        _ => return method.as_str().to_ascii_lowercase(),
-    };
-    if rest.first() == Some(&"watch") {
-        return "watch".into();
-    }
-    // namespaces/NS/RESOURCE[/NAME[/SUB]] or RESOURCE[/NAME[/SUB]].
-    let named = match rest {
-        ["namespaces", _, _resource, _name, ..] => true,
-        ["namespaces", _, _resource] => false,
-        [_resource, _name, ..] => true,
-        _ => false,
-    };
-    match *method {
-        Method::GET | Method::HEAD if watch => "watch",
-        Method::GET | Method::HEAD if named => "get",
-        Method::GET | Method::HEAD => "list",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE if named => "delete",
-        Method::DELETE => "deletecollection",
-        _ => return method.as_str().to_ascii_lowercase(),
-    }
-    .into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn verbs_follow_kube_apiserver() {
-        let v = |m: Method, p: &str, q: Option<&str>| verb(&m, p, q);
-        assert_eq!(v(Method::GET, "/api/v1/namespaces", None), "list");
-        assert_eq!(v(Method::GET, "/api/v1/namespaces/demo", None), "get");
-        assert_eq!(
-            v(Method::GET, "/api/v1/namespaces/demo/configmaps", None),
-            "list"
-        );
-        assert_eq!(
-            v(
-                Method::GET,
-                "/api/v1/namespaces/demo/configmaps",
-                Some("watch=true")
-            ),
-            "watch"
-        );
-        assert_eq!(
-            v(
-                Method::GET,
-                "/apis/apps/v1/namespaces/d/deployments/x",
-                None
-            ),
-            "get"
-        );
-        assert_eq!(v(Method::POST, "/api/v1/namespaces", None), "create");
-        assert_eq!(
-            v(Method::DELETE, "/api/v1/namespaces/d/configmaps", None),
-            "deletecollection"
-        );
-        assert_eq!(
-            v(Method::DELETE, "/api/v1/namespaces/d/configmaps/c", None),
-            "delete"
-        );
-        assert_eq!(v(Method::GET, "/version", None), "get");
+    fn token_file_parses_quoted_groups() {
+        let tokens =
+            Tokens::parse("# comment\nabc,alice,1,\"system:masters,dev\"\nxyz,bob,2\n").unwrap();
+        let alice = tokens.authenticate("abc").unwrap();
+        assert_eq!(alice.groups, vec!["system:masters", "dev"]);
+        assert!(tokens.authenticate("xyz").unwrap().groups.is_empty());
+        assert!(tokens.authenticate("nope").is_none());
+        assert_eq!(tokens.admin_token().as_deref(), Some("abc"));
+        assert!(Tokens::parse("onlytoken\n").is_err());
     }
 
     #[test]
@@ -222,8 +275,7 @@ mod tests {
         assert_eq!(
             authorizer("AlwaysAllow").unwrap().authorize(&Attributes {
                 user: &user,
-                verb: "get".into(),
-                path: "/api"
+                request: &RequestInfo::new(&axum::http::Method::GET, "/api", None),
             }),
             Decision::Allow
         );

@@ -1,38 +1,37 @@
 //! Kubernetes-compatible API server keeping objects in the store through the etcd v3 API only
-//! (so it runs on skiff's store and on real etcd).
+//! (so it runs on skiff's store and on real etcd). kube-apiserver's shape, top to bottom (the
+//! order imports go; [`layers`] tests it):
 //!
-//! - [`storage`]: the [`storage::Storage`] trait and its etcd v3 gRPC implementation.
-//! - [`etcd`]: the etcd client under it: balancing, failover, resumed watches, mTLS.
-//! - [`rest`]: the REST verbs (get, list, watch, create, update, patch, delete).
-//! - [`resources`]: the served kinds (k8s-openapi types), validation, defaults, Tables.
-//! - [`defaults`]: kube-apiserver's defaulting (`SetDefaults_*`) and each kind's new `status`.
-//! - [`discovery`]: `/version`, `/api`, `/apis` (aggregated and legacy), `/openapi/v3`.
-//! - [`health`]: `/healthz`, `/livez`, `/readyz` with kube-apiserver's per-check output.
-//! - [`server`]: TLS, authentication, the admin kubeconfig, [`run`].
-//! - [`auth`]: client certificates, anonymous users, the authorization hook.
-//! - [`grpc`]: the gRPC automation API (`skiff.api.v1.Resources`) over the same router.
-//! - [`metrics`]: `/metrics` (request counts and latencies by verb and resource).
-//! - [`encryption`]: encryption at rest (`--encryption-provider-config`).
-//! - [`audit`]: the audit log (`--audit-log-path`, `--audit-policy-file`).
+//! - [`server`]: configuration, TLS, the admin kubeconfig, the router with its filters, [`run`].
+//! - [`filters`]: the chain every request passes — [`request_info`] first, then metrics, audit,
+//!   status errors, authentication, authorization, in-flight limits, YAML bodies.
+//! - [`endpoints`]: the handlers: resource requests to the registry, discovery, OpenAPI,
+//!   health, and the gRPC API over the same router.
+//! - [`registry`]: the REST verbs written once (get, list, watch, create, update, patch,
+//!   delete, deletecollection, server-side apply, scale, binding) and each kind's
+//!   [`registry::strategy::Strategy`] (defaults, validation, subresources, Table, field
+//!   labels, lifecycle).
+//! - [`storage`]: the [`storage::Storage`] trait over etcd v3, its client (balancing, failover,
+//!   resumed watches, mTLS) and encryption at rest.
+//! - Foundation: [`request_info`] (what a request asks for, computed once), [`status`] (every
+//!   error a `Status`, typed [`status::Reason`]), [`selector`], [`protobuf`], [`limits`],
+//!   [`ids`], [`auth`] (users, tokens, the authorizer), [`audit`] (policy and log), [`metrics`].
 
 pub mod audit;
 pub mod auth;
-pub mod defaults;
-pub mod discovery;
-pub mod encryption;
-pub mod errors;
-pub mod etcd;
-pub mod grpc;
-pub mod health;
+pub mod endpoints;
+pub mod filters;
+pub mod ids;
+#[cfg(test)]
+mod layers;
+pub mod limits;
 pub mod metrics;
-pub mod patch;
 pub mod protobuf;
-pub mod resources;
-pub mod rest;
+pub mod registry;
+pub mod request_info;
 pub mod selector;
 pub mod server;
 pub mod status;
 pub mod storage;
-pub mod yaml;
 
 pub use server::{ApiServerConfig, Error, run};

@@ -1,6 +1,6 @@
 //! `/metrics` in the Prometheus text format: kube-apiserver's `apiserver_request_total` (by verb,
 //! group, version, resource, subresource, code) and `apiserver_request_duration_seconds` (a
-//! histogram by verb, group, version, resource, subresource), fed by a middleware, and
+//! histogram by verb, group, version, resource, subresource), fed by `crate::filters::metrics`, and
 //! `apiserver_current_inflight_requests` (fed by the in-flight limiter), and the audit log's
 //! `apiserver_audit_event_total`/`apiserver_audit_error_total`.
 
@@ -8,11 +8,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::http::{Method, header};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 /// kube-apiserver's request latency buckets, in seconds.
@@ -244,75 +242,6 @@ fn label_text(l: &RequestLabels) -> String {
     )
 }
 
-/// The labels of a request: the resource from the URL, the verb from the method, whether a
-/// name is given, `watch=` and the patch content type (server-side apply is `APPLY`).
-pub fn classify(
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
-    content_type: &str,
-) -> RequestLabels {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let (group, version, rest): (&str, &str, &[&str]) = match segments.as_slice() {
-        ["api", v, rest @ ..] => ("", v, rest),
-        ["apis", g, v, rest @ ..] => (g, v, rest),
-        _ => ("", "", &[]),
-    };
-    let (resource, name, sub) = match rest {
-        [] => ("", None, ""),
-        ["namespaces", ns] => ("namespaces", Some(*ns), ""),
-        ["namespaces", ns, res] if *res == "status" || *res == "finalize" => {
-            ("namespaces", Some(*ns), *res)
-        }
-        ["namespaces", _, res] => (*res, None, ""),
-        ["namespaces", _, res, name, sub @ ..] => {
-            (*res, Some(*name), sub.first().copied().unwrap_or(""))
-        }
-        [res] => (*res, None, ""),
-        [res, name, sub @ ..] => (*res, Some(*name), sub.first().copied().unwrap_or("")),
-    };
-    let watching = crate::selector::raw_query_flag(query, "watch");
-    let verb = match (method.as_str(), name.is_some()) {
-        ("GET", _) if watching => "WATCH",
-        ("GET", false) if !resource.is_empty() => "LIST",
-        ("DELETE", false) if !resource.is_empty() => "DELETECOLLECTION",
-        ("PATCH", _) if content_type.starts_with("application/apply-patch") => "APPLY",
-        (m, _) => m,
-    };
-    RequestLabels {
-        verb: verb.to_string(),
-        group: group.to_string(),
-        version: version.to_string(),
-        resource: resource.to_string(),
-        subresource: sub.to_string(),
-    }
-}
-
-/// Middleware: counts every request and observes how long it took until the response head
-/// (for a watch: until the stream started).
-pub async fn observe(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let labels = classify(
-        req.method(),
-        req.uri().path(),
-        req.uri().query(),
-        &content_type,
-    );
-    let start = Instant::now();
-    let response = next.run(req).await;
-    metrics.record(
-        labels,
-        response.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
-    response
-}
-
 /// `GET /metrics`.
 pub async fn serve(State(metrics): State<Metrics>) -> Response {
     (
@@ -329,62 +258,22 @@ pub async fn serve(State(metrics): State<Metrics>) -> Response {
 mod tests {
     use super::*;
 
-    fn verb(method: Method, path: &str, query: Option<&str>, ct: &str) -> (String, String, String) {
-        let l = classify(&method, path, query, ct);
-        (l.verb, l.resource, l.subresource)
-    }
-
-    #[test]
-    fn requests_are_classified_like_kube_apiserver() {
-        let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
-        assert_eq!(
-            verb(Method::GET, "/api/v1/namespaces/d/configmaps", None, ""),
-            s("LIST", "configmaps", "")
-        );
-        assert_eq!(
-            verb(Method::GET, "/api/v1/configmaps", Some("watch=true"), ""),
-            s("WATCH", "configmaps", "")
-        );
-        assert_eq!(
-            verb(
-                Method::GET,
-                "/apis/apps/v1/namespaces/d/deployments/w/scale",
-                None,
-                ""
-            ),
-            s("GET", "deployments", "scale")
-        );
-        assert_eq!(
-            verb(
-                Method::PATCH,
-                "/api/v1/namespaces/d/configmaps/c",
-                None,
-                "application/apply-patch+yaml"
-            ),
-            s("APPLY", "configmaps", "")
-        );
-        assert_eq!(
-            verb(Method::DELETE, "/api/v1/namespaces/d/configmaps", None, ""),
-            s("DELETECOLLECTION", "configmaps", "")
-        );
-        assert_eq!(
-            verb(Method::GET, "/api/v1/namespaces/d", None, ""),
-            s("GET", "namespaces", "")
-        );
-        assert_eq!(verb(Method::GET, "/version", None, ""), s("GET", "", ""));
+    fn labels(verb: &str, resource: &str, subresource: &str) -> RequestLabels {
+        RequestLabels {
+            verb: verb.into(),
+            group: String::new(),
+            version: "v1".into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+        }
     }
 
     #[test]
     fn unknown_resources_and_methods_do_not_add_label_sets() {
         let m = Metrics::new([("".into(), "v1".into(), "pods".into())]);
-        let widgets = classify(&Method::GET, "/api/v1/namespaces/d/widgets", None, "");
+        let widgets = labels("LIST", "widgets", "");
         m.record(widgets, 404, 0.001);
-        let odd = classify(
-            &Method::from_bytes(b"BREW").unwrap(),
-            "/api/v1/namespaces/d/pods/p/nope",
-            None,
-            "",
-        );
+        let odd = labels("BREW", "pods", "nope");
         m.record(odd, 405, 0.001);
         let text = m.render();
         assert!(
@@ -398,7 +287,7 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = Metrics::new([("".into(), "v1".into(), "pods".into())]);
-        let l = classify(&Method::GET, "/api/v1/namespaces/d/pods", None, "");
+        let l = labels("LIST", "pods", "");
         m.record(l.clone(), 200, 0.01);
         m.record(l, 200, 0.3);
         let text = m.render();

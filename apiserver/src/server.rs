@@ -1,20 +1,15 @@
-//! The HTTPS server: configuration, serving certificate (given or generated), bearer-token
-//! authentication, the admin kubeconfig, the router, and [`run`].
+//! The HTTPS server: configuration, serving certificate (given or generated), the admin
+//! kubeconfig, the router (the endpoints wrapped in the filter chain), and [`run`].
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Request, State};
-use axum::http::{HeaderMap, Method, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
-use axum::{Json, Router};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
 use base64::Engine as _;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use rustls_pki_types::pem::PemObject;
@@ -22,11 +17,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::discovery;
-use crate::etcd::{EtcdClient, EtcdConfig};
-use crate::resources;
-use crate::rest::{self, Registry};
-use crate::status::ApiError;
+use crate::auth::{Authenticator, Tokens, User};
+use crate::endpoints;
+use crate::filters;
+use crate::filters::inflight::InFlight;
+use crate::registry::{Registry, resources};
+use crate::storage::etcd::{EtcdClient, EtcdConfig};
 use crate::storage::{EtcdStorage, Storage};
 
 /// Configuration of `skiff apiserver`; field names follow kube-apiserver's flags.
@@ -73,7 +69,7 @@ pub struct ApiServerConfig {
     /// `--max-mutating-requests-inflight`: the same for create, update, patch and delete.
     pub max_mutating_requests_inflight: usize,
     /// `--encryption-provider-config`: an `EncryptionConfiguration` file; the resources it
-    /// names are encrypted in the store (see [`crate::encryption`]).
+    /// names are encrypted in the store (see [`crate::storage::encryption`]).
     pub encryption_provider_config: Option<PathBuf>,
     /// `--audit-log-path`: the audit log (a file, or `-` for stdout); None = no audit log.
     pub audit_log_path: Option<PathBuf>,
@@ -216,91 +212,12 @@ impl ApiServerConfig {
     }
 }
 
-/// An authenticated user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub uid: String,
-    pub groups: Vec<String>,
-}
-
-/// Bearer tokens → users (`--token-auth-file`).
-#[derive(Debug, Clone, Default)]
-pub struct Tokens(HashMap<String, User>);
-
-impl Tokens {
-    /// Parses kube-apiserver's token file: `token,user,uid[,"group1,group2"]` per line.
-    pub fn parse(text: &str) -> Result<Tokens, String> {
-        let mut tokens = HashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let fields = split_csv(line);
-            if fields.len() < 3 || fields[0].is_empty() || fields[1].is_empty() {
-                return Err(format!(
-                    "token file line {}: want token,user,uid[,groups]",
-                    i + 1
-                ));
-            }
-            let groups = fields
-                .get(3)
-                .map(|g| {
-                    g.split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default();
-            tokens.insert(
-                fields[0].clone(),
-                User {
-                    name: fields[1].clone(),
-                    uid: fields[2].clone(),
-                    groups,
-                },
-            );
-        }
-        Ok(Tokens(tokens))
-    }
-
-    pub fn authenticate(&self, token: &str) -> Option<&User> {
-        self.0.get(token)
-    }
-
-    /// A token for the admin kubeconfig: a `system:masters` member, else any.
-    fn admin_token(&self) -> Option<String> {
-        let mut all: Vec<(&String, &User)> = self.0.iter().collect();
-        all.sort_by(|a, b| a.0.cmp(b.0));
-        all.iter()
-            .find(|(_, u)| u.groups.iter().any(|g| g == "system:masters"))
-            .or(all.first())
-            .map(|(t, _)| (*t).clone())
-    }
-}
-
-/// Splits one CSV line with double-quoted fields.
-fn split_csv(line: &str) -> Vec<String> {
-    let (mut fields, mut cur, mut quoted) = (Vec::new(), String::new(), false);
-    for c in line.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    fields.push(cur);
-    fields.into_iter().map(|f| f.trim().to_string()).collect()
-}
-
 struct AppState {
     registry: Arc<Registry>,
     /// For the health checks' `etcd` check.
     etcd: EtcdClient,
     metrics: crate::metrics::Metrics,
-    tokens: Tokens,
-    anonymous: bool,
+    authenticator: Arc<Authenticator>,
     authorizer: Arc<dyn crate::auth::Authorizer>,
     /// `--audit-log-path`.
     audit: Option<Arc<crate::audit::Auditor>>,
@@ -308,294 +225,48 @@ struct AppState {
 
 type Shared = Arc<AppState>;
 
-/// The audit log (outside authentication, so that refused requests are logged too), with the
-/// user authentication will find.
-async fn audit(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    let Some(auditor) = &state.audit else {
-        return next.run(req).await;
-    };
-    let user = authenticated_user(&state, &req);
-    crate::audit::observe(auditor, user, req, next).await
-}
-
-/// Authentication: a verified client certificate, else a known bearer token (a wrong one is
-/// 401), else anonymous when allowed; then the authorizer. Health endpoints are open.
-async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    if crate::health::is_health_path(path) {
-        return next.run(req).await;
-    }
-    let user = authenticated_user(&state, &req);
-    let Some(user) = user else {
-        return ApiError::unauthorized().into_response();
-    };
-    let attrs = crate::auth::Attributes {
-        user: &user,
-        verb: crate::auth::verb(req.method(), path, req.uri().query()),
-        path,
-    };
-    if let crate::auth::Decision::Deny(reason) = state.authorizer.authorize(&attrs) {
-        let mut message = format!(
-            "User \"{}\" cannot {} {}",
-            user.name, attrs.verb, attrs.path
-        );
-        if !reason.is_empty() {
-            message = format!("{message}: {reason}");
-        }
-        return ApiError::new(403, "Forbidden", message).into_response();
-    }
-    req.extensions_mut().insert(user);
-    next.run(req).await
-}
-
-/// The in-flight request limits (kube-apiserver's `WithMaxInFlightLimit`): one pool for reads,
-/// one for writes; None = unlimited.
-#[derive(Clone)]
-struct InFlight {
-    reads: Option<Arc<tokio::sync::Semaphore>>,
-    writes: Option<Arc<tokio::sync::Semaphore>>,
-    /// For `apiserver_current_inflight_requests`.
-    metrics: crate::metrics::Metrics,
-}
-
-impl InFlight {
-    fn new(config: &ApiServerConfig, metrics: crate::metrics::Metrics) -> InFlight {
-        let pool = |n: usize| (n > 0).then(|| Arc::new(tokio::sync::Semaphore::new(n)));
-        InFlight {
-            reads: pool(config.max_requests_inflight),
-            writes: pool(config.max_mutating_requests_inflight),
-            metrics,
-        }
-    }
-}
-
-/// Middleware (inside authentication): a request beyond its pool's limit is 429
-/// TooManyRequests with `Retry-After: 1`. Long-running requests (watches), health checks and
-/// `system:masters` members are not limited, as in kube-apiserver.
-async fn limit_inflight(State(limits): State<InFlight>, req: Request, next: Next) -> Response {
-    let watching = crate::selector::raw_query_flag(req.uri().query(), "watch");
-    let privileged = req
-        .extensions()
-        .get::<User>()
-        .is_none_or(|u| u.groups.iter().any(|g| g == "system:masters"));
-    let mutating = matches!(
-        *req.method(),
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    );
-    let pool = if mutating {
-        &limits.writes
-    } else {
-        &limits.reads
-    };
-    if watching {
-        return next.run(req).await;
-    }
-    let _counted = limits.metrics.in_flight(mutating);
-    let Some(pool) = pool.as_ref().filter(|_| !privileged) else {
-        return next.run(req).await;
-    };
-    let Ok(_permit) = pool.clone().try_acquire_owned() else {
-        // Read what the client is still sending (up to the body limit), so that the refusal is
-        // not lost in a connection reset.
-        let _ = axum::body::to_bytes(req.into_body(), rest::MAX_BODY_BYTES).await;
-        let mut err = ApiError::new(
-            429,
-            "TooManyRequests",
-            "Too many requests, please try again later.",
-        );
-        err.details = Some(serde_json::json!({"retryAfterSeconds": 1}));
-        let mut response = err.into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return response;
-    };
-    next.run(req).await
-}
-
-fn authenticated_user(state: &AppState, req: &Request) -> Option<User> {
-    if let Some(crate::auth::PeerIdentity(Some(user))) = req.extensions().get() {
-        return Some(user.clone());
-    }
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match token {
-        Some(token) => state.tokens.authenticate(token).cloned(),
-        None if state.anonymous => Some(crate::auth::anonymous_user()),
-        None => None,
-    }
-}
-
-async fn handle_api(
-    State(state): State<Shared>,
-    rest: Option<UrlPath<String>>,
-    method: Method,
-    crate::selector::QueryParams(query): crate::selector::QueryParams,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let rest = rest.map(|UrlPath(r)| r).unwrap_or_default();
-    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let resources = &state.registry.resources;
-    let result = match segments.as_slice() {
-        [] if wants_aggregated(&headers) => Ok(aggregated(resources, true)),
-        [] => Ok(Json(discovery::api_versions()).into_response()),
-        ["v1"] => discovery::api_resource_list(resources, "", "v1")
-            .map(|l| Json(l).into_response())
-            .ok_or_else(not_found),
-        ["v1", rest @ ..] => {
-            rest::dispatch(
-                state.registry.clone(),
-                "",
-                "v1",
-                rest,
-                &method,
-                &query,
-                &headers,
-                &body,
-            )
-            .await
-        }
-        _ => Err(not_found()),
-    };
-    result.unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn handle_apis(
-    State(state): State<Shared>,
-    rest: Option<UrlPath<String>>,
-    method: Method,
-    crate::selector::QueryParams(query): crate::selector::QueryParams,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let rest = rest.map(|UrlPath(r)| r).unwrap_or_default();
-    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let resources = &state.registry.resources;
-    let result = match segments.as_slice() {
-        [] if wants_aggregated(&headers) => Ok(aggregated(resources, false)),
-        [] => Ok(Json(discovery::api_group_list(resources)).into_response()),
-        [group] => discovery::api_group(resources, group)
-            .map(|g| Json(g).into_response())
-            .ok_or_else(not_found),
-        [group, version] => discovery::api_resource_list(resources, group, version)
-            .map(|l| Json(l).into_response())
-            .ok_or_else(not_found),
-        [group, version, rest @ ..] => {
-            rest::dispatch(
-                state.registry.clone(),
-                group,
-                version,
-                rest,
-                &method,
-                &query,
-                &headers,
-                &body,
-            )
-            .await
-        }
-    };
-    result.unwrap_or_else(IntoResponse::into_response)
-}
-
-fn wants_aggregated(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(discovery::wants_aggregated)
-}
-
-/// Aggregated discovery, with the exact content type client-go looks for.
-fn aggregated(resources: &[resources::ResourceInfo], core: bool) -> Response {
-    (
-        [(header::CONTENT_TYPE, discovery::AGGREGATED_DISCOVERY)],
-        Json(discovery::aggregated(resources, core)),
-    )
-        .into_response()
-}
-
-fn not_found() -> ApiError {
-    ApiError::path_not_found()
-}
-
-async fn openapi_v3(State(state): State<Shared>) -> Response {
-    Json(discovery::openapi_index(&state.registry.resources)).into_response()
-}
-
-async fn openapi_v3_doc(State(state): State<Shared>, UrlPath(path): UrlPath<String>) -> Response {
-    let segments: Vec<&str> = path.split('/').collect();
-    let (group, version) = match segments.as_slice() {
-        ["api", v] => ("", *v),
-        ["apis", g, v] => (*g, *v),
-        _ => return not_found().into_response(),
-    };
-    match discovery::openapi_group_version(&state.registry.resources, group, version) {
-        Some(doc) => ([(header::CACHE_CONTROL, "public, immutable")], Json(doc)).into_response(),
-        None => not_found().into_response(),
-    }
-}
-
-/// `/healthz`, `/livez`, `/readyz`: every check, listed with `?verbose` or on failure.
-async fn health_root(State(state): State<Shared>, uri: axum::http::Uri) -> Response {
-    let endpoint = uri.path().trim_start_matches('/');
-    crate::health::root(endpoint, uri.query(), &state.etcd).await
-}
-
-/// `/readyz/<check>` (and the same under `/livez`, `/healthz`): one check.
-async fn health_check(
-    State(state): State<Shared>,
-    uri: axum::http::Uri,
-    UrlPath(check): UrlPath<String>,
-) -> Response {
-    let endpoint = uri.path().trim_start_matches('/');
-    let endpoint = endpoint.split('/').next().unwrap_or_default();
-    crate::health::single(endpoint, &check, &state.etcd).await
-}
-
 fn router(state: Shared, limits: InFlight) -> Router {
-    Router::new()
-        .route("/version", get(|| async { Json(discovery::version()) }))
-        // kube-apiserver answers these with a trailing slash too (the Python client's
-        // `VersionApi` asks for `/version/`).
-        .route("/version/", get(|| async { Json(discovery::version()) }))
-        .route("/healthz", get(health_root))
-        .route("/healthz/{check}", get(health_check))
-        .route("/livez", get(health_root))
-        .route("/livez/{check}", get(health_check))
-        .route("/readyz", get(health_root))
-        .route("/readyz/{check}", get(health_check))
-        .route("/api", any(handle_api))
-        .route("/api/", any(handle_api))
-        .route("/api/{*rest}", any(handle_api))
-        .route("/apis", any(handle_apis))
-        .route("/apis/", any(handle_apis))
-        .route("/apis/{*rest}", any(handle_apis))
-        .route("/openapi/v3", get(openapi_v3))
-        .route("/openapi/v3/{*path}", get(openapi_v3_doc))
+    let handlers = Arc::new(endpoints::Handlers {
+        registry: state.registry.clone(),
+        etcd: state.etcd.clone(),
+    });
+    endpoints::routes(handlers)
         .route(
             "/metrics",
             get(crate::metrics::serve).with_state(state.metrics.clone()),
         )
-        .fallback(|| async { not_found().into_response() })
-        // YAML bodies become JSON after authentication (layers run outermost first).
-        .layer(axum::middleware::from_fn(crate::yaml::yaml_bodies))
-        .layer(axum::middleware::from_fn_with_state(limits, limit_inflight))
+        // Layers run outermost first: the last added is the first filter (see `filters`).
+        .layer(axum::middleware::from_fn(filters::yaml::yaml_bodies))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
+            limits,
+            filters::inflight::limit_inflight,
         ))
-        .layer(DefaultBodyLimit::max(rest::MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(crate::errors::status_errors))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), audit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.authorizer.clone(),
+            filters::authz::authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.authenticator.clone(),
+            filters::authn::authenticate,
+        ))
+        .layer(DefaultBodyLimit::max(crate::limits::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(
+            filters::status_errors::status_errors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            filters::audit::AuditFilter {
+                auditor: state.audit.clone(),
+                authenticator: state.authenticator.clone(),
+            },
+            filters::audit::audit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
-            crate::metrics::observe,
+            filters::metrics::observe,
         ))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(
+            filters::request_info::with_request_info,
+        ))
 }
 
 /// PEM text of the serving certificate chain, its key, and the CA that signed it (for
@@ -727,7 +398,7 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
     config.validate()?;
     let encryption = match &config.encryption_provider_config {
         Some(path) => Some(
-            crate::encryption::EncryptionConfig::load(path)
+            crate::storage::encryption::EncryptionConfig::load(path)
                 .map_err(|e| Error::Config(e.to_string()))?,
         ),
         None => None,
@@ -790,7 +461,7 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
                 // No token file: an admin token of our own, valid for this process.
                 let b: [u8; 24] = rand::random();
                 let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-                tokens.0.insert(
+                tokens.insert(
                     token.clone(),
                     User {
                         name: "admin".into(),
@@ -824,11 +495,14 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
     let etcd_client = etcd.client().clone();
     let mut storage: Arc<dyn Storage> = Arc::new(etcd.clone());
     if let Some(encryption) = &encryption {
-        let encrypted = crate::encryption::EncryptedStorage::new(
+        let encrypted = crate::storage::encryption::EncryptedStorage::new(
             storage,
             &config.etcd_prefix,
             encryption,
-            &resources::registry(),
+            &resources::registry()
+                .iter()
+                .map(|r| (r.group, r.resource))
+                .collect::<Vec<_>>(),
         );
         info!(resources = ?encrypted.encrypted_resources(), "encrypting at rest");
         storage = Arc::new(encrypted);
@@ -874,22 +548,29 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
         metrics,
         registry,
         etcd: etcd_client,
-        tokens,
-        anonymous: config.anonymous_auth,
+        authenticator: Arc::new(Authenticator {
+            tokens,
+            anonymous: config.anonymous_auth,
+        }),
         authorizer,
         audit,
     });
-    let app = router(state.clone(), InFlight::new(&config, state.metrics.clone()));
+    let limits = InFlight::new(
+        config.max_requests_inflight,
+        config.max_mutating_requests_inflight,
+        state.metrics.clone(),
+    );
+    let app = router(state.clone(), limits);
     let _grpc = match config.grpc_port {
         Some(port) => {
-            let api = crate::grpc::GrpcApi::new(app.clone(), state.registry.clone());
-            let tls = crate::grpc::GrpcTls {
+            let api = crate::endpoints::grpc::GrpcApi::new(app.clone(), state.registry.clone());
+            let tls = crate::endpoints::grpc::GrpcTls {
                 cert_pem: serving.cert_pem.clone(),
                 key_pem: serving.key_pem.clone(),
                 client_ca_pem: client_ca.clone(),
             };
             let addr = SocketAddr::new(config.bind_address, port);
-            let (local, task) = crate::grpc::serve(addr, tls, api)
+            let (local, task) = crate::endpoints::grpc::serve(addr, tls, api)
                 .await
                 .map_err(Error::Io)?;
             info!(address = %local, "serving the gRPC automation API");
@@ -980,18 +661,6 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_file_parses_quoted_groups() {
-        let tokens =
-            Tokens::parse("# comment\nabc,alice,1,\"system:masters,dev\"\nxyz,bob,2\n").unwrap();
-        let alice = tokens.authenticate("abc").unwrap();
-        assert_eq!(alice.groups, vec!["system:masters", "dev"]);
-        assert!(tokens.authenticate("xyz").unwrap().groups.is_empty());
-        assert!(tokens.authenticate("nope").is_none());
-        assert_eq!(tokens.admin_token().as_deref(), Some("abc"));
-        assert!(Tokens::parse("onlytoken\n").is_err());
-    }
 
     #[test]
     fn go_durations_parse() {

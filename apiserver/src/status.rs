@@ -6,13 +6,81 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::storage::StorageError;
+use crate::limits::MAX_BODY_BYTES;
+
+/// A `Status`'s `reason` (apimachinery's `metav1.StatusReason`), each with the HTTP code
+/// kube-apiserver answers it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    NotAcceptable,
+    AlreadyExists,
+    Conflict,
+    /// A resourceVersion or continue token older than the store keeps (410).
+    Expired,
+    Gone,
+    RequestEntityTooLarge,
+    UnsupportedMediaType,
+    Invalid,
+    TooManyRequests,
+    InternalError,
+    ServiceUnavailable,
+    /// The request's fate is unknown (504; 408 for a request the client was too slow to send).
+    Timeout,
+}
+
+impl Reason {
+    /// The one table: reason → (HTTP code, wire name).
+    pub const fn wire(self) -> (u16, &'static str) {
+        match self {
+            Reason::BadRequest => (400, "BadRequest"),
+            Reason::Unauthorized => (401, "Unauthorized"),
+            Reason::Forbidden => (403, "Forbidden"),
+            Reason::NotFound => (404, "NotFound"),
+            Reason::MethodNotAllowed => (405, "MethodNotAllowed"),
+            Reason::NotAcceptable => (406, "NotAcceptable"),
+            Reason::AlreadyExists => (409, "AlreadyExists"),
+            Reason::Conflict => (409, "Conflict"),
+            Reason::Expired => (410, "Expired"),
+            Reason::Gone => (410, "Gone"),
+            Reason::RequestEntityTooLarge => (413, "RequestEntityTooLarge"),
+            Reason::UnsupportedMediaType => (415, "UnsupportedMediaType"),
+            Reason::Invalid => (422, "Invalid"),
+            Reason::TooManyRequests => (429, "TooManyRequests"),
+            Reason::InternalError => (500, "InternalError"),
+            Reason::ServiceUnavailable => (503, "ServiceUnavailable"),
+            Reason::Timeout => (504, "Timeout"),
+        }
+    }
+
+    /// The HTTP code this reason is answered with.
+    pub const fn code(self) -> u16 {
+        self.wire().0
+    }
+
+    /// The name written in `Status.reason`.
+    pub const fn as_str(self) -> &'static str {
+        self.wire().1
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// An API error, rendered as a `Status` object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
+    /// The HTTP code: the reason's ([`Reason::code`]) except where kube-apiserver answers
+    /// otherwise (a 408 `Timeout`).
     pub code: u16,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
     /// `details` (name, group, kind, causes), when kube-apiserver would set it.
     pub details: Option<Value>,
@@ -38,7 +106,14 @@ fn details(resource: &str, group: &str, name: &str) -> Value {
 }
 
 impl ApiError {
-    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
+    /// An error of `reason`, answered with its HTTP code.
+    pub fn new(reason: Reason, message: impl Into<String>) -> ApiError {
+        ApiError::with_code(reason.code(), reason, message)
+    }
+
+    /// An error of `reason` answered with another HTTP code (kube-apiserver's
+    /// `NewGenericServerResponse` for a bare HTTP status).
+    pub fn with_code(code: u16, reason: Reason, message: impl Into<String>) -> ApiError {
         ApiError {
             code,
             reason,
@@ -47,12 +122,24 @@ impl ApiError {
         }
     }
 
+    /// `details.retryAfterSeconds`, which also becomes a `Retry-After` header.
+    pub fn retry_after(self, seconds: u64) -> ApiError {
+        ApiError {
+            details: Some(json!({"retryAfterSeconds": seconds})),
+            ..self
+        }
+    }
+
+    /// Whether this is a `reason` error (for retries: a lost race is `Conflict`).
+    pub fn is(&self, reason: Reason) -> bool {
+        self.reason == reason
+    }
+
     pub fn not_found(resource: &str, group: &str, name: &str) -> ApiError {
         ApiError {
             details: Some(details(resource, group, name)),
             ..ApiError::new(
-                404,
-                "NotFound",
+                Reason::NotFound,
                 format!("{} \"{name}\" not found", qualified(resource, group)),
             )
         }
@@ -62,8 +149,7 @@ impl ApiError {
         ApiError {
             details: Some(details(resource, group, name)),
             ..ApiError::new(
-                409,
-                "AlreadyExists",
+                Reason::AlreadyExists,
                 format!("{} \"{name}\" already exists", qualified(resource, group)),
             )
         }
@@ -73,8 +159,7 @@ impl ApiError {
         ApiError {
             details: Some(details(resource, group, name)),
             ..ApiError::new(
-                409,
-                "Conflict",
+                Reason::Conflict,
                 format!(
                     "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
                      please apply your changes to the latest version and try again",
@@ -101,8 +186,7 @@ impl ApiError {
         ApiError {
             details: Some(details),
             ..ApiError::new(
-                422,
-                "Invalid",
+                Reason::Invalid,
                 format!("{what} \"{name}\" is invalid: {}", text.join(", ")),
             )
         }
@@ -114,37 +198,34 @@ impl ApiError {
         ApiError {
             details: Some(json!({})),
             ..ApiError::new(
-                404,
-                "NotFound",
+                Reason::NotFound,
                 "the server could not find the requested resource",
             )
         }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(400, "BadRequest", message)
+        ApiError::new(Reason::BadRequest, message)
     }
 
     pub fn unauthorized() -> ApiError {
-        ApiError::new(401, "Unauthorized", "Unauthorized")
+        ApiError::new(Reason::Unauthorized, "Unauthorized")
     }
 
     pub fn gone(message: impl Into<String>) -> ApiError {
-        ApiError::new(410, "Expired", message)
+        ApiError::new(Reason::Expired, message)
     }
 
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
-            405,
-            "MethodNotAllowed",
+            Reason::MethodNotAllowed,
             "the server does not allow this method on the requested resource",
         )
     }
 
     pub fn unsupported_media_type(content_type: &str) -> ApiError {
         ApiError::new(
-            415,
-            "UnsupportedMediaType",
+            Reason::UnsupportedMediaType,
             format!(
                 "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {content_type:?}"
             ),
@@ -155,49 +236,18 @@ impl ApiError {
     /// `Request entity too large: `.
     pub fn request_entity_too_large(message: &str) -> ApiError {
         ApiError::new(
-            413,
-            "RequestEntityTooLarge",
+            Reason::RequestEntityTooLarge,
             format!("Request entity too large: {message}"),
         )
     }
 
-    pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(500, "InternalError", message)
+    /// 413 for a body over [`MAX_BODY_BYTES`].
+    pub fn body_too_large() -> ApiError {
+        ApiError::request_entity_too_large(&format!("limit is {MAX_BODY_BYTES}"))
     }
 
-    pub fn from_storage(err: StorageError, resource: &str, group: &str, name: &str) -> ApiError {
-        match err {
-            StorageError::NotFound => ApiError::not_found(resource, group, name),
-            StorageError::Exists => ApiError::already_exists(resource, group, name),
-            StorageError::Conflict => ApiError::conflict(resource, group, name),
-            StorageError::Compacted(_) => ApiError::gone(
-                "The provided continue parameter is too old to display a consistent list result. \
-                 You can start a new list without the continue parameter.",
-            ),
-            // Not retryable, so not the 503 below; etcd's words, without the gRPC text.
-            StorageError::TooLarge => {
-                ApiError::request_entity_too_large("etcdserver: request is too large")
-            }
-            // Nothing was applied: clients retry after the Retry-After header.
-            StorageError::Unavailable(msg) => ApiError {
-                details: Some(json!({"retryAfterSeconds": 1})),
-                ..ApiError::new(
-                    503,
-                    "ServiceUnavailable",
-                    format!("storage unavailable: {msg}"),
-                )
-            },
-            // `apierrors.NewTimeoutError`: the write's fate is unknown.
-            StorageError::Timeout(msg) => ApiError {
-                details: Some(json!({"retryAfterSeconds": 1})),
-                ..ApiError::new(
-                    504,
-                    "Timeout",
-                    format!("Timeout: request did not complete within requested timeout - {msg}"),
-                )
-            },
-            StorageError::Internal(msg) => ApiError::internal(msg),
-        }
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(Reason::InternalError, message)
     }
 
     /// The `Status` object (as a JSON value, whose keys are unordered: [`Self::to_status_json`]
@@ -212,7 +262,7 @@ impl ApiError {
         let body = StatusBody {
             status: "Failure",
             message: &self.message,
-            reason: self.reason,
+            reason: self.reason.as_str(),
             details: self.details.as_ref().map(StatusDetails::from_value),
             code: self.code,
             ..StatusBody::default()
@@ -470,6 +520,47 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    #[test]
+    fn every_reason_has_kube_apiservers_code() {
+        let all = [
+            (Reason::BadRequest, 400),
+            (Reason::Unauthorized, 401),
+            (Reason::Forbidden, 403),
+            (Reason::NotFound, 404),
+            (Reason::MethodNotAllowed, 405),
+            (Reason::NotAcceptable, 406),
+            (Reason::AlreadyExists, 409),
+            (Reason::Conflict, 409),
+            (Reason::Expired, 410),
+            (Reason::Gone, 410),
+            (Reason::RequestEntityTooLarge, 413),
+            (Reason::UnsupportedMediaType, 415),
+            (Reason::Invalid, 422),
+            (Reason::TooManyRequests, 429),
+            (Reason::InternalError, 500),
+            (Reason::ServiceUnavailable, 503),
+            (Reason::Timeout, 504),
+        ];
+        for (reason, code) in all {
+            assert_eq!(reason.code(), code, "{reason}");
+            assert_eq!(reason.as_str(), format!("{reason:?}"));
+            let status = ApiError::new(reason, "m").to_status();
+            assert_eq!(
+                (status["reason"].as_str(), status["code"].as_u64()),
+                (Some(reason.as_str()), Some(u64::from(code)))
+            );
+        }
+        let slow = ApiError::with_code(408, Reason::Timeout, "request timeout").to_status();
+        assert_eq!(
+            (slow["reason"].as_str(), slow["code"].as_u64()),
+            (Some("Timeout"), Some(408))
+        );
+        let busy = ApiError::new(Reason::TooManyRequests, "later")
+            .retry_after(1)
+            .into_response();
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::rest::MAX_BODY_BYTES;
+use crate::limits::MAX_BODY_BYTES;
 use crate::status::ApiError;
 
 fn is_yaml(req: &Request) -> bool {
@@ -41,12 +41,7 @@ pub async fn yaml_bodies(req: Request, next: Next) -> Response {
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            return ApiError::new(
-                413,
-                "RequestEntityTooLarge",
-                format!("Request entity too large: limit is {MAX_BODY_BYTES}"),
-            )
-            .into_response();
+            return ApiError::body_too_large().into_response();
         }
     };
     let text = match std::str::from_utf8(&bytes) {

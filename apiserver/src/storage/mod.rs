@@ -6,6 +6,9 @@
 //! the mod revision of its key; create succeeds only if the key has never existed since its last
 //! delete (`create_revision == 0`); update and delete are conditional on `mod_revision`.
 
+pub mod encryption;
+pub mod etcd;
+
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,7 +23,7 @@ use skiff_proto::etcdserverpb::{
 };
 use skiff_proto::mvccpb::event::EventType;
 
-use crate::etcd::{CallError, EtcdClient, EtcdConfig, WatchError};
+use crate::storage::etcd::{CallError, EtcdClient, EtcdConfig, WatchError};
 
 /// One stored object.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,20 +9,12 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::etcd::EtcdClient;
+use crate::storage::etcd::EtcdClient;
 
 /// The checks every endpoint runs, in order.
 pub const CHECKS: [&str; 3] = ["ping", "log", "etcd"];
 
-/// Paths served without authentication (kube-apiserver's `system:public-info-viewer`).
-pub fn is_health_path(path: &str) -> bool {
-    ["/healthz", "/livez", "/readyz"].iter().any(|root| {
-        path == *root
-            || path
-                .strip_prefix(root)
-                .is_some_and(|rest| rest.starts_with('/'))
-    })
-}
+pub use crate::request_info::is_health_path;
 
 async fn run(check: &str, etcd: &EtcdClient) -> Result<(), String> {
     match check {
@@ -129,8 +121,7 @@ pub async fn root(endpoint: &str, query: Option<&str>, etcd: &EtcdClient) -> Res
 pub async fn single(endpoint: &str, check: &str, etcd: &EtcdClient) -> Response {
     if !CHECKS.contains(&check) {
         return crate::status::ApiError::new(
-            404,
-            "NotFound",
+            crate::status::Reason::NotFound,
             "the server could not find the requested resource",
         )
         .into_response();
@@ -182,7 +173,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let etcd = EtcdClient::new(&crate::etcd::EtcdConfig {
+        let etcd = EtcdClient::new(&crate::storage::etcd::EtcdConfig {
             servers: vec![format!("127.0.0.1:{port}")],
             ..Default::default()
         })

@@ -6,13 +6,12 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::rest::MAX_BODY_BYTES;
-use crate::status::ApiError;
+use crate::status::{ApiError, Reason};
 
 /// Middleware: a 4xx/5xx response that is not JSON becomes a Status of the same code (but
 /// the health endpoints answer plain text, failures included, as kube-apiserver's do).
 pub async fn status_errors(req: Request, next: Next) -> Response {
-    let health = crate::health::is_health_path(req.uri().path());
+    let health = crate::request_info::is_health_path(req.uri().path());
     let response = next.run(req).await;
     let code = response.status();
     if health || !(code.is_client_error() || code.is_server_error()) {
@@ -42,27 +41,28 @@ fn status_for(code: u16, text: &str) -> ApiError {
             text.to_string()
         }
     };
-    match code {
-        413 => ApiError::new(
-            413,
-            "RequestEntityTooLarge",
-            format!("Request entity too large: limit is {MAX_BODY_BYTES}"),
-        ),
-        400 => ApiError::new(400, "BadRequest", or("bad request")),
-        401 => ApiError::unauthorized(),
-        403 => ApiError::new(403, "Forbidden", or("forbidden")),
-        404 => ApiError::path_not_found(),
-        405 => ApiError::method_not_allowed(),
-        406 => ApiError::new(406, "NotAcceptable", or("not acceptable")),
-        408 => ApiError::new(408, "Timeout", or("request timeout")),
-        415 => ApiError::new(415, "UnsupportedMediaType", or("unsupported media type")),
-        422 => ApiError::new(422, "Invalid", or("invalid")),
-        429 => ApiError::new(429, "TooManyRequests", or("too many requests")),
-        503 => ApiError::new(503, "ServiceUnavailable", or("service unavailable")),
-        504 => ApiError::new(504, "Timeout", or("timeout")),
-        c if c >= 500 => ApiError::new(500, "InternalError", or("internal error")),
-        _ => ApiError::new(400, "BadRequest", or("bad request")),
-    }
+    let (reason, default) = match code {
+        413 => {
+            return ApiError::body_too_large();
+        }
+        401 => return ApiError::unauthorized(),
+        404 => return ApiError::path_not_found(),
+        405 => return ApiError::method_not_allowed(),
+        400 => (Reason::BadRequest, "bad request"),
+        403 => (Reason::Forbidden, "forbidden"),
+        406 => (Reason::NotAcceptable, "not acceptable"),
+        408 => (Reason::Timeout, "request timeout"),
+        415 => (Reason::UnsupportedMediaType, "unsupported media type"),
+        422 => (Reason::Invalid, "invalid"),
+        429 => (Reason::TooManyRequests, "too many requests"),
+        503 => (Reason::ServiceUnavailable, "service unavailable"),
+        504 => (Reason::Timeout, "timeout"),
+        c if c >= 500 => (Reason::InternalError, "internal error"),
+        _ => (Reason::BadRequest, "bad request"),
+    };
+    // 408 keeps its code; every other reason is answered with its own.
+    let code = if code == 408 { 408 } else { reason.code() };
+    ApiError::with_code(code, reason, or(default))
 }
 
 #[cfg(test)]

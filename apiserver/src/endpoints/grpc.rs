@@ -27,8 +27,8 @@ use tonic::{Code, Request, Response, Status};
 use tower::ServiceExt as _;
 
 use crate::auth::{PeerIdentity, user_from_cert};
-use crate::resources::ResourceInfo;
-use crate::rest::Registry;
+use crate::registry::Registry;
+use crate::registry::resources::ResourceInfo;
 
 /// The `Resources` service over the REST router.
 #[derive(Clone)]

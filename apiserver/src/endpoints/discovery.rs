@@ -11,7 +11,8 @@ use k8s_openapi::schemars::generate::SchemaSettings;
 
 use serde_json::{Value, json};
 
-use crate::resources::ResourceInfo;
+use crate::registry::resources::ResourceInfo;
+use crate::registry::strategy::Subresource;
 
 /// The Kubernetes version reported. The installed `kubectl` is a dispatcher that runs the
 /// bundled kubectl of the server's minor version: 33 selects kubectl 1.33.
@@ -93,17 +94,15 @@ pub fn subresources(
     &'static [&'static str],
 )> {
     const GPU: &[&str] = &["get", "patch", "update"];
-    let mut out = Vec::new();
-    if crate::resources::has_status(r) {
-        out.push(("status", r.group, r.version, r.kind, GPU));
-    }
-    if matches!(r.kind, "Deployment" | "ReplicaSet") {
-        out.push(("scale", "autoscaling", "v1", "Scale", GPU));
-    }
-    if r.kind == "Pod" {
-        out.push(("binding", "", "v1", "Binding", &["create"][..]));
-    }
-    out
+    r.strategy
+        .subresources()
+        .iter()
+        .map(|sub| match sub {
+            Subresource::Status => ("status", r.group, r.version, r.kind, GPU),
+            Subresource::Scale => ("scale", "autoscaling", "v1", "Scale", GPU),
+            Subresource::Binding => ("binding", "", "v1", "Binding", &["create"][..]),
+        })
+        .collect()
 }
 
 pub fn api_resource_list(resources: &[ResourceInfo], group: &str, version: &str) -> Option<Value> {
@@ -115,8 +114,8 @@ pub fn api_resource_list(resources: &[ResourceInfo], group: &str, version: &str)
         let mut res = json!({"name": r.resource, "singularName": r.singular,
             "namespaced": r.namespaced, "kind": r.kind, "verbs": VERBS,
             "shortNames": r.short_names});
-        if matches!(r.kind, "Pod" | "Service" | "Deployment" | "ReplicaSet") {
-            res["categories"] = json!(["all"]);
+        if !r.strategy.categories().is_empty() {
+            res["categories"] = json!(r.strategy.categories());
         }
         list.push(res);
         for (sub, g, v, kind, verbs) in subresources(r) {
@@ -195,8 +194,8 @@ pub fn aggregated(resources: &[ResourceInfo], core: bool) -> Value {
                 "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
                 "singularResource": r.singular, "verbs": VERBS, "shortNames": r.short_names,
                 "subresources": subresources});
-            if matches!(r.kind, "Pod" | "Service" | "Deployment" | "ReplicaSet") {
-                res["categories"] = json!(["all"]);
+            if !r.strategy.categories().is_empty() {
+                res["categories"] = json!(r.strategy.categories());
             }
             list.push(res);
         }
@@ -347,7 +346,7 @@ pub fn openapi_index(resources: &[ResourceInfo]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::registry;
+    use crate::registry::resources::registry;
 
     #[test]
     fn discovery_lists_core_and_apps() {

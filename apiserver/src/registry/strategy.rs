@@ -1,0 +1,367 @@
+//! What a kind does differently, in one place: kube-apiserver's per-kind strategies
+//! (`RESTCreateStrategy`, `RESTUpdateStrategy`, `RESTDeleteStrategy`, the `TableConvertor` and
+//! the field-label function) as one [`Strategy`] trait. The verbs in this folder are written
+//! once and ask the kind's strategy; none of them branches on a kind's name.
+//!
+//! Most kinds are one [`KindStrategy`] row in the table at the end of this file (defaulting
+//! and validation functions, Table printer, subresources, categories, field labels); the
+//! namespace is [`NamespaceStrategy`], which adds its lifecycle (protected names,
+//! `spec.finalizers`, `Terminating`, and deleting its contents with it).
+
+use std::fmt::Debug;
+
+use serde_json::{Value, json};
+
+use crate::registry::table::{self, Printer};
+use crate::registry::{defaults, resources};
+use crate::status::{ApiError, Reason};
+
+/// A subresource a kind serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource {
+    /// `/status`: the main resource's writes keep `status`, this one's keep the rest.
+    Status,
+    /// `/scale` (`autoscaling/v1` `Scale` over `spec.replicas`).
+    Scale,
+    /// `pods/binding`: assigns a pod to a node.
+    Binding,
+}
+
+impl Subresource {
+    /// The URL segment.
+    pub fn name(self) -> &'static str {
+        match self {
+            Subresource::Status => "status",
+            Subresource::Scale => "scale",
+            Subresource::Binding => "binding",
+        }
+    }
+}
+
+/// The per-kind behaviour the generic registry asks for.
+pub trait Strategy: Debug + Send + Sync {
+    /// The kind's Table printer (columns and cells).
+    fn printer(&self) -> Printer;
+
+    /// The subresources served besides the object itself.
+    fn subresources(&self) -> &'static [Subresource];
+
+    /// Discovery categories (`all` for what `kubectl get all` lists).
+    fn categories(&self) -> &'static [&'static str];
+
+    /// Field-selector labels besides `metadata.name` and `metadata.namespace`
+    /// (kube-apiserver's per-kind `GetAttrs`).
+    fn field_labels(&self) -> &'static [&'static str];
+
+    fn has(&self, sub: Subresource) -> bool {
+        self.subresources().contains(&sub)
+    }
+
+    /// Whether the name must be a DNS-1123 label (namespaces, services) rather than a
+    /// subdomain.
+    fn name_is_dns_label(&self) -> bool {
+        matches!(self.printer(), Printer::Namespace | Printer::Service)
+    }
+
+    /// Fills in kube-apiserver's defaults (`SetDefaults_*`) and a new object's `status`.
+    fn defaults(&self, obj: &mut Value);
+
+    /// The kind's validation: `(field, message)` causes of a 422.
+    fn validate(&self, obj: &Value) -> Vec<(String, String)>;
+
+    /// A `meta.k8s.io/v1` Table of `objects`.
+    fn table(
+        &self,
+        objects: &[Value],
+        resource_version: &str,
+        cont: Option<&str>,
+        include_object: bool,
+    ) -> Value {
+        table::table(
+            self.printer(),
+            objects,
+            resource_version,
+            cont,
+            include_object,
+        )
+    }
+
+    /// An update (or patch) of the main resource: copies from `current` into `obj` what
+    /// clients may not change this way (beyond server-set metadata and `status`).
+    fn prepare_for_update(&self, _current: &Value, _obj: &mut Value) {}
+
+    /// Refuses deleting the object `name` outright (e.g. `default`).
+    fn check_delete(&self, _name: &str) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// Whether a deletion must wait (finalizers): the object only gets a
+    /// `deletionTimestamp`.
+    fn holds_deletion(&self, obj: &Value) -> bool {
+        has_finalizers(obj)
+    }
+
+    /// Marks an object whose deletion waits (besides its `deletionTimestamp`).
+    fn begin_deletion(&self, _obj: &mut Value) {}
+
+    /// Whether the namespaced objects live inside this kind's objects (the namespace): they
+    /// are deleted with it, and the namespace finalizer is woken when one starts terminating.
+    fn contains_namespaced(&self) -> bool {
+        false
+    }
+}
+
+/// Whether `metadata.finalizers` holds anything.
+pub fn has_finalizers(obj: &Value) -> bool {
+    obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+}
+
+/// A kind's defaulting function (`crate::registry::defaults`).
+pub type DefaultsFn = fn(&mut Value);
+/// A kind's validation function (`crate::registry::resources`).
+pub type ValidateFn = fn(&Value) -> Vec<(String, String)>;
+
+/// A kind described by one row: its functions and its data.
+#[derive(Debug)]
+pub struct KindStrategy {
+    pub printer: Printer,
+    pub defaults: DefaultsFn,
+    pub validate: ValidateFn,
+    pub subresources: &'static [Subresource],
+    pub categories: &'static [&'static str],
+    pub field_labels: &'static [&'static str],
+}
+
+impl Strategy for KindStrategy {
+    fn printer(&self) -> Printer {
+        self.printer
+    }
+
+    fn defaults(&self, obj: &mut Value) {
+        if obj.is_object() {
+            (self.defaults)(obj);
+        }
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<(String, String)> {
+        (self.validate)(obj)
+    }
+
+    fn subresources(&self) -> &'static [Subresource] {
+        self.subresources
+    }
+
+    fn categories(&self) -> &'static [&'static str] {
+        self.categories
+    }
+
+    fn field_labels(&self) -> &'static [&'static str] {
+        self.field_labels
+    }
+}
+
+/// The namespaces that may not be deleted.
+const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// The namespace: kube-apiserver's namespace strategy and the deletion half of its lifecycle.
+#[derive(Debug)]
+pub struct NamespaceStrategy(KindStrategy);
+
+impl Strategy for NamespaceStrategy {
+    fn printer(&self) -> Printer {
+        self.0.printer
+    }
+
+    fn defaults(&self, obj: &mut Value) {
+        self.0.defaults(obj);
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<(String, String)> {
+        self.0.validate(obj)
+    }
+
+    fn subresources(&self) -> &'static [Subresource] {
+        self.0.subresources
+    }
+
+    fn categories(&self) -> &'static [&'static str] {
+        self.0.categories
+    }
+
+    fn field_labels(&self) -> &'static [&'static str] {
+        self.0.field_labels
+    }
+
+    /// Only the namespace finalizer changes `spec.finalizers` (through the store, below this
+    /// layer).
+    fn prepare_for_update(&self, current: &Value, obj: &mut Value) {
+        match current["spec"].get("finalizers") {
+            Some(f) => obj["spec"]["finalizers"] = f.clone(),
+            None => {
+                if let Some(spec) = obj["spec"].as_object_mut() {
+                    spec.remove("finalizers");
+                }
+            }
+        }
+    }
+
+    fn check_delete(&self, name: &str) -> Result<(), ApiError> {
+        if PROTECTED_NAMESPACES.contains(&name) {
+            return Err(ApiError::new(
+                Reason::Forbidden,
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Also `spec.finalizers` (`kubernetes`: its contents are not deleted yet).
+    fn holds_deletion(&self, obj: &Value) -> bool {
+        has_finalizers(obj)
+            || obj["spec"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+    }
+
+    fn begin_deletion(&self, obj: &mut Value) {
+        obj["status"]["phase"] = json!("Terminating");
+    }
+
+    fn contains_namespaced(&self) -> bool {
+        true
+    }
+}
+
+const STATUS: &[Subresource] = &[Subresource::Status];
+const STATUS_SCALE: &[Subresource] = &[Subresource::Status, Subresource::Scale];
+const STATUS_BINDING: &[Subresource] = &[Subresource::Status, Subresource::Binding];
+const ALL: &[&str] = &["all"];
+
+const fn kind(
+    printer: Printer,
+    defaults: DefaultsFn,
+    validate: ValidateFn,
+    subresources: &'static [Subresource],
+    categories: &'static [&'static str],
+    field_labels: &'static [&'static str],
+) -> KindStrategy {
+    KindStrategy {
+        printer,
+        defaults,
+        validate,
+        subresources,
+        categories,
+        field_labels,
+    }
+}
+
+const POD_FIELDS: &[&str] = &[
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+];
+const EVENT_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+#[rustfmt::skip]
+static NAMESPACE: NamespaceStrategy = NamespaceStrategy(kind(Printer::Namespace, defaults::namespace, resources::no_validation, STATUS, &[], &["status.phase"]));
+#[rustfmt::skip]
+static CONFIG_MAP: KindStrategy = kind(Printer::ConfigMap, defaults::none, resources::no_validation, &[], &[], &[]);
+#[rustfmt::skip]
+static SECRET: KindStrategy = kind(Printer::Secret, defaults::secret, resources::no_validation, &[], &[], &["type"]);
+#[rustfmt::skip]
+static SERVICE: KindStrategy = kind(Printer::Service, defaults::service, resources::validate_service, STATUS, ALL, &[]);
+#[rustfmt::skip]
+static POD: KindStrategy = kind(Printer::Pod, defaults::pod, resources::validate_pod, STATUS_BINDING, ALL, POD_FIELDS);
+#[rustfmt::skip]
+static DEPLOYMENT: KindStrategy = kind(Printer::Deployment, defaults::deployment, resources::validate_workload, STATUS_SCALE, ALL, &[]);
+#[rustfmt::skip]
+static NODE: KindStrategy = kind(Printer::Node, defaults::node, resources::no_validation, STATUS, &[], &["spec.unschedulable"]);
+#[rustfmt::skip]
+static EVENT: KindStrategy = kind(Printer::Event, defaults::none, resources::no_validation, &[], &[], EVENT_FIELDS);
+#[rustfmt::skip]
+static ENDPOINTS: KindStrategy = kind(Printer::Endpoints, defaults::endpoints, resources::no_validation, &[], &[], &[]);
+#[rustfmt::skip]
+static REPLICA_SET: KindStrategy = kind(Printer::ReplicaSet, defaults::replica_set, resources::validate_workload, STATUS_SCALE, ALL, &["status.replicas"]);
+#[rustfmt::skip]
+static PERSISTENT_VOLUME: KindStrategy = kind(Printer::PersistentVolume, defaults::persistent_volume, resources::no_validation, STATUS, &[], &[]);
+#[rustfmt::skip]
+static PERSISTENT_VOLUME_CLAIM: KindStrategy = kind(Printer::PersistentVolumeClaim, defaults::persistent_volume_claim, resources::no_validation, STATUS, &[], &[]);
+#[rustfmt::skip]
+static RESOURCE_QUOTA: KindStrategy = kind(Printer::ResourceQuota, defaults::resource_quota, resources::no_validation, STATUS, &[], &[]);
+#[rustfmt::skip]
+static SERVICE_ACCOUNT: KindStrategy = kind(Printer::ServiceAccount, defaults::none, resources::no_validation, &[], &[], &[]);
+#[rustfmt::skip]
+static LEASE: KindStrategy = kind(Printer::Lease, defaults::none, resources::no_validation, &[], &[], &[]);
+#[rustfmt::skip]
+static ENDPOINT_SLICE: KindStrategy = kind(Printer::EndpointSlice, defaults::endpoint_slice, resources::no_validation, &[], &[], &[]);
+
+/// The strategy of the kind `printer` prints.
+pub fn of(printer: Printer) -> &'static dyn Strategy {
+    match printer {
+        Printer::Namespace => &NAMESPACE,
+        Printer::ConfigMap => &CONFIG_MAP,
+        Printer::Secret => &SECRET,
+        Printer::Service => &SERVICE,
+        Printer::Pod => &POD,
+        Printer::Deployment => &DEPLOYMENT,
+        Printer::Node => &NODE,
+        Printer::Event => &EVENT,
+        Printer::Endpoints => &ENDPOINTS,
+        Printer::ReplicaSet => &REPLICA_SET,
+        Printer::PersistentVolume => &PERSISTENT_VOLUME,
+        Printer::PersistentVolumeClaim => &PERSISTENT_VOLUME_CLAIM,
+        Printer::ResourceQuota => &RESOURCE_QUOTA,
+        Printer::ServiceAccount => &SERVICE_ACCOUNT,
+        Printer::Lease => &LEASE,
+        Printer::EndpointSlice => &ENDPOINT_SLICE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_namespace_keeps_its_finalizers_and_protects_its_own() {
+        let ns = of(Printer::Namespace);
+        assert!(ns.contains_namespaced() && !of(Printer::Pod).contains_namespaced());
+        let current = json!({"spec": {"finalizers": ["kubernetes"]}});
+        let mut update = json!({"spec": {"finalizers": []}});
+        ns.prepare_for_update(&current, &mut update);
+        assert_eq!(update["spec"]["finalizers"], json!(["kubernetes"]));
+        assert!(ns.holds_deletion(&current) && !of(Printer::ConfigMap).holds_deletion(&current));
+        let err = ns.check_delete("kube-system").unwrap_err();
+        assert_eq!((err.code, err.reason), (403, Reason::Forbidden));
+        assert!(ns.check_delete("team-a").is_ok());
+        let mut obj = json!({});
+        ns.begin_deletion(&mut obj);
+        assert_eq!(obj["status"]["phase"], "Terminating");
+    }
+
+    #[test]
+    fn subresources_follow_kube_apiserver() {
+        assert!(of(Printer::Deployment).has(Subresource::Scale));
+        assert!(of(Printer::Pod).has(Subresource::Binding));
+        assert!(!of(Printer::ConfigMap).has(Subresource::Status));
+        assert_eq!(of(Printer::Service).categories(), ["all"]);
+    }
+}
