@@ -229,15 +229,18 @@ impl Ports {
     }
 }
 
-fn start_cluster(
+/// Names and loopback ports (client, peer) of `members` members, and their
+/// `--initial-cluster` value.
+pub(crate) type Layout = Vec<(String, u16, u16)>;
+
+pub(crate) fn layout(
     system: System,
-    config: &CompareConfig,
-    work_dir: &Path,
+    members: usize,
     ports: &mut Ports,
-) -> Result<Cluster, Error> {
+) -> Result<(Layout, String), Error> {
     let prefix = system.name();
     let mut layout = Vec::new();
-    for i in 0..MEMBERS {
+    for i in 0..members {
         layout.push((format!("{prefix}{i}"), ports.next()?, ports.next()?));
     }
     let initial_cluster = layout
@@ -245,6 +248,17 @@ fn start_cluster(
         .map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}"))
         .collect::<Vec<_>>()
         .join(",");
+    Ok((layout, initial_cluster))
+}
+
+fn start_cluster(
+    system: System,
+    config: &CompareConfig,
+    work_dir: &Path,
+    ports: &mut Ports,
+) -> Result<Cluster, Error> {
+    let prefix = system.name();
+    let (layout, initial_cluster) = layout(system, MEMBERS, ports)?;
     let mut members = Vec::new();
     for (name, client, peer) in &layout {
         let data_dir = work_dir.join(format!("{name}.data"));

@@ -113,15 +113,7 @@ fn members(
     ports: &mut Ports,
 ) -> Result<Vec<Member>, Error> {
     let prefix = system.name();
-    let mut layout = Vec::new();
-    for i in 0..MEMBERS {
-        layout.push((format!("{prefix}{i}"), ports.next()?, ports.next()?));
-    }
-    let initial_cluster = layout
-        .iter()
-        .map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (layout, initial_cluster) = crate::compare::layout(system, MEMBERS, ports)?;
     let mut members = Vec::new();
     for (name, client, peer) in layout {
         let client_url = format!("http://127.0.0.1:{client}");
