@@ -500,6 +500,12 @@ impl Peer for PeerApi {
 
     async fn forward(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
         let forwarded: Forwarded = from_blob(request.get_ref())?;
+        // A removed member's pre-vote is refused like its votes, so it learns it and stops.
+        if let Forwarded::PreVote(pre_vote) = &forwarded
+            && self.node.is_removed(pre_vote.candidate)
+        {
+            return Err(crate::network::removed_status());
+        }
         let outcome = self.node.handle_forward(forwarded).await;
         Ok(Response::new(to_blob(&outcome)?))
     }

@@ -207,7 +207,10 @@ impl PeerChannels {
             // retry once a (new) leader is known.
             Err(status) if never_sent(&status) => Ok(ForwardOutcome::NotLeader),
             // The leader may or may not have applied it: the outcome is unknown.
-            Err(_) => Err(Error::Timeout),
+            Err(status) => {
+                self.note_status(&status);
+                Err(Error::Timeout)
+            }
         }
     }
 

@@ -169,8 +169,12 @@ impl StoreNode {
     /// Whether Raft traffic under `vote` comes from a member this cluster removed (it is
     /// refused, so the sender learns it was removed and stops).
     pub fn from_removed_member(&self, vote: &openraft::Vote<MemberId>) -> bool {
-        let sender = vote.leader_id().voted_for().unwrap_or(0);
-        self.sm.read().removed.contains(&sender)
+        self.is_removed(vote.leader_id().voted_for().unwrap_or(0))
+    }
+
+    /// Whether this cluster removed `member`.
+    pub fn is_removed(&self, member: MemberId) -> bool {
+        self.sm.read().removed.contains(&member)
     }
 
     /// The leader, when this member is a follower or learner that knows another member
