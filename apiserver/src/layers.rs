@@ -7,8 +7,10 @@
 //!    errors, authentication, authorization, in-flight limits, YAML bodies).
 //! 3. `endpoints` — the handlers: resource requests, discovery, OpenAPI, health, gRPC.
 //! 4. `registry` — the REST verbs written once, and each kind's strategy.
-//! 5. `storage` — the `Storage` trait, the etcd client under it, encryption at rest.
-//! 6. The foundation, which knows nothing of HTTP routing or storage: `request_info`,
+//! 5. `admission` — the admission chain the registry's writes call (its plugins read and
+//!    write what they decide on through `storage`).
+//! 6. `storage` — the `Storage` trait, the etcd client under it, encryption at rest.
+//! 7. The foundation, which knows nothing of HTTP routing or storage: `request_info`,
 //!    `status`, `selector`, `protobuf`, `limits`, `ids`, `auth`, `audit`, `metrics`.
 
 /// Module names by layer, top first.
@@ -17,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["filters"],
     &["endpoints"],
     &["registry"],
+    &["admission"],
     &["storage"],
     &[
         "request_info",
@@ -133,5 +136,7 @@ fn every_module_has_a_layer_and_the_checker_reads_paths() {
     );
     assert_eq!(module_of(std::path::Path::new("status.rs")), "status");
     assert!(layer_of("storage") > layer_of("registry"));
+    assert!(layer_of("registry") < layer_of("admission"));
+    assert!(layer_of("admission") < layer_of("storage"));
     assert!(layer_of("nonsense").is_none());
 }

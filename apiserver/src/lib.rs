@@ -11,12 +11,15 @@
 //!   delete, deletecollection, server-side apply, scale, binding) and each kind's
 //!   [`registry::strategy::Strategy`] (defaults, validation, subresources, Table, field
 //!   labels, lifecycle).
+//! - [`admission`]: the admission chain the registry's writes call (NamespaceLifecycle,
+//!   LimitRanger, ServiceAccount, DefaultTolerationSeconds, Priority, ResourceQuota).
 //! - [`storage`]: the [`storage::Storage`] trait over etcd v3, its client (balancing, failover,
 //!   resumed watches, mTLS) and encryption at rest.
 //! - Foundation: [`request_info`] (what a request asks for, computed once), [`status`] (every
 //!   error a `Status`, typed [`status::Reason`]), [`selector`], [`protobuf`], [`limits`],
 //!   [`ids`], [`auth`] (users, tokens, the authorizer), [`audit`] (policy and log), [`metrics`].
 
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod endpoints;

@@ -443,12 +443,26 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             ("Pod", 2, Field::Bytes(b)) => _ = obj.insert("spec".into(), pod_spec(b)?),
             ("Service", 2, Field::Bytes(b)) => _ = obj.insert("spec".into(), service_spec(b)?),
             ("ResourceQuota", 2, Field::Bytes(b)) => _ = obj.insert("spec".into(), quota_spec(b)?),
+            // `scheduling.k8s.io/v1` PriorityClass: value = 2, globalDefault = 3,
+            // description = 4, preemptionPolicy = 5.
+            ("PriorityClass", 2, Field::Varint(v)) => {
+                _ = obj.insert("value".into(), json!(v as i64 as i32))
+            }
+            ("PriorityClass", 3, Field::Varint(v)) => {
+                _ = obj.insert("globalDefault".into(), json!(v != 0))
+            }
+            ("PriorityClass", 4, Field::Bytes(b)) => {
+                _ = obj.insert("description".into(), json!(string(b)?))
+            }
+            ("PriorityClass", 5, Field::Bytes(b)) => {
+                _ = obj.insert("preemptionPolicy".into(), json!(string(b)?))
+            }
             ("ServiceAccount", 4, Field::Varint(v)) => {
                 _ = obj.insert("automountServiceAccountToken".into(), json!(v != 0))
             }
             (
                 "ConfigMap" | "Secret" | "Deployment" | "ReplicaSet" | "Pod" | "Service"
-                | "ResourceQuota" | "ServiceAccount",
+                | "ResourceQuota" | "ServiceAccount" | "PriorityClass",
                 _,
                 _,
             ) => {}

@@ -79,6 +79,11 @@ pub struct ApiServerConfig {
     pub audit_log_maxsize: u64,
     /// `--audit-log-maxbackup`: rotated audit logs kept; 0 = all.
     pub audit_log_maxbackup: usize,
+    /// `--enable-admission-plugins`: admission plugins to run besides the default-on ones
+    /// (they run in upstream's order whatever the order here).
+    pub enable_admission_plugins: Vec<String>,
+    /// `--disable-admission-plugins`: default-on admission plugins not to run.
+    pub disable_admission_plugins: Vec<String>,
 }
 
 /// kube-apiserver's default `--max-requests-inflight`.
@@ -151,6 +156,8 @@ impl Default for ApiServerConfig {
             audit_policy_file: None,
             audit_log_maxsize: 0,
             audit_log_maxbackup: 0,
+            enable_admission_plugins: Vec::new(),
+            disable_admission_plugins: Vec::new(),
         }
     }
 }
@@ -194,6 +201,11 @@ impl ApiServerConfig {
                  --etcd-cafile (and --etcd-certfile/--etcd-keyfile if it wants a client certificate)"
             )));
         }
+        crate::admission::plugins_from_flags(
+            &self.enable_admission_plugins,
+            &self.disable_admission_plugins,
+        )
+        .map_err(Error::Config)?;
         if !self.etcd_prefix.starts_with('/') {
             return Err(Error::Config("--etcd-prefix must start with '/'".into()));
         }
@@ -507,10 +519,20 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
         info!(resources = ?encrypted.encrypted_resources(), "encrypting at rest");
         storage = Arc::new(encrypted);
     }
+    let (admission_plugins, unimplemented) = crate::admission::plugins_from_flags(
+        &config.enable_admission_plugins,
+        &config.disable_admission_plugins,
+    )
+    .map_err(Error::Config)?;
+    if !unimplemented.is_empty() {
+        warn!(plugins = ?unimplemented, "admission plugins named in flags are not implemented; ignored");
+    }
+    info!(plugins = ?admission_plugins.iter().map(|p| p.name()).collect::<Vec<_>>(), "admission chain");
     let registry = Arc::new(Registry::new(
         storage,
         &config.etcd_prefix,
         resources::registry(),
+        admission_plugins,
     ));
     // Seed the initial namespaces; wait for the store if it is not up yet. A TLS store that
     // wants client certificates may close the connection without a readable alert: say what

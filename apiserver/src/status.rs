@@ -169,6 +169,21 @@ impl ApiError {
         }
     }
 
+    /// 403 for the object `name` of `resource` (`apierrors.NewForbidden`, which admission
+    /// plugins answer with): `pods "x" is forbidden: <why>`.
+    pub fn forbidden(resource: &str, group: &str, name: &str, why: &str) -> ApiError {
+        ApiError {
+            details: Some(details(resource, group, name)),
+            ..ApiError::new(
+                Reason::Forbidden,
+                format!(
+                    "{} \"{name}\" is forbidden: {why}",
+                    qualified(resource, group)
+                ),
+            )
+        }
+    }
+
     /// 422 with one cause per `(field, message)`.
     pub fn invalid(kind: &str, group: &str, name: &str, causes: &[(String, String)]) -> ApiError {
         let text: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();

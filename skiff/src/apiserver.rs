@@ -86,6 +86,13 @@ pub(crate) struct ApiserverArgs {
     /// Rotated audit logs to keep; 0 = all.
     #[arg(long, default_value_t = 0)]
     audit_log_maxbackup: usize,
+    /// Admission plugins to enable besides the default-on ones (comma-separated; they run in
+    /// kube-apiserver's order whatever the order given).
+    #[arg(long, value_delimiter = ',')]
+    enable_admission_plugins: Vec<String>,
+    /// Default-on admission plugins to disable (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    disable_admission_plugins: Vec<String>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     log_level: String,
@@ -124,6 +131,8 @@ pub(crate) fn run(args: ApiserverArgs) -> ExitCode {
         audit_policy_file: args.audit_policy_file,
         audit_log_maxsize: args.audit_log_maxsize,
         audit_log_maxbackup: args.audit_log_maxbackup,
+        enable_admission_plugins: args.enable_admission_plugins,
+        disable_admission_plugins: args.disable_admission_plugins,
     };
     if let Err(err) = config.validate() {
         eprintln!("skiff: {err}");

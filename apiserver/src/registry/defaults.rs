@@ -97,6 +97,54 @@ pub fn resource_quota(obj: &mut Value) {
     set_default(obj, "status", json!({}));
 }
 
+/// `SetDefaults_PriorityClass`.
+pub fn priority_class(obj: &mut Value) {
+    set_default_str(obj, "preemptionPolicy", "PreemptLowerPriority");
+}
+
+/// `SetDefaults_LimitRangeItem`: a `Container` item's `default` (limit) falls back to `max`,
+/// its `defaultRequest` to `default`, then to `min`, resource by resource.
+pub fn limit_range(obj: &mut Value) {
+    for item in each(spec_of(obj), "limits") {
+        if item["type"].as_str() != Some("Container") {
+            continue;
+        }
+        for (fallback, field) in [
+            ("max", "default"),
+            ("default", "defaultRequest"),
+            ("min", "defaultRequest"),
+        ] {
+            let Some(from) = item[fallback].as_object().cloned() else {
+                continue;
+            };
+            set_default(item, field, json!({}));
+            for (resource, quantity) in from {
+                set_default(&mut item[field], &resource, quantity);
+            }
+        }
+    }
+}
+
+/// `SetDefaults_{Mutating,Validating}Webhook` and `SetDefaults_Rule`: `failurePolicy: Fail`,
+/// `matchPolicy: Equivalent`, empty selectors, `timeoutSeconds: 10`, rules' `scope: "*"` (and
+/// a mutating webhook's `reinvocationPolicy: Never`, told apart by the kind).
+pub fn webhook_configuration(obj: &mut Value) {
+    let mutating = obj["kind"].as_str() == Some("MutatingWebhookConfiguration");
+    for webhook in each(obj, "webhooks") {
+        set_default_str(webhook, "failurePolicy", "Fail");
+        set_default_str(webhook, "matchPolicy", "Equivalent");
+        set_default(webhook, "namespaceSelector", json!({}));
+        set_default(webhook, "objectSelector", json!({}));
+        set_default(webhook, "timeoutSeconds", json!(10));
+        if mutating {
+            set_default_str(webhook, "reinvocationPolicy", "Never");
+        }
+        for rule in each(webhook, "rules") {
+            set_default_str(rule, "scope", "*");
+        }
+    }
+}
+
 /// Kinds without defaults.
 pub fn none(_: &mut Value) {}
 

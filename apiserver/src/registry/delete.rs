@@ -30,6 +30,9 @@ impl Registry {
         {
             return Err(ApiError::conflict(info.resource, info.group, &name));
         }
+        let namespace = t.namespace.as_deref();
+        let attrs = attributes(info, Operation::Delete, namespace, &name, Some(&obj), query);
+        self.admission.validate(&attrs, &obj).await?;
         let obj = self.delete_one(info, &stored, obj, query).await?;
         Ok(json_response(StatusCode::OK, &obj))
     }

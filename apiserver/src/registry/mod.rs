@@ -5,7 +5,7 @@
 //!
 //! - `read`: get, list (continue tokens, Tables), watch (events, bookmarks, timeouts).
 //! - `write`: admission (kind, namespace, name, defaults, strict decoding, validation),
-//!   server-set metadata, NamespaceLifecycle, create, update, patch.
+//!   server-set metadata, the admission chain (`crate::admission`), create, update, patch.
 //! - `apply`: server-side apply. `subresources`: scale, binding (and the read-modify-write).
 //! - `delete`: delete, deletecollection, finalizers. `namespace`: the namespace finalizer.
 //! - [`resources`]: the served kinds; [`strategy`]: what each does differently; [`defaults`],
@@ -23,7 +23,7 @@ mod subresources;
 pub mod table;
 mod write;
 
-use self::write::{apply_patch, is_dry_run, set_create_metadata};
+use self::write::{apply_patch, attributes, is_dry_run, set_create_metadata};
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -37,6 +37,7 @@ use base64::Engine as _;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::admission::{Admission, Attributes, Operation, Plugin};
 use crate::registry::resources::ResourceInfo;
 use crate::registry::strategy::Subresource;
 use crate::request_info::RequestInfo;
@@ -96,6 +97,8 @@ pub struct Registry {
     /// The key prefix (`--etcd-prefix`), without a trailing slash.
     pub prefix: String,
     pub resources: Vec<ResourceInfo>,
+    /// The admission chain every create, update and delete passes.
+    pub admission: Admission,
     /// Wakes [`Registry::run_namespace_finalizer`] when a namespace starts terminating.
     namespace_kick: tokio::sync::Notify,
 }
@@ -164,8 +167,14 @@ fn parse_json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError>
 }
 
 impl Registry {
-    pub fn new(storage: Arc<dyn Storage>, prefix: &str, resources: Vec<ResourceInfo>) -> Registry {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        prefix: &str,
+        resources: Vec<ResourceInfo>,
+        admission_plugins: Vec<Plugin>,
+    ) -> Registry {
         Registry {
+            admission: Admission::new(storage.clone(), prefix, admission_plugins),
             storage,
             prefix: prefix.trim_end_matches('/').to_string(),
             resources,
@@ -257,12 +266,22 @@ impl Registry {
         serde_json::to_vec(&obj).expect("a serde_json::Value always encodes")
     }
 
-    /// Creates the namespaces every cluster has, if missing.
+    /// Creates the namespaces and the built-in PriorityClasses every cluster has, if missing.
     pub async fn seed(&self) -> Result<(), StorageError> {
-        let info = self.namespaces();
+        let mut seeds = Vec::new();
         for name in resources::INITIAL_NAMESPACES {
-            let mut obj = json!({"apiVersion": "v1", "kind": "Namespace",
-                                 "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}});
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace",
+                             "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}});
+            seeds.push((self.namespaces(), name, obj));
+        }
+        if let Some(info) = self.find("scheduling.k8s.io", "v1", "priorityclasses") {
+            for (name, value, description) in crate::admission::priority::SYSTEM_PRIORITY_CLASSES {
+                let obj =
+                    crate::admission::priority::system_priority_class(name, value, description);
+                seeds.push((info, name, obj));
+            }
+        }
+        for (info, name, mut obj) in seeds {
             set_create_metadata(&mut obj);
             info.strategy.defaults(&mut obj);
             match self

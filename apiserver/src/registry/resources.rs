@@ -4,13 +4,17 @@
 
 use std::any::TypeId;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
-    ResourceQuota, Secret, Service, ServiceAccount,
+    ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, PersistentVolume,
+    PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use k8s_openapi::{ListableResource, NamespaceResourceScope, Resource};
@@ -117,6 +121,18 @@ pub fn registry() -> Vec<ResourceInfo> {
         info::<ServiceAccount>(&["sa"], "serviceaccount", Printer::ServiceAccount),
         info::<Lease>(&[], "lease", Printer::Lease),
         info::<EndpointSlice>(&[], "endpointslice", Printer::EndpointSlice),
+        info::<LimitRange>(&["limits"], "limitrange", Printer::LimitRange),
+        info::<PriorityClass>(&["pc"], "priorityclass", Printer::PriorityClass),
+        info::<MutatingWebhookConfiguration>(
+            &[],
+            "mutatingwebhookconfiguration",
+            Printer::WebhookConfiguration,
+        ),
+        info::<ValidatingWebhookConfiguration>(
+            &[],
+            "validatingwebhookconfiguration",
+            Printer::WebhookConfiguration,
+        ),
     ]
 }
 
@@ -260,6 +276,36 @@ pub fn validate_service(obj: &Value) -> Vec<(String, String)> {
                 format!("Invalid value: {p}: must be between 1 and 65535, inclusive"),
             ));
         }
+    }
+    causes
+}
+
+/// The most a user-defined PriorityClass may have (`scheduling.HighestUserDefinablePriority`).
+const HIGHEST_USER_DEFINABLE_PRIORITY: i64 = 1_000_000_000;
+/// The prefix of the built-in PriorityClasses' names (`scheduling.SystemPriorityClassPrefix`).
+pub const SYSTEM_PRIORITY_CLASS_PREFIX: &str = "system-";
+
+/// `ValidatePriorityClass`: `system-` names and values above one billion are the built-ins'.
+/// The built-ins are seeded below this check (see `Registry::seed`).
+pub fn validate_priority_class(obj: &Value) -> Vec<(String, String)> {
+    let mut causes = Vec::new();
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    if name.starts_with(SYSTEM_PRIORITY_CLASS_PREFIX) {
+        causes.push((
+            "metadata.name".into(),
+            format!(
+                "Invalid value: {name:?}: priority class names with '{SYSTEM_PRIORITY_CLASS_PREFIX}' prefix are reserved for system use only"
+            ),
+        ));
+    }
+    let value = obj["value"].as_i64().unwrap_or(0);
+    if value > HIGHEST_USER_DEFINABLE_PRIORITY {
+        causes.push((
+            "value".into(),
+            format!(
+                "Invalid value: {value}: must be no greater than {HIGHEST_USER_DEFINABLE_PRIORITY}"
+            ),
+        ));
     }
     causes
 }

@@ -313,6 +313,12 @@ static SERVICE_ACCOUNT: KindStrategy = kind(Printer::ServiceAccount, defaults::n
 static LEASE: KindStrategy = kind(Printer::Lease, defaults::none, resources::no_validation, &[], &[], &[]);
 #[rustfmt::skip]
 static ENDPOINT_SLICE: KindStrategy = kind(Printer::EndpointSlice, defaults::endpoint_slice, resources::no_validation, &[], &[], &[]);
+#[rustfmt::skip]
+static LIMIT_RANGE: KindStrategy = kind(Printer::LimitRange, defaults::limit_range, resources::no_validation, &[], &[], &[]);
+#[rustfmt::skip]
+static WEBHOOK_CONFIGURATION: KindStrategy = kind(Printer::WebhookConfiguration, defaults::webhook_configuration, resources::no_validation, &[], &["api-extensions"], &[]);
+#[rustfmt::skip]
+static PRIORITY_CLASS: KindStrategy = kind(Printer::PriorityClass, defaults::priority_class, resources::validate_priority_class, &[], &[], &[]);
 
 /// The strategy of the kind `printer` prints.
 pub fn of(printer: Printer) -> &'static dyn Strategy {
@@ -333,6 +339,9 @@ pub fn of(printer: Printer) -> &'static dyn Strategy {
         Printer::ServiceAccount => &SERVICE_ACCOUNT,
         Printer::Lease => &LEASE,
         Printer::EndpointSlice => &ENDPOINT_SLICE,
+        Printer::LimitRange => &LIMIT_RANGE,
+        Printer::PriorityClass => &PRIORITY_CLASS,
+        Printer::WebhookConfiguration => &WEBHOOK_CONFIGURATION,
     }
 }
 

@@ -26,6 +26,9 @@ pub enum Printer {
     ServiceAccount,
     Lease,
     EndpointSlice,
+    LimitRange,
+    PriorityClass,
+    WebhookConfiguration,
 }
 
 fn column(name: &str, kind: &str, format: &str, priority: i32) -> Value {
@@ -134,6 +137,15 @@ pub fn columns(printer: Printer) -> Vec<Value> {
         Printer::ResourceQuota => vec![name, age, s("Request", 0), s("Limit", 0)],
         Printer::ServiceAccount => vec![name, column("Secrets", "string", "", 0), age],
         Printer::Lease => vec![name, s("Holder", 0), age],
+        Printer::LimitRange => vec![name, s("Created At", 0)],
+        Printer::WebhookConfiguration => vec![name, column("Webhooks", "integer", "", 0), age],
+        Printer::PriorityClass => vec![
+            name,
+            column("Value", "integer", "", 0),
+            column("Global-Default", "boolean", "", 0),
+            age,
+            s("PreemptionPolicy", 0),
+        ],
         Printer::EndpointSlice => vec![
             name,
             s("AddressType", 0),
@@ -620,6 +632,18 @@ pub fn cells(printer: Printer, obj: &Value, now: Timestamp) -> Vec<Value> {
             vec![name, json!(secrets.to_string()), age]
         }
         Printer::Lease => vec![name, json!(str_of(&obj["spec"]["holderIdentity"])), age],
+        Printer::LimitRange => vec![name, obj["metadata"]["creationTimestamp"].clone()],
+        Printer::WebhookConfiguration => {
+            let webhooks = obj["webhooks"].as_array().map(Vec::len).unwrap_or(0);
+            vec![name, json!(webhooks), age]
+        }
+        Printer::PriorityClass => vec![
+            name,
+            json!(obj["value"].as_i64().unwrap_or(0)),
+            json!(obj["globalDefault"].as_bool().unwrap_or(false)),
+            age,
+            json!(str_of(&obj["preemptionPolicy"])),
+        ],
     }
 }
 

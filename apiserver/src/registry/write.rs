@@ -4,30 +4,6 @@
 use super::*;
 
 impl Registry {
-    pub(super) async fn check_namespace(&self, namespace: &str) -> Result<(), ApiError> {
-        let info = self.namespaces();
-        let stored = self
-            .storage
-            .get(&self.key(info, None, namespace))
-            .await
-            .map_err(|e| ApiError::from_storage(e, "namespaces", "", namespace))?;
-        match stored {
-            None => Err(ApiError::not_found("namespaces", "", namespace)),
-            Some(s) => {
-                let ns: Value = serde_json::from_slice(&s.value).unwrap_or(Value::Null);
-                if ns["metadata"]["deletionTimestamp"].is_string() {
-                    return Err(ApiError::new(
-                        Reason::Forbidden,
-                        format!(
-                            "unable to create new content in namespace {namespace} because it is being terminated"
-                        ),
-                    ));
-                }
-                Ok(())
-            }
-        }
-    }
-
     /// Checks kind, name and namespace of a body against the URL; validates and normalises it.
     pub(super) fn admit(
         &self,
@@ -108,6 +84,23 @@ impl Registry {
         Ok(())
     }
 
+    /// The admission chain on an object the verbs are about to write: the mutating plugins,
+    /// then — if they changed it — the kind's defaults, decoding and validation again (upstream's
+    /// strategy runs after mutating admission), then the validating plugins.
+    pub(super) async fn run_admission(
+        &self,
+        info: &ResourceInfo,
+        attrs: &Attributes<'_>,
+        obj: &mut Value,
+    ) -> Result<(), ApiError> {
+        let before = obj.clone();
+        self.admission.mutate(attrs, obj).await?;
+        if *obj != before {
+            self.admit(info, attrs.namespace, obj, &HashMap::new())?;
+        }
+        self.admission.validate(attrs, obj).await
+    }
+
     pub async fn create(
         &self,
         t: &Target<'_>,
@@ -139,10 +132,15 @@ impl Registry {
         self.admit(info, t.namespace.as_deref(), &mut obj, query)?;
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
         let namespace = obj["metadata"]["namespace"].as_str().map(String::from);
-        if info.namespaced {
-            self.check_namespace(namespace.as_deref().unwrap_or("default"))
-                .await?;
-        }
+        let attrs = attributes(
+            info,
+            Operation::Create,
+            namespace.as_deref(),
+            &name,
+            None,
+            query,
+        );
+        self.run_admission(info, &attrs, &mut obj).await?;
         if is_dry_run(query) {
             return Ok(json_response(StatusCode::CREATED, &obj));
         }
@@ -226,6 +224,18 @@ impl Registry {
                 map.remove("status");
             }
         }
+        let attrs = Attributes {
+            subresource: sub,
+            ..attributes(
+                info,
+                Operation::Update,
+                namespace,
+                name,
+                Some(current),
+                query,
+            )
+        };
+        self.run_admission(info, &attrs, &mut obj).await?;
         if obj.get("spec") != current.get("spec") {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0);
             obj["metadata"]["generation"] = json!(generation + 1);
@@ -358,6 +368,29 @@ pub(super) fn apply_patch(ct: &str, obj: &mut Value, patch_doc: &Value) -> Resul
         other => return Err(ApiError::unsupported_media_type(other)),
     }
     Ok(())
+}
+
+/// What the admission plugins know of a write of `info`'s object `name`.
+pub(super) fn attributes<'a>(
+    info: &'a ResourceInfo,
+    operation: Operation,
+    namespace: Option<&'a str>,
+    name: &'a str,
+    old: Option<&'a Value>,
+    query: &HashMap<String, String>,
+) -> Attributes<'a> {
+    Attributes {
+        operation,
+        kind: info.kind,
+        group: info.group,
+        version: info.version,
+        resource: info.resource,
+        subresource: None,
+        namespace,
+        name,
+        old,
+        dry_run: is_dry_run(query),
+    }
 }
 
 pub(super) fn set_create_metadata(obj: &mut Value) {
