@@ -5,7 +5,9 @@ mod apiserver;
 mod bench;
 mod cli;
 mod logging;
+mod node_sim;
 mod pki;
+mod scheduler;
 mod store;
 
 use std::process::ExitCode;
@@ -45,6 +47,13 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run a Kubernetes-compatible API server over an etcd v3 store (skiff store or etcd).
     Apiserver(apiserver::ApiserverArgs),
+    /// Run the pod scheduler (kube-scheduler's filters, scores and flags; leader-elected).
+    Scheduler(scheduler::SchedulerArgs),
+    /// Explain why a pod is pending: each node's verdict from the scheduler's filters.
+    WhyPending(scheduler::WhyPendingArgs),
+    /// Simulate kubelets (kwok-style): register Nodes, renew their Leases, run their pods'
+    /// status lifecycle, without containers.
+    NodeSim(node_sim::NodeSimArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +89,9 @@ fn main() -> ExitCode {
         Command::Store(args) => store::run(args),
         Command::Bench(args) => args.run(),
         Command::Apiserver(args) => apiserver::run(args),
+        Command::Scheduler(args) => scheduler::run(args),
+        Command::WhyPending(args) => scheduler::why_pending(args),
         Command::Pki(command) => command.run(),
+        Command::NodeSim(args) => node_sim::run(args),
     }
 }

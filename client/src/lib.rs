@@ -1,0 +1,42 @@
+//! skiff's client runtime, shared by the scheduler, the controller manager, the node agent and
+//! the node simulator. It talks to the API server only (kube-rs + k8s-openapi), never to the
+//! store.
+//!
+//! - `config`: where the kubeconfig comes from (`--kubeconfig`, else `KUBECONFIG`, else in-cluster).
+//! - `informer`: kube-runtime watchers/reflectors feeding bounded channels.
+//! - `leader`: leader election on a coordination.k8s.io/v1 Lease, client-go's algorithm and defaults.
+//! - `events`: a core/v1 Event recorder deduplicating repeats with `count`, like client-go's.
+//! - `metrics`: a small Prometheus text-format registry.
+//! - `serve`: `/healthz`, `/readyz` and `/metrics` over plain HTTP.
+
+pub mod config;
+pub mod events;
+pub mod informer;
+pub mod leader;
+pub mod metrics;
+pub mod serve;
+
+/// Errors of the client runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kubeconfig could not be read or used.
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    /// A request to the API server failed.
+    #[error("api: {0}")]
+    Api(#[from] kube::Error),
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// This candidate held the lease and could not renew it within the renew deadline.
+    #[error("leader election lost: could not renew lease {0} within the renew deadline")]
+    LeaderLost(String),
+    /// Socket trouble while serving.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The current wall-clock time as a Kubernetes timestamp.
+pub fn now_timestamp() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}

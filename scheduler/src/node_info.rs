@@ -1,0 +1,169 @@
+//! `NodeInfo`: a node plus what the scheduler knows is placed on it — the sum of its pods'
+//! requests (and non-zero requests for scoring), its pod count and the host ports in use.
+//! Pods are added when the watch shows them bound *or* when this scheduler assumes them, so
+//! a decision is visible to the next pod at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+use crate::resources::{Resources, pod_requests};
+
+/// A host port in use: (hostIP, protocol, port).
+pub type HostPort = (String, String, i32);
+
+/// What a pod occupies on a node.
+#[derive(Debug, Clone, Default)]
+pub struct PodUsage {
+    /// `PodRequests`.
+    pub requests: Resources,
+    /// `PodRequests` with the non-zero defaults.
+    pub non_zero: Resources,
+    /// Host ports.
+    pub ports: Vec<HostPort>,
+    /// The pod's namespace and labels (for inter-pod affinity).
+    pub namespace: String,
+    /// The pod's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Whether the pod is being deleted (PodTopologySpread does not count it).
+    pub terminating: bool,
+    /// The pod's required anti-affinity terms (existing pods' anti-affinity).
+    pub anti_affinity: Vec<crate::interpod::AffinityTerm>,
+}
+
+impl PodUsage {
+    /// Computes a pod's usage.
+    pub fn of(pod: &Pod) -> PodUsage {
+        PodUsage {
+            requests: pod_requests(pod, false),
+            non_zero: pod_requests(pod, true),
+            ports: host_ports(pod),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            anti_affinity: crate::interpod::required_terms(pod, true),
+        }
+    }
+}
+
+/// The host ports a pod asks for (`hostPort` > 0), with `0.0.0.0` for an empty hostIP.
+pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
+    let mut ports = Vec::new();
+    let Some(spec) = pod.spec.as_ref() else {
+        return ports;
+    };
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        for p in c.ports.iter().flatten() {
+            let Some(host_port) = p.host_port.filter(|p| *p > 0) else {
+                continue;
+            };
+            let ip = p
+                .host_ip
+                .clone()
+                .filter(|ip| !ip.is_empty())
+                .unwrap_or_else(|| "0.0.0.0".into());
+            let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            ports.push((ip, proto, host_port));
+        }
+    }
+    ports
+}
+
+/// A node and its placed pods.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The Node object.
+    pub node: Node,
+    /// `status.allocatable`.
+    pub allocatable: Resources,
+    /// Sum of placed pods' requests.
+    pub requested: Resources,
+    /// Sum of placed pods' non-zero requests.
+    pub non_zero_requested: Resources,
+    /// Placed pods by `namespace/name`.
+    pub pods: BTreeMap<String, PodUsage>,
+    /// Host ports in use (with multiplicity).
+    pub used_ports: BTreeMap<HostPort, usize>,
+    /// Placed pods with required anti-affinity terms.
+    pub anti_affinity_pods: usize,
+}
+
+impl NodeInfo {
+    /// A node with nothing on it.
+    pub fn new(node: Node) -> NodeInfo {
+        let allocatable =
+            Resources::from_map(node.status.as_ref().and_then(|s| s.allocatable.as_ref()));
+        NodeInfo {
+            node,
+            allocatable,
+            requested: Resources::default(),
+            non_zero_requested: Resources::default(),
+            pods: BTreeMap::new(),
+            used_ports: BTreeMap::new(),
+            anti_affinity_pods: 0,
+        }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        self.node.metadata.name.as_deref().unwrap_or("")
+    }
+
+    /// Replaces the Node object, keeping the pods.
+    pub fn set_node(&mut self, node: Node) {
+        self.allocatable =
+            Resources::from_map(node.status.as_ref().and_then(|s| s.allocatable.as_ref()));
+        self.node = node;
+    }
+
+    /// Adds (or replaces) a pod.
+    pub fn add_pod(&mut self, key: &str, usage: PodUsage) {
+        self.remove_pod(key);
+        self.requested.add(&usage.requests);
+        self.non_zero_requested.add(&usage.non_zero);
+        for port in &usage.ports {
+            *self.used_ports.entry(port.clone()).or_insert(0) += 1;
+        }
+        if !usage.anti_affinity.is_empty() {
+            self.anti_affinity_pods += 1;
+        }
+        self.pods.insert(key.to_string(), usage);
+    }
+
+    /// Removes a pod if present.
+    pub fn remove_pod(&mut self, key: &str) {
+        let Some(usage) = self.pods.remove(key) else {
+            return;
+        };
+        self.requested.sub(&usage.requests);
+        self.non_zero_requested.sub(&usage.non_zero);
+        if !usage.anti_affinity.is_empty() {
+            self.anti_affinity_pods -= 1;
+        }
+        for port in &usage.ports {
+            if let Some(n) = self.used_ports.get_mut(port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.used_ports.remove(port);
+                }
+            }
+        }
+    }
+
+    /// Whether a port conflicts with one in use (`0.0.0.0` conflicts with every IP).
+    pub fn port_conflicts(&self, want: &HostPort) -> bool {
+        let (ip, proto, port) = want;
+        self.used_ports.keys().any(|(uip, uproto, uport)| {
+            uport == port && uproto == proto && (uip == ip || uip == "0.0.0.0" || ip == "0.0.0.0")
+        })
+    }
+
+    /// Host ports in use, for explanations.
+    pub fn ports_in_use(&self) -> BTreeSet<i32> {
+        self.used_ports.keys().map(|(_, _, p)| *p).collect()
+    }
+}
