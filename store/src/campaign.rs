@@ -29,6 +29,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -64,10 +65,12 @@ pub fn openraft_lease(config: &StoreConfig) -> Duration {
     Duration::from_millis(openraft_timeouts(config).1)
 }
 
-/// Elections held until a deadline (see [`crate::transfer`]).
+/// Elections held until a deadline (see [`crate::transfer`]), and whether the leader this
+/// member follows has been silent for an election timeout.
 #[derive(Default)]
 pub struct ElectionHold {
     until: Mutex<Option<Instant>>,
+    leader_silent: AtomicBool,
 }
 
 impl ElectionHold {
@@ -82,6 +85,17 @@ impl ElectionHold {
 
     pub fn is_held(&self) -> bool {
         matches!(*self.lock(), Some(until) if Instant::now() < until)
+    }
+
+    /// Whether the leader openraft still names has been silent for an election timeout:
+    /// this member then counts as having no leader (etcd's pre-candidate has none), though
+    /// openraft keeps naming it until another is elected.
+    pub fn leader_silent(&self) -> bool {
+        self.leader_silent.load(Ordering::Relaxed)
+    }
+
+    fn set_leader_silent(&self, silent: bool) {
+        self.leader_silent.store(silent, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
@@ -142,17 +156,20 @@ pub async fn run(node: Arc<StoreNode>, mut stop: tokio::sync::watch::Receiver<bo
         }
         let metrics = node.raft.metrics().borrow().clone();
         if metrics.state == ServerState::Leader || node.election_hold.is_held() {
+            node.election_hold.set_leader_silent(false);
             last_attempt = Instant::now();
             continue;
         }
+        let Some((_, since)) = quiet_time(&node).await else {
+            return; // Raft has stopped.
+        };
+        node.election_hold
+            .set_leader_silent(since.is_some_and(|since| since >= election));
         let membership = metrics.membership_config.membership().clone();
         if !membership.voter_ids().any(|id| id == node.id) {
             continue;
         }
         let alone = membership.voter_ids().all(|id| id == node.id);
-        let Some((_, since)) = quiet_time(&node).await else {
-            return; // Raft has stopped.
-        };
         let quiet = since.map_or(last_attempt.elapsed(), |since| {
             since.min(last_attempt.elapsed())
         });

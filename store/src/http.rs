@@ -215,7 +215,7 @@ async fn metrics(State(node): State<Arc<StoreNode>>) -> impl IntoResponse {
         gauge,
         "Whether or not a leader exists. 1 is existence, 0 is not.",
         "",
-        f64::from(u8::from(m.current_leader.is_some())),
+        f64::from(u8::from(node.current_leader().is_some())),
     );
     metric(
         "etcd_server_id",

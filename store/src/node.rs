@@ -139,8 +139,12 @@ impl StoreNode {
         Duration::from_secs(5) + self.config.election_timeout * 2
     }
 
+    /// The leader this member follows (or itself), as etcd's `Leader()` reports it: none
+    /// once the leader has been silent for an election timeout, though openraft keeps
+    /// naming it until another is elected (etcd's pre-candidate has no leader either).
     pub fn current_leader(&self) -> Option<MemberId> {
-        self.raft.metrics().borrow().current_leader
+        let leader = self.raft.metrics().borrow().current_leader;
+        leader.filter(|leader| *leader == self.id || !self.election_hold.leader_silent())
     }
 
     pub fn is_learner(&self) -> bool {

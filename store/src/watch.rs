@@ -129,7 +129,9 @@ impl Watch for EtcdApi {
 
 /// Whether this member sees a leader, for `hasleader` streams. openraft leaders do not step
 /// down when they lose their quorum (etcd's leaders do: CheckQuorum), so a leader that has
-/// not heard from a quorum for an election timeout counts as none.
+/// not heard from a quorum for an election timeout counts as none; and a follower keeps
+/// naming a dead leader while its pre-votes fail, so one silent for an election timeout
+/// counts as none too (see [`crate::campaign`]).
 fn has_leader(node: &StoreNode) -> bool {
     let metrics = node.raft.metrics();
     let metrics = metrics.borrow();
@@ -138,7 +140,7 @@ fn has_leader(node: &StoreNode) -> bool {
         Some(leader) if leader == node.id => metrics
             .millis_since_quorum_ack
             .is_some_and(|ms| u128::from(ms) <= node.config.election_timeout.as_millis()),
-        Some(_) => true,
+        Some(_) => !node.election_hold.leader_silent(),
     }
 }
 
