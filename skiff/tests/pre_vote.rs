@@ -1,5 +1,5 @@
-//! Pre-vote (etcd's `--pre-vote`): a member cut off from the leader does not raise its
-//! term, so when it hears from the cluster again the healthy leader stays leader.
+//! Pre-vote (`--pre-vote`, etcd's flag): a member cut off from the leader does not raise
+//! its term, so when it hears from the cluster again the healthy leader stays leader.
 //!
 //! The cut is an iptables rule on loopback that drops every packet to the isolated
 //! member's peer port (only this test's port): it hears no heartbeat and no vote answer
@@ -83,7 +83,7 @@ fn a_cut_off_member_rejoining_does_not_depose_the_leader() {
         eprintln!("skipped: cutting a member off needs root (iptables), as the chaos suite");
         return;
     }
-    let cluster = Cluster::start(3);
+    let cluster = Cluster::start_with(3, &["--pre-vote"]);
     let leader = cluster.wait_leader(Duration::from_secs(10));
     let isolated = (leader + 1) % 3;
     let leader_endpoint = cluster.members[leader].endpoint();

@@ -56,6 +56,11 @@ pub struct PreVoteRequest {
 /// timer is off; the maximum is also its leader lease (the time after a heartbeat in which
 /// a follower refuses real votes), kept short: pre-votes do the real guarding.
 pub fn openraft_timeouts(config: &StoreConfig) -> (u64, u64) {
+    if !config.pre_vote {
+        // openraft's own timer: the election timeout, randomized up to twice it.
+        let election = config.election_timeout.as_millis() as u64;
+        return (election, election * 2);
+    }
     let heartbeat = config.heartbeat_interval.as_millis() as u64;
     (heartbeat * 2, heartbeat * 3)
 }
@@ -272,7 +277,8 @@ mod tests {
 
     #[test]
     fn openraft_lease_is_short_and_valid() {
-        let config = StoreConfig::single("a");
+        let mut config = StoreConfig::single("a");
+        config.pre_vote = true;
         let (min, max) = openraft_timeouts(&config);
         assert!(min > config.heartbeat_interval.as_millis() as u64 && max > min);
         assert!(openraft_lease(&config) < config.election_timeout);

@@ -37,6 +37,9 @@ pub struct StoreConfig {
     pub initial_cluster_token: String,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
+    /// `--pre-vote`: elections run by [`crate::campaign`] with etcd's pre-vote; otherwise
+    /// openraft's own election timer (see there).
+    pub pre_vote: bool,
     /// Entries applied between two Raft snapshots (`--snapshot-count`).
     pub snapshot_count: u64,
     /// Entries kept after a snapshot for slow followers (`--snapshot-catchup-entries`).
@@ -164,6 +167,7 @@ impl StoreConfig {
             initial_cluster_token: "etcd-cluster".into(),
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
+            pre_vote: false,
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5_000,
             backend_batch_interval: crate::raft_log::CHECKPOINT_INTERVAL,

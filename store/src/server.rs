@@ -54,9 +54,9 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 pub const STOP_SERVE_GRACE: Duration = Duration::from_secs(2);
 /// Raft's core gets this long to stop.
 const STOP_RAFT_TIMEOUT: Duration = Duration::from_secs(1);
-/// At most this long (and at most one election timeout) for a stopping leader to hand
+/// At most this long (and at most openraft's lease plus half an election timeout) for a stopping leader to hand
 /// leadership over before it stops (see [`crate::transfer::hand_off_before_stop`]).
-pub const STOP_HANDOFF_BUDGET: Duration = Duration::from_secs(1);
+pub const STOP_HANDOFF_BUDGET: Duration = Duration::from_secs(3);
 /// A stop returns within this long whatever clients, peers or the disk do; what was still
 /// open then is logged and returned as the error.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(4);
@@ -162,7 +162,9 @@ impl RunningStore {
         let progress = StopProgress::default();
         let node = self.node.clone();
         // A leader hands over first (as etcd's does), still serving meanwhile.
-        let budget = node.config.election_timeout.min(STOP_HANDOFF_BUDGET);
+        let budget = (crate::campaign::openraft_lease(&node.config)
+            + node.config.election_timeout / 2)
+            .min(STOP_HANDOFF_BUDGET);
         crate::transfer::hand_off_before_stop(&node, budget).await;
         match tokio::time::timeout(STOP_DEADLINE, self.stop_in_steps(&progress)).await {
             Ok(()) => Ok(()),
@@ -326,7 +328,8 @@ fn raft_config(config: &StoreConfig) -> Result<openraft::Config, Error> {
         heartbeat_interval: heartbeat,
         election_timeout_min,
         election_timeout_max,
-        enable_elect: false,
+        // With --pre-vote, crate::campaign runs elections; otherwise openraft's timer does.
+        enable_elect: !config.pre_vote,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
         // Bounded queues: at most this many entries per AppendEntries, chunks of 4 MiB.
@@ -556,10 +559,12 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, Error> {
             stop_rx.clone(),
         )),
     ));
-    tasks.push((
-        "election timer".into(),
-        tokio::spawn(crate::campaign::run(node.clone(), stop_rx.clone())),
-    ));
+    if config.pre_vote {
+        tasks.push((
+            "election timer".into(),
+            tokio::spawn(crate::campaign::run(node.clone(), stop_rx.clone())),
+        ));
+    }
     tasks.push((
         "lease expiry".into(),
         crate::lease::start(node.clone(), stop_rx.clone()),

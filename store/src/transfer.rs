@@ -34,12 +34,11 @@ pub enum TransferStep {
 pub async fn handle_step(node: &StoreNode, step: TransferStep) -> ForwardOutcome {
     match step {
         TransferStep::HoldElections { millis } => {
-            node.election_hold
-                .hold_for(Duration::from_millis(millis.min(MAX_HOLD_MILLIS)));
+            hold_elections(node, Duration::from_millis(millis.min(MAX_HOLD_MILLIS)));
         }
-        TransferStep::ResumeElections => node.election_hold.resume(),
+        TransferStep::ResumeElections => resume_elections(node),
         TransferStep::Campaign => {
-            node.election_hold.resume();
+            resume_elections(node);
             if node.raft.trigger().elect().await.is_err() {
                 return ForwardOutcome::Failed(Error::Stopped);
             }
@@ -50,6 +49,27 @@ pub async fn handle_step(node: &StoreNode, step: TransferStep) -> ForwardOutcome
 
 /// The longest election hold a member accepts (a hold always ends by itself).
 const MAX_HOLD_MILLIS: u64 = 60_000;
+
+/// Start no election for `duration`: the pre-vote timer's hold, or without `--pre-vote`
+/// openraft's own timer switched off and back on by itself after `duration`.
+fn hold_elections(node: &StoreNode, duration: Duration) {
+    node.election_hold.hold_for(duration);
+    if !node.config.pre_vote {
+        node.raft.runtime_config().elect(false);
+        let raft = node.raft.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            raft.runtime_config().elect(true);
+        });
+    }
+}
+
+fn resume_elections(node: &StoreNode) {
+    node.election_hold.resume();
+    if !node.config.pre_vote {
+        node.raft.runtime_config().elect(true);
+    }
+}
 
 async fn send_step(
     node: &StoreNode,
@@ -75,7 +95,7 @@ pub async fn move_leader(node: &StoreNode, target: MemberId) -> Result<(), Error
     let lease = crate::campaign::openraft_lease(&node.config);
     let started = Instant::now();
     // Every hold below ends by itself by then, whatever happens to this task.
-    let hold = election * 4;
+    let hold = election * 4 + lease * 2;
     node.proposer.hold_until(started + hold);
     let restore = RestoreOnDrop(node);
     let moved = transfer(node, target, hold, lease, rpc_timeout).await;
@@ -105,7 +125,7 @@ struct RestoreOnDrop<'a>(&'a StoreNode);
 impl Drop for RestoreOnDrop<'_> {
     fn drop(&mut self) {
         self.0.raft.runtime_config().heartbeat(true);
-        self.0.election_hold.resume();
+        resume_elections(self.0);
         self.0.proposer.release();
     }
 }
@@ -152,7 +172,7 @@ async fn transfer(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // 2. Nobody but the target campaigns until the transfer is over.
-    node.election_hold.hold_for(hold);
+    hold_elections(node, hold);
     let millis = hold.as_millis() as u64;
     for voter in other_voters(node, target) {
         send_step(
