@@ -138,15 +138,9 @@ pub(crate) fn run(args: ApiserverArgs) -> ExitCode {
         eprintln!("skiff: {err}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("skiff: cannot start runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(skiff_apiserver::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,

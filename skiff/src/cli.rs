@@ -1,5 +1,6 @@
 //! Helpers shared by the subcommands: duration flags, the usage exit code, signals.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 /// Parse a Go-style duration: `500ms`, `5s`, `10m`, `1h`.
@@ -48,4 +49,16 @@ pub(crate) fn parse_go_bool(value: &str) -> Result<bool, String> {
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
         _ => Err(format!("{value:?}: not a boolean (true or false)")),
     }
+}
+
+/// The multi-threaded runtime every long-running subcommand runs on; on failure the line
+/// is printed and the exit code returned.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| {
+            eprintln!("skiff: cannot start runtime: {err}");
+            ExitCode::FAILURE
+        })
 }

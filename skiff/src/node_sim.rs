@@ -99,15 +99,9 @@ pub(crate) fn run(args: NodeSimArgs) -> ExitCode {
         eprintln!("skiff: {err}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("skiff: cannot start runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let res = runtime.block_on(async {
         let client = skiff_node_sim::kubeconfig::client(args.kubeconfig.as_deref()).await?;

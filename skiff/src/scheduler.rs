@@ -69,16 +69,6 @@ fn init_logging(level: &str) {
         .init();
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| {
-            eprintln!("skiff: cannot start runtime: {err}");
-            ExitCode::FAILURE
-        })
-}
-
 pub(crate) fn run(args: SchedulerArgs) -> ExitCode {
     init_logging(&args.log_level);
     let identity = skiff_client::leader::default_identity();
@@ -98,7 +88,7 @@ pub(crate) fn run(args: SchedulerArgs) -> ExitCode {
         eprintln!("skiff: {err}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let runtime = match runtime() {
+    let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -135,7 +125,7 @@ pub(crate) fn run(args: SchedulerArgs) -> ExitCode {
 }
 
 pub(crate) fn why_pending(args: WhyPendingArgs) -> ExitCode {
-    let runtime = match runtime() {
+    let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };

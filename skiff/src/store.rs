@@ -456,15 +456,9 @@ fn run_store(args: StoreArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("skiff: cannot start runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(skiff_store::run(config, store_stop_signal()));
     // The stop is bounded (skiff_store::server::STOP_DEADLINE); so is the wait for
