@@ -595,3 +595,108 @@ fn leases_expire_after_keepalives_stop_and_survive_a_leader_kill() {
         .collect();
     assert!(keys.is_empty(), "no leased key left: {keys:?}");
 }
+
+/// SIGCONTs a paused member even when the test fails.
+struct Paused(u32);
+
+impl Paused {
+    fn stop(pid: u32) -> Paused {
+        signal(pid, "-STOP");
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid} failed");
+}
+
+/// A leader paused past a lease's TTL wakes up with that lease expired on its own clock,
+/// while the new leader has kept it alive. The paused member must not revoke it: an
+/// expired lease is revoked only by a leader that confirms its leadership and proposes
+/// in its own term (etcd's `ensureLeadership`), never forwarded to whoever leads now.
+#[test]
+fn a_resumed_deposed_leader_does_not_revoke_a_lease_kept_alive_meanwhile() {
+    let cluster = Cluster::start(3);
+    let rt = runtime();
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let followers: Vec<String> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| cluster.members[i].endpoint())
+        .collect();
+    let ttl: i64 = 3;
+    let mut client = rt.block_on(common::client(&followers.join(",")));
+    let mut leases = Vec::new();
+    for n in 0..8 {
+        let lease = rt
+            .block_on(client.lease_grant(ttl, None))
+            .expect("grant")
+            .id();
+        rt.block_on(client.put(
+            format!("kept/{n}"),
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        ))
+        .expect("put with lease");
+        leases.push(lease);
+    }
+    // Keep-alives go to the followers only, so they reach whichever member leads.
+    let keepers: Vec<KeepAliveTask> = leases
+        .iter()
+        .map(|&id| KeepAliveTask::spawn(&rt, followers.clone(), id, Duration::from_millis(300)))
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Paused well past the TTL: a new leader is elected and keeps the leases alive.
+    let pid = cluster.members[leader]
+        .child
+        .as_ref()
+        .expect("leader runs")
+        .id();
+    let paused = Paused::stop(pid);
+    std::thread::sleep(Duration::from_secs(ttl as u64 * 3));
+    let new_leader = cluster.leader();
+    assert!(
+        new_leader.is_some_and(|l| l != leader),
+        "a follower took over: {new_leader:?}"
+    );
+    let before: Vec<u64> = keepers.iter().map(|k| k.answers()).collect();
+    drop(paused);
+
+    // The old leader wakes up with every lease past its expiry on its own clock.
+    let watch_until = Instant::now() + Duration::from_secs(ttl as u64 + 2);
+    while Instant::now() < watch_until {
+        let got = rt
+            .block_on(client.get("kept/", Some(GetOptions::new().with_prefix())))
+            .expect("get");
+        assert_eq!(
+            got.kvs().len(),
+            leases.len(),
+            "a lease kept alive by the new leader was revoked after the old leader resumed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (keeper, before) in keepers.iter().zip(&before) {
+        assert!(
+            keeper.answers() > *before,
+            "keep-alives kept being answered"
+        );
+    }
+    for keeper in keepers {
+        keeper.stop(&rt);
+    }
+    let log = cluster.log_tail(&cluster.members[leader].name);
+    assert!(
+        !log.contains("panicked"),
+        "the resumed member panicked:\n{log}"
+    );
+}

@@ -42,6 +42,7 @@ use crate::error::Error;
 use crate::mvcc::LeaseId;
 use crate::network::{ForwardOutcome, Forwarded};
 use crate::node::StoreNode;
+use crate::proposer::Proposed;
 use crate::types::{Command, Reply};
 
 /// etcd's `MaxLeaseTTL`: the largest TTL a lease may be granted with, in seconds.
@@ -568,34 +569,79 @@ fn observe_leadership(node: &StoreNode) {
 
 /// Hand expired leases to Raft, at most `REVOKES_PER_CHECK` per call and
 /// `MAX_PENDING_REVOKES` in flight.
+///
+/// The expiries are this member's own clock, valid only while it leads. A leader that was
+/// paused (or cut off) wakes up with leases expired that the leader elected meanwhile has
+/// kept alive, so, as etcd's `ensureLeadership`, a batch is revoked only after a quorum
+/// confirms this member still leads, only while its lessor is still the primary of the
+/// term the batch was taken in, and only by proposing here: a revocation is never
+/// forwarded to another leader (whose clocks it would overrule).
 fn revoke_expired(node: &Arc<StoreNode>, pending: &Arc<Semaphore>) {
-    {
+    let term = {
         let sm = node.sm.read();
-        node.leases
-            .lock()
-            .reconcile(sm.mvcc.lessor(), Instant::now());
-    }
+        let mut primary = node.leases.lock();
+        primary.reconcile(sm.mvcc.lessor(), Instant::now());
+        primary.term
+    };
+    let Some(term) = term else {
+        return;
+    };
     let now = Instant::now();
-    for _ in 0..REVOKES_PER_CHECK {
+    let mut batch = Vec::new();
+    while batch.len() < REVOKES_PER_CHECK {
         let Ok(permit) = pending.clone().try_acquire_owned() else {
-            return;
+            break;
         };
         let Some(id) = node.leases.lock().pop_expired(now) else {
-            return;
+            break;
         };
-        let node = node.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let command = Command::LeaseRevoke(LeaseRevokeRequest { id }.encode_to_vec());
-            match node.write(command, false).await {
-                Ok(Reply::Failed(Error::LeaseNotFound)) => {}
-                Ok(Reply::Failed(err)) | Err(err) => {
-                    tracing::warn!(lease = %format!("{id:x}"), "revoking an expired lease: {err}")
-                }
-                Ok(_) => tracing::debug!(lease = %format!("{id:x}"), "expired lease revoked"),
-            }
-        });
+        batch.push((id, permit));
     }
+    if batch.is_empty() {
+        return;
+    }
+    let node = node.clone();
+    tokio::spawn(async move {
+        // Expired leases stay queued (looked at again after EXPIRED_LEASE_RETRY_INTERVAL)
+        // if this member turns out not to lead: the new primary decides then.
+        if !confirm_leadership(&node).await {
+            tracing::info!(
+                leases = batch.len(),
+                "not revoking expired leases: leadership not confirmed by a quorum"
+            );
+            return;
+        }
+        for (id, permit) in batch {
+            if node.leases.lock().term != Some(term) {
+                return;
+            }
+            let node = node.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let command = Command::LeaseRevoke(LeaseRevokeRequest { id }.encode_to_vec());
+                let proposed =
+                    tokio::time::timeout(node.request_timeout(), node.proposer.propose(command));
+                match proposed.await {
+                    Ok(Proposed::Applied(Reply::Failed(Error::LeaseNotFound))) => {}
+                    Ok(Proposed::Applied(Reply::Failed(err))) | Ok(Proposed::Failed(err)) => {
+                        tracing::warn!(lease = %format!("{id:x}"), "revoking an expired lease: {err}")
+                    }
+                    Ok(Proposed::Applied(_)) => {
+                        tracing::debug!(lease = %format!("{id:x}"), "expired lease revoked")
+                    }
+                    Ok(Proposed::NotLeader(_)) => tracing::debug!(
+                        lease = %format!("{id:x}"),
+                        "not revoking an expired lease: no longer the leader"
+                    ),
+                    Err(_) => tracing::warn!(
+                        lease = %format!("{id:x}"),
+                        "revoking an expired lease: {}",
+                        Error::Timeout
+                    ),
+                }
+            });
+        }
+    });
 }
 
 /// Start the lessor task: it follows leadership and, on the primary, revokes expired
