@@ -123,10 +123,10 @@ pub(crate) struct StoreArgs {
     /// Election timeout in milliseconds.
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     election_timeout: u64,
-    /// Run etcd's pre-vote before every election (etcd 3.4's default is off, as here): a
-    /// member cut off from the others never raises its term, and writes resume sooner after
-    /// a leader dies.
-    #[arg(long, env = "ETCD_PRE_VOTE", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", value_parser = crate::cli::parse_go_bool)]
+    /// Run etcd's pre-vote before every election (on by default, as in etcd 3.5): a member
+    /// cut off from the others never raises its term, and writes resume sooner after a
+    /// leader dies. `--pre-vote=false` leaves elections to openraft's own timer (3–4 s).
+    #[arg(long, env = "ETCD_PRE_VOTE", action = ArgAction::Set, num_args = 0..=1, default_value = "true", default_missing_value = "true", value_parser = crate::cli::parse_go_bool)]
     pre_vote: bool,
     /// Applied entries between two Raft snapshots (etcd's default: 100,000).
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]

@@ -167,7 +167,7 @@ impl StoreConfig {
             initial_cluster_token: "etcd-cluster".into(),
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
-            pre_vote: false,
+            pre_vote: true,
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5_000,
             backend_batch_interval: crate::raft_log::CHECKPOINT_INTERVAL,
