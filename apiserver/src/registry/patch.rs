@@ -1,26 +1,13 @@
-//! Patches: JSON merge patch (RFC 7386) and Kubernetes strategic merge patch with the directives
+//! Patches: RFC 7386 JSON merge patch and RFC 6902 JSON patch (through the `json-patch` crate),
+//! and our own Kubernetes strategic merge patch with the directives
 //! `kubectl apply` sends (`$setElementOrder/…`, `$patch: delete|replace|merge`, `$retainKeys`,
 //! `$deleteFromPrimitiveList/…`, null deletes) and the merge keys of the core and apps kinds.
 
 use serde_json::{Map, Value};
 
-/// RFC 7386.
+/// RFC 7386 JSON merge patch (the `json-patch` crate, as kube-rs uses it).
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let target = target.as_object_mut().expect("made an object above");
-    for (key, value) in patch {
-        if value.is_null() {
-            target.remove(key);
-        } else {
-            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
-        }
-    }
+    json_patch::merge(target, patch);
 }
 
 /// How a list field merges under strategic merge patch.
@@ -210,134 +197,40 @@ fn reorder(field: &str, list: &mut Vec<Value>, order: &[Value]) {
     *list = ordered;
 }
 
-/// Splits an RFC 6901 JSON pointer into unescaped tokens.
-fn pointer_tokens(path: &str) -> Result<Vec<String>, String> {
-    if path.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rest = path
-        .strip_prefix('/')
-        .ok_or_else(|| format!("invalid JSON pointer {path:?}"))?;
-    Ok(rest
-        .split('/')
-        .map(|t| t.replace("~1", "/").replace("~0", "~"))
-        .collect())
-}
-
-fn array_index(token: &str, len: usize, allow_end: bool) -> Result<usize, String> {
-    if allow_end && token == "-" {
-        return Ok(len);
-    }
-    let i: usize = token
-        .parse()
-        .map_err(|_| format!("invalid array index {token:?}"))?;
-    if i > len || (!allow_end && i == len) {
-        return Err(format!("array index {i} out of bounds"));
-    }
-    Ok(i)
-}
-
-/// The parent container of `tokens` and the last token.
-fn parent<'a>(target: &'a mut Value, tokens: &[String]) -> Result<&'a mut Value, String> {
-    let mut cur = target;
-    for t in &tokens[..tokens.len() - 1] {
-        cur = match cur {
-            Value::Object(m) => m
-                .get_mut(t)
-                .ok_or_else(|| format!("path segment {t:?} not found"))?,
-            Value::Array(a) => {
-                let i = array_index(t, a.len(), false)?;
-                &mut a[i]
-            }
-            _ => return Err(format!("path segment {t:?} not found")),
-        };
-    }
-    Ok(cur)
-}
-
-fn pointer_remove(target: &mut Value, path: &str) -> Result<Value, String> {
-    let tokens = pointer_tokens(path)?;
-    let last = tokens.last().ok_or("cannot remove the whole document")?;
-    match parent(target, &tokens)? {
-        Value::Object(m) => m
-            .remove(last)
-            .ok_or_else(|| format!("unable to remove nonexistent key: {last}")),
-        Value::Array(a) => {
-            let i = array_index(last, a.len(), false)?;
-            Ok(a.remove(i))
-        }
-        _ => Err(format!("path {path:?} not found")),
-    }
-}
-
-fn pointer_add(target: &mut Value, path: &str, value: Value, replace: bool) -> Result<(), String> {
-    let tokens = pointer_tokens(path)?;
-    let Some(last) = tokens.last() else {
-        *target = value;
-        return Ok(());
-    };
-    match parent(target, &tokens)? {
-        Value::Object(m) => {
-            if replace && !m.contains_key(last) {
-                return Err(format!("unable to replace nonexistent key: {last}"));
-            }
-            m.insert(last.clone(), value);
-        }
-        Value::Array(a) => {
-            if replace {
-                let i = array_index(last, a.len(), false)?;
-                a[i] = value;
-            } else {
-                let i = array_index(last, a.len(), true)?;
-                a.insert(i, value);
-            }
-        }
-        _ => return Err(format!("path {path:?} not found")),
-    }
-    Ok(())
-}
-
-/// Applies an RFC 6902 JSON patch (`add`, `remove`, `replace`, `move`, `copy`, `test`); all or
-/// nothing.
+/// Applies an RFC 6902 JSON patch (`add`, `remove`, `replace`, `move`, `copy`, `test`) with
+/// the `json-patch` crate; all or nothing (applied to a copy, which replaces `target` only
+/// when every operation succeeded).
 pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
-    let ops = ops
-        .as_array()
-        .ok_or("a JSON patch must be an array of operations")?;
-    let mut doc = target.clone();
-    for op in ops {
-        let path = op["path"]
-            .as_str()
-            .ok_or("a JSON patch operation needs a path")?;
-        let value = || op.get("value").cloned().ok_or("missing value");
-        match op["op"].as_str().unwrap_or("") {
-            "add" => pointer_add(&mut doc, path, value()?, false)?,
-            "replace" => pointer_add(&mut doc, path, value()?, true)?,
-            "remove" => {
-                pointer_remove(&mut doc, path)?;
-            }
-            "move" => {
-                let from = op["from"].as_str().ok_or("move needs from")?;
-                let v = pointer_remove(&mut doc, from)?;
-                pointer_add(&mut doc, path, v, false)?;
-            }
-            "copy" => {
-                let from = op["from"].as_str().ok_or("copy needs from")?;
-                let v = doc
-                    .pointer(from)
-                    .cloned()
-                    .ok_or_else(|| format!("path {from:?} not found"))?;
-                pointer_add(&mut doc, path, v, false)?;
-            }
-            "test" => {
-                if doc.pointer(path) != Some(&value()?) {
-                    return Err(format!("testing value {path} failed"));
-                }
-            }
-            other => return Err(format!("unexpected kind of JSON patch operation {other:?}")),
-        }
+    if !ops.is_array() {
+        return Err("a JSON patch must be an array of operations".into());
     }
+    let patch: json_patch::Patch =
+        serde_json::from_value(ops.clone()).map_err(|e| format!("invalid JSON patch: {e}"))?;
+    let mut doc = target.clone();
+    json_patch::patch_unsafe(&mut doc, &patch).map_err(|e| upstream_message(&patch, &e))?;
     *target = doc;
     Ok(())
+}
+
+/// The error as kube-apiserver words it (evanphx/json-patch, which it uses), from the
+/// operation that failed; the crate's own text for anything else.
+fn upstream_message(patch: &json_patch::Patch, error: &json_patch::PatchError) -> String {
+    use json_patch::{PatchErrorKind, PatchOperation};
+    let path = error.path.to_string();
+    let key = path.rsplit('/').next().unwrap_or_default().to_string();
+    match (patch.0.get(error.operation), &error.kind) {
+        (Some(PatchOperation::Replace(_)), PatchErrorKind::InvalidPointer) => {
+            format!("unable to replace nonexistent key: {key}")
+        }
+        (Some(PatchOperation::Remove(_)), PatchErrorKind::InvalidPointer) => {
+            format!("unable to remove nonexistent key: {key}: missing value")
+        }
+        (Some(PatchOperation::Add(_)), PatchErrorKind::InvalidPointer) => {
+            format!("add operation does not apply: doc is missing path: {path:?}: missing value")
+        }
+        (Some(PatchOperation::Test(_)), _) => format!("testing value {path} failed: test failed"),
+        _ => error.to_string(),
+    }
 }
 
 // ---- server-side apply: field sets (`FieldsV1`) ----
@@ -584,12 +477,12 @@ mod tests {
             doc,
             json!({"spec": {"replicas": 2, "list": [1, 2, 3]}, "metadata": {"labels": {}}})
         );
-        assert!(
+        assert_eq!(
             json_patch(
                 &mut doc,
                 &json!([{"op": "replace", "path": "/nope", "value": 1}])
-            )
-            .is_err()
+            ),
+            Err("unable to replace nonexistent key: nope".to_string())
         );
         assert!(
             json_patch(
@@ -598,6 +491,23 @@ mod tests {
             )
             .is_err()
         );
+        // All or nothing: the first operation is not kept when the second fails.
+        let before = doc.clone();
+        let err = json_patch(
+            &mut doc,
+            &json!([
+                {"op": "replace", "path": "/spec/replicas", "value": 7},
+                {"op": "remove", "path": "/spec/missing"}
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "unable to remove nonexistent key: missing: missing value"
+        );
+        assert_eq!(doc, before);
+        assert!(json_patch(&mut doc, &json!([{"op": "frobnicate", "path": "/a"}])).is_err());
+        assert!(json_patch(&mut doc, &json!({"op": "add"})).is_err());
     }
 
     #[test]
