@@ -1,8 +1,10 @@
 //! `/metrics` in the Prometheus text format: kube-apiserver's `apiserver_request_total` (by verb,
 //! group, version, resource, subresource, code) and `apiserver_request_duration_seconds` (a
 //! histogram by verb, group, version, resource, subresource), fed by `crate::filters::metrics`, and
-//! `apiserver_current_inflight_requests` (fed by the in-flight limiter), and the audit log's
-//! `apiserver_audit_event_total`/`apiserver_audit_error_total`.
+//! `apiserver_current_inflight_requests` (fed by the in-flight limiter), the audit log's
+//! `apiserver_audit_event_total`/`apiserver_audit_error_total`, and the watch cache's
+//! ([`WatchCacheMetrics`]: `apiserver_watch_cache_*`, `apiserver_cache_list_*`,
+//! `apiserver_registered_watchers`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -50,7 +52,144 @@ struct Inner {
 
 /// The request metrics of one API server process.
 #[derive(Debug, Default, Clone)]
-pub struct Metrics(Arc<Mutex<Inner>>, Arc<InFlightGauges>, Arc<AuditCounters>);
+pub struct Metrics(
+    Arc<Mutex<Inner>>,
+    Arc<InFlightGauges>,
+    Arc<AuditCounters>,
+    Arc<WatchCacheMetrics>,
+);
+
+/// What one resource's watch cache counts, fed by [`crate::storage::cacher`]. Relaxed
+/// atomics: recording never locks.
+#[derive(Debug, Default)]
+pub struct WatchCacheCounters {
+    /// `apiserver_watch_cache_events_received_total`: events the cache took from the store.
+    pub events_received: AtomicU64,
+    /// `apiserver_watch_cache_capacity`: the ring of recent events.
+    pub capacity: AtomicI64,
+    /// `apiserver_watch_cache_resource_version`: the revision the cache is current to.
+    pub resource_version: AtomicI64,
+    /// `apiserver_watch_cache_initializations_total`: (re)lists that built the cache.
+    pub initializations: AtomicU64,
+    /// `apiserver_cache_list_total`: lists served from the cache.
+    pub lists: AtomicU64,
+    /// `apiserver_cache_list_returned_objects_total`: objects those lists returned.
+    pub list_returned_objects: AtomicU64,
+    /// `apiserver_registered_watchers`: watches open on this resource (from the cache or,
+    /// for an older resourceVersion, from the store).
+    pub watchers: AtomicI64,
+}
+
+/// The labels of one cached resource.
+#[derive(Debug, Clone)]
+pub struct WatchCacheLabels {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    /// kube-apiserver's group-qualified resource (`pods`, `deployments.apps`).
+    pub resource: String,
+    /// kube-apiserver's `resource_prefix` label (`/pods`).
+    pub resource_prefix: String,
+}
+
+fn count(counter: &AtomicU64) -> i64 {
+    i64::try_from(counter.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+}
+
+/// Every resource's [`WatchCacheCounters`], in registration order.
+#[derive(Debug, Default)]
+pub struct WatchCacheMetrics {
+    resources: Mutex<Vec<(WatchCacheLabels, Arc<WatchCacheCounters>)>>,
+}
+
+impl WatchCacheMetrics {
+    /// The counters of one resource's cache.
+    pub fn register(&self, labels: WatchCacheLabels) -> Arc<WatchCacheCounters> {
+        let counters = Arc::new(WatchCacheCounters::default());
+        self.resources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((labels, counters.clone()));
+        counters
+    }
+
+    /// Appends the families in Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        let resources = self
+            .resources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if resources.is_empty() {
+            return;
+        }
+        type Pick = fn(&WatchCacheCounters) -> i64;
+        let families: [(&str, &str, &str, Pick); 6] = [
+            (
+                "apiserver_watch_cache_events_received_total",
+                "counter",
+                "Counter of events received in watch cache broken by resource type.",
+                |c| count(&c.events_received),
+            ),
+            (
+                "apiserver_watch_cache_capacity",
+                "gauge",
+                "Total capacity of watch cache broken by resource type.",
+                |c| c.capacity.load(Ordering::Relaxed),
+            ),
+            (
+                "apiserver_watch_cache_resource_version",
+                "gauge",
+                "Current resource version of watch cache broken by resource type.",
+                |c| c.resource_version.load(Ordering::Relaxed),
+            ),
+            (
+                "apiserver_watch_cache_initializations_total",
+                "counter",
+                "Counter of watch cache initializations broken by resource type.",
+                |c| count(&c.initializations),
+            ),
+            (
+                "apiserver_cache_list_total",
+                "counter",
+                "Number of LIST requests served from watch cache",
+                |c| count(&c.lists),
+            ),
+            (
+                "apiserver_cache_list_returned_objects_total",
+                "counter",
+                "Number of objects returned for LIST requests from watch cache",
+                |c| count(&c.list_returned_objects),
+            ),
+        ];
+        for (name, kind, help, pick) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, counters) in &resources {
+                let label = if name.starts_with("apiserver_cache_list") {
+                    format!("index=\"\",resource_prefix=\"{}\"", labels.resource_prefix)
+                } else {
+                    format!("resource=\"{}\"", labels.resource)
+                };
+                let _ = writeln!(out, "{name}{{{label}}} {}", pick(counters));
+            }
+        }
+        let name = "apiserver_registered_watchers";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Number of currently registered watchers for a given resources\n# TYPE {name} gauge"
+        );
+        for (labels, counters) in &resources {
+            let _ = writeln!(
+                out,
+                "{name}{{group=\"{}\",kind=\"{}\",version=\"{}\"}} {}",
+                labels.group,
+                labels.kind,
+                labels.version,
+                counters.watchers.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
 
 /// The audit log's counters (kube-apiserver's `apiserver_audit_event_total` and
 /// `apiserver_audit_error_total`), fed by [`crate::audit`].
@@ -108,7 +247,17 @@ impl Metrics {
             known: known.into_iter().collect(),
             ..Inner::default()
         };
-        Metrics(Arc::new(Mutex::new(inner)), Arc::default(), Arc::default())
+        Metrics(
+            Arc::new(Mutex::new(inner)),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+        )
+    }
+
+    /// The watch cache's metrics.
+    pub fn watch_cache(&self) -> Arc<WatchCacheMetrics> {
+        self.3.clone()
     }
 
     /// The audit log's counters.
@@ -192,6 +341,7 @@ impl Metrics {
             audit.dropped.load(Ordering::Relaxed),
             audit.write_errors.load(Ordering::Relaxed),
         );
+        self.3.render(&mut out);
         out.push_str(
             "# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, group, version, resource, subresource and HTTP response code.\n\
              # TYPE apiserver_request_total counter\n",

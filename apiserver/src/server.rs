@@ -84,6 +84,10 @@ pub struct ApiServerConfig {
     pub enable_admission_plugins: Vec<String>,
     /// `--disable-admission-plugins`: default-on admission plugins not to run.
     pub disable_admission_plugins: Vec<String>,
+    /// `--watch-cache`: serve lists and watches from the watch cache
+    /// ([`crate::storage::cacher`]), one store watch per resource; false = every list and
+    /// watch goes to the store.
+    pub watch_cache: bool,
 }
 
 /// kube-apiserver's default `--max-requests-inflight`.
@@ -158,6 +162,7 @@ impl Default for ApiServerConfig {
             audit_log_maxbackup: 0,
             enable_admission_plugins: Vec::new(),
             disable_admission_plugins: Vec::new(),
+            watch_cache: true,
         }
     }
 }
@@ -519,6 +524,33 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
         info!(resources = ?encrypted.encrypted_resources(), "encrypting at rest");
         storage = Arc::new(encrypted);
     }
+    if config.watch_cache {
+        // Outside the encryption layer: the cache holds plaintext, in memory only.
+        let resources = resources::registry()
+            .iter()
+            .map(|info| {
+                crate::storage::cacher::CachedResource::new(
+                    &config.etcd_prefix,
+                    info.group,
+                    info.version,
+                    info.kind,
+                    info.resource,
+                )
+            })
+            .collect::<Vec<_>>();
+        // Consistent lists come from the cache only once every store member answers with
+        // a version whose requested progress notifications are ordered (kube-apiserver's
+        // RequestWatchProgress check); etcd 3.4.23, say, keeps them on the store.
+        let consistent_lists = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(check_watch_progress_support(
+            etcd_client.clone(),
+            consistent_lists.clone(),
+        ));
+        storage = Arc::new(
+            crate::storage::cacher::Cacher::new(storage, resources, &metrics.watch_cache())
+                .with_consistent_lists(consistent_lists),
+        );
+    }
     let (admission_plugins, unimplemented) = crate::admission::plugins_from_flags(
         &config.enable_admission_plugins,
         &config.disable_admission_plugins,
@@ -678,6 +710,37 @@ async fn serve(
         });
     }
     connections.shutdown().await;
+}
+
+/// Sets `allowed` once every store member reports a version that orders requested progress
+/// notifications ([`crate::storage::etcd::supports_watch_progress`]); asks again every few
+/// seconds while a member does not answer.
+async fn check_watch_progress_support(
+    client: crate::storage::etcd::EtcdClient,
+    allowed: Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        let versions = client.server_versions().await;
+        if versions.iter().all(Option::is_some) {
+            let versions: Vec<String> = versions.into_iter().flatten().collect();
+            let supported = versions
+                .iter()
+                .all(|v| crate::storage::etcd::supports_watch_progress(v));
+            allowed.store(supported, std::sync::atomic::Ordering::Relaxed);
+            if supported {
+                info!(?versions, "consistent lists served from the watch cache");
+            } else {
+                info!(
+                    ?versions,
+                    "the store's version may send progress notifications ahead of events \
+                     (etcd-io/etcd#15220, fixed in 3.4.31 and 3.5.13): consistent lists \
+                     are served by the store, watches by the cache"
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
 }
 
 #[cfg(test)]

@@ -93,6 +93,10 @@ pub(crate) struct ApiserverArgs {
     /// Default-on admission plugins to disable (comma-separated).
     #[arg(long, value_delimiter = ',')]
     disable_admission_plugins: Vec<String>,
+    /// Serve lists and watches from a watch cache per resource (one store watch each);
+    /// `--watch-cache=false` sends every list and watch to the store.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_value = "true", default_missing_value = "true", value_parser = crate::cli::parse_go_bool)]
+    watch_cache: bool,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     log_level: String,
@@ -133,6 +137,7 @@ pub(crate) fn run(args: ApiserverArgs) -> ExitCode {
         audit_log_maxbackup: args.audit_log_maxbackup,
         enable_admission_plugins: args.enable_admission_plugins,
         disable_admission_plugins: args.disable_admission_plugins,
+        watch_cache: args.watch_cache,
     };
     if let Err(err) = config.validate() {
         eprintln!("skiff: {err}");

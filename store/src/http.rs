@@ -328,6 +328,7 @@ async fn metrics(State(node): State<Arc<StoreNode>>) -> impl IntoResponse {
     );
     crate::metrics::render_peers(&mut out);
     crate::metrics::grpc::render(&mut out);
+    crate::metrics::render_watches(&mut out);
     crate::metrics::process::render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

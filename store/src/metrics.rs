@@ -5,7 +5,9 @@
 //! leadership changes (`etcd_server_leader_changes_seen_total`), each peer's round trip
 //! and bytes ([`PeerMetrics`]: `etcd_network_peer_round_trip_time_seconds`,
 //! `etcd_network_peer_sent_bytes_total`, `etcd_network_peer_received_bytes_total`), the
-//! client port's gRPC calls ([`grpc`]) and the process ([`process`]).
+//! client port's gRPC calls ([`grpc`]), open watches (`etcd_debugging_mvcc_watcher_total`,
+//! `etcd_debugging_mvcc_watch_stream_total`, kept by [`crate::watch`]) and the process
+//! ([`process`]).
 //!
 //! A histogram is a fixed array of atomic counters: recording never allocates or locks.
 
@@ -13,7 +15,7 @@ pub mod grpc;
 pub mod process;
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -133,6 +135,33 @@ pub static WAL_FSYNC: DiskHistogram = Histogram::new(&DISK_BUCKETS);
 pub static BACKEND_COMMIT: DiskHistogram = Histogram::new(&DISK_BUCKETS);
 /// Leader changes this member has seen (etcd: `etcd_server_leader_changes_seen_total`).
 pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// Watchers open on this process's watch streams (etcd: `etcd_debugging_mvcc_watcher_total`).
+pub static WATCHERS: AtomicI64 = AtomicI64::new(0);
+/// Watch streams open on this process (etcd: `etcd_debugging_mvcc_watch_stream_total`).
+pub static WATCH_STREAMS: AtomicI64 = AtomicI64::new(0);
+
+/// Append the open-watch gauges in Prometheus text, as etcd 3.4 names them.
+pub fn render_watches(out: &mut String) {
+    for (name, help, value) in [
+        (
+            "etcd_debugging_mvcc_watch_stream_total",
+            "Total number of watch streams.",
+            &WATCH_STREAMS,
+        ),
+        (
+            "etcd_debugging_mvcc_watcher_total",
+            "Total number of watchers.",
+            &WATCHERS,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+}
 
 /// Count leader changes as this member's Raft metrics report them, until `stop`: as in
 /// etcd, every time a leader becomes known that is not the one last known (the first

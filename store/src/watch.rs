@@ -105,7 +105,9 @@ impl Watch for EtcdApi {
             next_auto_id: 0,
             synced: 0,
             caller: crate::auth_grpc::caller(&request),
+            counted_watchers: 0,
         };
+        crate::metrics::WATCH_STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let node = self.node.clone();
         let stopped = stream.tx.clone();
         tokio::spawn(async move {
@@ -167,6 +169,30 @@ struct WatchStream {
     synced: Revision,
     /// Who opened the stream (auth on), for the read check of each watch.
     caller: Option<crate::auth_grpc::Caller>,
+    /// This stream's share of [`crate::metrics::WATCHERS`].
+    counted_watchers: i64,
+}
+
+impl WatchStream {
+    /// Brings this stream's share of the open-watcher gauge up to date.
+    fn count_watchers(&mut self) {
+        let now = self.watchers.len() as i64;
+        if now != self.counted_watchers {
+            crate::metrics::WATCHERS.fetch_add(
+                now - self.counted_watchers,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            self.counted_watchers = now;
+        }
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::metrics::WATCHERS.fetch_sub(self.counted_watchers, Relaxed);
+        crate::metrics::WATCH_STREAMS.fetch_sub(1, Relaxed);
+    }
 }
 
 /// The stream ended (client gone or the stream was cancelled).
@@ -190,7 +216,9 @@ impl WatchStream {
         // watchers; the stream ends when the client goes away (the response side closes).
         let mut requests_open = true;
         loop {
-            if self.sync().await.is_err() {
+            let synced = self.sync().await;
+            self.count_watchers();
+            if synced.is_err() {
                 return;
             }
             let step = tokio::select! {
@@ -224,6 +252,7 @@ impl WatchStream {
                     }
                 }
             };
+            self.count_watchers();
             if step.is_err() {
                 return;
             }

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use skiff_proto::etcdserverpb::kv_client::KvClient;
+use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use skiff_proto::etcdserverpb::watch_client::WatchClient;
 use skiff_proto::etcdserverpb::watch_request::RequestUnion;
 use skiff_proto::etcdserverpb::{
@@ -118,6 +119,7 @@ struct Member {
     url: String,
     kv: KvClient<Channel>,
     watch: WatchClient<Channel>,
+    maintenance: MaintenanceClient<Channel>,
     health: Mutex<Health>,
 }
 
@@ -215,8 +217,9 @@ impl EtcdClient {
                 url,
                 kv: KvClient::new(channel.clone())
                     .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
-                watch: WatchClient::new(channel)
+                watch: WatchClient::new(channel.clone())
                     .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+                maintenance: MaintenanceClient::new(channel),
                 health: Mutex::new(Health::default()),
             });
         }
@@ -324,6 +327,22 @@ impl EtcdClient {
         }
     }
 
+    /// The etcd version each member reports (Maintenance Status), `None` for a member that
+    /// did not answer within [`HEALTH_CHECK_TIMEOUT`].
+    pub async fn server_versions(&self) -> Vec<Option<String>> {
+        let calls = self.inner.members.iter().map(|member| {
+            let mut client = member.maintenance.clone();
+            async move {
+                let status = client.status(skiff_proto::etcdserverpb::StatusRequest {});
+                match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, status).await {
+                    Ok(Ok(resp)) => Some(resp.into_inner().version),
+                    _ => None,
+                }
+            }
+        });
+        futures::future::join_all(calls).await
+    }
+
     /// The `/readyz` etcd check: a serializable Range on any endpoint (healthy ones first)
     /// answers within [`HEALTH_CHECK_TIMEOUT`]. Fails only when no member answers at all.
     pub async fn check(&self) -> Result<(), String> {
@@ -348,11 +367,14 @@ impl EtcdClient {
     /// A watch whose responses (created confirmations excluded) arrive in order, each revision
     /// once, across member failures. The first creation is awaited here, so a compacted start
     /// revision is an immediate `Err`. `progress_every` asks the store for progress
-    /// notifications that often.
+    /// notifications that often; each notification of `progress_on_demand` asks for one more
+    /// at once (etcd's `WatchProgressRequest`, as kube-apiserver's consistent reads from its
+    /// watch cache do).
     pub async fn watch(
         &self,
         create: WatchCreateRequest,
         progress_every: Option<Duration>,
+        progress_on_demand: Option<Arc<tokio::sync::Notify>>,
     ) -> Result<mpsc::Receiver<Result<WatchResponse, WatchError>>, WatchError> {
         let opened = self
             .open_watch(&create, Instant::now() + REQUEST_BUDGET, None)
@@ -365,6 +387,7 @@ impl EtcdClient {
             opened,
             next,
             progress_every,
+            progress_on_demand,
             tx,
         ));
         Ok(rx)
@@ -479,6 +502,7 @@ async fn follow_watch(
     mut open: OpenWatch,
     mut next: i64,
     progress_every: Option<Duration>,
+    progress_on_demand: Option<Arc<tokio::sync::Notify>>,
     tx: mpsc::Sender<Result<WatchResponse, WatchError>>,
 ) {
     let mut ticker = progress_every.map(|every| {
@@ -495,8 +519,20 @@ async fn follow_watch(
                 None => std::future::pending().await,
             }
         };
+        let asked = async {
+            match &progress_on_demand {
+                Some(notify) => notify.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         let broken = tokio::select! {
             _ = tx.closed() => return,
+            _ = asked => {
+                let _ = open.requests.try_send(WatchRequest {
+                    request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+                });
+                continue;
+            }
             _ = tick => {
                 // etcd's own progress notifications come every 10 minutes; ask more often.
                 // A full queue means requests are already waiting: skip this one.
@@ -664,6 +700,27 @@ fn describe_error(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Whether an etcd of `version` orders requested progress notifications after the events
+/// they cover (etcd-io/etcd#15220, fixed in 3.4.31 and 3.5.13): kube-apiserver's
+/// `RequestWatchProgress` check, which gates its consistent reads from the watch cache.
+pub fn supports_watch_progress(version: &str) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-', '+'])
+        .map(|p| p.parse::<u64>().ok());
+    let (Some(Some(major)), Some(Some(minor)), Some(Some(patch))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    match (major, minor) {
+        (3, 4) => patch >= 31,
+        (3, 5) => patch >= 13,
+        (3, minor) => minor >= 6,
+        (major, _) => major > 3,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,5 +806,23 @@ mod tests {
         .err()
         .unwrap();
         assert!(matches!(err, ConfigError::HttpsWithoutCa(_)));
+    }
+
+    #[test]
+    fn watch_progress_support_follows_kube_apiservers_versions() {
+        for (version, supported) in [
+            ("3.4.23", false),
+            ("3.4.31", true),
+            ("3.5.0", false),
+            ("3.5.12", false),
+            ("3.5.13", true),
+            ("3.5.21", true),
+            ("3.6.0", true),
+            ("4.0.0", true),
+            ("3.5", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(supports_watch_progress(version), supported, "{version}");
+        }
     }
 }

@@ -6,9 +6,11 @@
 //! the mod revision of its key; create succeeds only if the key has never existed since its last
 //! delete (`create_revision == 0`); update and delete are conditional on `mod_revision`.
 
+pub mod cacher;
 pub mod encryption;
 pub mod etcd;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -112,6 +114,18 @@ pub trait Storage: Send + Sync + 'static {
         after: i64,
         bookmarks: bool,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change>>>>;
+    /// A bookmarking [`Self::watch`] that also asks the store for a progress notification
+    /// whenever `progress_requests` is notified (the watch cache's consistent reads). A
+    /// storage that cannot ask on demand only sends its periodic ones.
+    fn watch_with_progress_requests(
+        &self,
+        prefix: &str,
+        after: i64,
+        progress_requests: Arc<tokio::sync::Notify>,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change>>>> {
+        let _ = progress_requests;
+        self.watch(prefix, after, true)
+    }
 }
 
 /// The end of the key range that holds every key starting with `prefix`.
@@ -527,6 +541,28 @@ impl Storage for EtcdStorage {
         after: i64,
         bookmarks: bool,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change>>>> {
+        Box::pin(self.etcd_watch(prefix, after, bookmarks, None))
+    }
+
+    fn watch_with_progress_requests(
+        &self,
+        prefix: &str,
+        after: i64,
+        progress_requests: Arc<tokio::sync::Notify>,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change>>>> {
+        Box::pin(self.etcd_watch(prefix, after, true, Some(progress_requests)))
+    }
+}
+
+impl EtcdStorage {
+    fn etcd_watch(
+        &self,
+        prefix: &str,
+        after: i64,
+        bookmarks: bool,
+        progress_requests: Option<Arc<tokio::sync::Notify>>,
+    ) -> impl std::future::Future<Output = Result<BoxStream<'static, Result<Change>>>> + Send + '_
+    {
         let create = WatchCreateRequest {
             key: prefix.as_bytes().to_vec(),
             range_end: prefix_end(prefix.as_bytes()),
@@ -536,12 +572,12 @@ impl Storage for EtcdStorage {
             ..Default::default()
         };
         let progress = bookmarks.then_some(self.progress_interval);
-        Box::pin(async move {
+        async move {
             // The client re-establishes the watch on another member when one goes away; what
             // comes out is one gap-free stream.
             let responses = self
                 .client
-                .watch(create, progress)
+                .watch(create, progress, progress_requests)
                 .await
                 .map_err(watch_error)?;
             let stream = tokio_stream::wrappers::ReceiverStream::new(responses)
@@ -554,7 +590,7 @@ impl Storage for EtcdStorage {
                 })
                 .boxed();
             Ok(stream)
-        })
+        }
     }
 }
 

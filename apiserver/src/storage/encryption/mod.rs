@@ -228,28 +228,55 @@ impl Storage for EncryptedStorage {
         let prefix = prefix.to_string();
         Box::pin(async move {
             let changes = self.inner.watch(&prefix, after, bookmarks).await?;
-            // The stream outlives `self`'s borrow: it keeps its own handles on the transformers.
-            let transformers: HashMap<&'static str, Arc<Transformer>> = self.by_resource.clone();
-            let key_prefix = self.prefix.clone();
-            let open = move |stored: Stored| -> Result<Stored> {
-                let transformer = stored
-                    .key
-                    .strip_prefix(&key_prefix)
-                    .and_then(|rest| rest.split('/').next())
-                    .and_then(|resource| transformers.get(resource));
-                let value = open_value(transformer.map(|t| &**t), &stored.key, stored.value)?;
-                Ok(Stored { value, ..stored })
-            };
-            let stream = changes.map(move |change| match change? {
+            Ok(self.open_changes(changes))
+        })
+    }
+
+    fn watch_with_progress_requests(
+        &self,
+        prefix: &str,
+        after: i64,
+        progress_requests: Arc<tokio::sync::Notify>,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change>>>> {
+        let prefix = prefix.to_string();
+        Box::pin(async move {
+            let changes = self
+                .inner
+                .watch_with_progress_requests(&prefix, after, progress_requests)
+                .await?;
+            Ok(self.open_changes(changes))
+        })
+    }
+}
+
+impl EncryptedStorage {
+    /// The watch `changes` with their values decrypted.
+    fn open_changes(
+        &self,
+        changes: BoxStream<'static, Result<Change>>,
+    ) -> BoxStream<'static, Result<Change>> {
+        // The stream outlives `self`'s borrow: it keeps its own handles on the transformers.
+        let transformers: HashMap<&'static str, Arc<Transformer>> = self.by_resource.clone();
+        let key_prefix = self.prefix.clone();
+        let open = move |stored: Stored| -> Result<Stored> {
+            let transformer = stored
+                .key
+                .strip_prefix(&key_prefix)
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|resource| transformers.get(resource));
+            let value = open_value(transformer.map(|t| &**t), &stored.key, stored.value)?;
+            Ok(Stored { value, ..stored })
+        };
+        changes
+            .map(move |change| match change? {
                 Change::Put { new, prev } => Ok(Change::Put {
                     new: open(new)?,
                     prev: prev.map(&open).transpose()?,
                 }),
                 Change::Delete { prev } => Ok(Change::Delete { prev: open(prev)? }),
                 progress @ Change::Progress(_) => Ok(progress),
-            });
-            Ok(stream.boxed())
-        })
+            })
+            .boxed()
     }
 }
 
