@@ -181,6 +181,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_being_deleted_counts_until_it_is_gone() {
+        let mut cache = Cache::default();
+        cache.upsert_node(node("n1", "4", "8Gi", 110));
+        let mut victim = pod_on("v", "3", "1Gi", "n1");
+        cache.upsert_bound_pod(&victim);
+        victim.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        cache.upsert_bound_pod(&victim);
+        assert_eq!(
+            cache.nodes()[0].requested.milli_cpu,
+            3000,
+            "terminating still holds its cpu"
+        );
+        assert!(cache.nodes()[0].pods["default/v"].terminating);
+        cache.remove_pod("default/v");
+        assert_eq!(cache.nodes()[0].requested.milli_cpu, 0);
+    }
+
+    #[test]
     fn pods_before_their_node_and_terminal_pods() {
         let mut cache = Cache::default();
         cache.upsert_bound_pod(&pod_on("p", "1", "1Gi", "late"));

@@ -1,10 +1,7 @@
 //! Why a pod is pending, in kube-scheduler's words: `FitError.Error()` — `0/N nodes are
 //! available: ` + the reason histogram (`"<count> <reason>"`, sorted as strings, joined by
-//! `", "`) + `.` — followed by DefaultPreemption's PostFilter message in the same shape.
-//! skiff has no preemption yet: a node refused for a resolvable reason reports
-//! `No preemption victims found for incoming pod` (what upstream says when no lower-priority
-//! pod's eviction would help, exact when there are no lower-priority pods), one refused
-//! `UnschedulableAndUnresolvable` reports `Preemption is not helpful for scheduling`.
+//! `", "`) + `.` — followed by DefaultPreemption's PostFilter message (`preemption: ...`,
+//! built in `preemption`), which is empty when preemption nominated the pod somewhere.
 
 use std::collections::BTreeMap;
 
@@ -27,32 +24,31 @@ fn histogram<'a>(reasons: impl Iterator<Item = &'a str>) -> String {
     lines.join(", ")
 }
 
+/// `0/N nodes are available: <histogram>.` over every node's reasons.
+pub fn nodes_unavailable<'a>(total: usize, reasons: impl Iterator<Item = &'a str>) -> String {
+    let mut msg = format!("0/{total} nodes are available:");
+    let reasons = histogram(reasons);
+    if !reasons.is_empty() {
+        msg.push_str(&format!(" {reasons}."));
+    }
+    msg
+}
+
 /// The FailedScheduling message for a pod refused by every node (`unfit`, one per node;
-/// `total` nodes in the cluster).
-pub fn fit_error_message(total: usize, unfit: &[Unfit]) -> String {
+/// `total` nodes in the cluster), with the PostFilter's message (`post_filter`, if any).
+pub fn fit_error_message(total: usize, unfit: &[Unfit], post_filter: Option<&str>) -> String {
     if total == 0 {
         return NO_NODES.into();
     }
-    let mut msg = format!("0/{total} nodes are available:");
-    let reasons = histogram(
+    let mut msg = nodes_unavailable(
+        total,
         unfit
             .iter()
             .flat_map(|u| u.reasons.iter().map(String::as_str)),
     );
-    if !reasons.is_empty() {
-        msg.push_str(&format!(" {reasons}."));
-    }
-    {
-        let post = histogram(unfit.iter().map(|u| {
-            if u.unresolvable {
-                NOT_HELPFUL
-            } else {
-                NO_VICTIMS
-            }
-        }));
-        msg.push_str(&format!(
-            " preemption: 0/{total} nodes are available: {post}."
-        ));
+    if let Some(post) = post_filter.filter(|p| !p.is_empty()) {
+        msg.push(' ');
+        msg.push_str(post);
     }
     msg
 }
@@ -72,6 +68,10 @@ mod tests {
 
     #[test]
     fn matches_upstream_wording() {
+        let post = format!(
+            "preemption: {}",
+            nodes_unavailable(3, [NO_VICTIMS, NOT_HELPFUL, NOT_HELPFUL].into_iter())
+        );
         let msg = fit_error_message(
             3,
             &[
@@ -79,6 +79,7 @@ mod tests {
                 unfit("node(s) had untolerated taint {dedicated: gpu}", true),
                 unfit("node(s) had untolerated taint {dedicated: gpu}", true),
             ],
+            Some(&post),
         );
         assert_eq!(
             msg,
@@ -92,16 +93,15 @@ mod tests {
     fn counts_every_reason_of_a_node_and_sorts_as_strings() {
         let mut two = unfit("Insufficient cpu", false);
         two.reasons.push("Insufficient memory".into());
-        let msg = fit_error_message(2, &[two, unfit("Insufficient memory", false)]);
+        let msg = fit_error_message(2, &[two, unfit("Insufficient memory", false)], None);
         assert_eq!(
-            msg,
-            "0/2 nodes are available: 1 Insufficient cpu, 2 Insufficient memory. preemption: \
-             0/2 nodes are available: 2 No preemption victims found for incoming pod."
+            msg, "0/2 nodes are available: 1 Insufficient cpu, 2 Insufficient memory.",
+            "preemption nominated the pod: no PostFilter message"
         );
     }
 
     #[test]
     fn no_nodes() {
-        assert_eq!(fit_error_message(0, &[]), NO_NODES);
+        assert_eq!(fit_error_message(0, &[], Some("x")), NO_NODES);
     }
 }

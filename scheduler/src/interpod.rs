@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::filters::Unfit;
-use crate::node_info::NodeInfo;
+use crate::node_info::{NodeInfo, PodUsage};
 
 /// Reason when the pod's required affinity is not met.
 pub const REASON_AFFINITY: &str = "node(s) didn't match pod affinity rules";
@@ -129,7 +129,7 @@ pub fn required_terms(pod: &Pod, anti: bool) -> Vec<AffinityTerm> {
 type Counts = BTreeMap<(String, String), i64>;
 
 /// The pre-pass for one incoming pod.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct InterPodState {
     affinity: Vec<AffinityTerm>,
     anti: Vec<AffinityTerm>,
@@ -139,9 +139,15 @@ pub struct InterPodState {
     matches_own_affinity: bool,
 }
 
-fn bump(counts: &mut Counts, node: &NodeInfo, key: &str) {
+fn bump(counts: &mut Counts, node: &NodeInfo, key: &str, delta: i64) {
     if let Some(v) = node.node.metadata.labels.as_ref().and_then(|l| l.get(key)) {
-        *counts.entry((key.to_string(), v.clone())).or_insert(0) += 1;
+        let pair = (key.to_string(), v.clone());
+        let n = counts.entry(pair.clone()).or_insert(0);
+        *n += delta;
+        // Upstream drops a pair whose count falls to zero (it may go negative in between).
+        if *n == 0 {
+            counts.remove(&pair);
+        }
     }
 }
 
@@ -160,40 +166,62 @@ pub fn prefilter(
     };
     state.matches_own_affinity =
         !state.affinity.is_empty() && state.affinity.iter().all(|t| t.matches(ns, labels, None));
-    let own_ns_labels = namespaces.get(ns);
     for node in nodes {
         if state.affinity.is_empty() && state.anti.is_empty() && node.anti_affinity_pods == 0 {
             continue;
         }
         for existing in node.pods.values() {
-            for term in &existing.anti_affinity {
-                if term.matches(ns, labels, own_ns_labels) {
-                    bump(&mut state.existing_anti_counts, node, &term.topology_key);
-                }
-            }
-            if state.affinity.is_empty() && state.anti.is_empty() {
-                continue;
-            }
-            let their_ns_labels = namespaces.get(&existing.namespace);
-            let theirs = Some(&existing.labels);
-            if !state.affinity.is_empty()
-                && state
-                    .affinity
-                    .iter()
-                    .all(|t| t.matches(&existing.namespace, theirs, their_ns_labels))
-            {
-                for term in &state.affinity {
-                    bump(&mut state.affinity_counts, node, &term.topology_key);
-                }
-            }
-            for term in &state.anti {
-                if term.matches(&existing.namespace, theirs, their_ns_labels) {
-                    bump(&mut state.anti_counts, node, &term.topology_key);
-                }
-            }
+            state.update_with_pod(pod, existing, node, namespaces, 1);
         }
     }
     state
+}
+
+impl InterPodState {
+    /// Upstream's PreFilterExtensions AddPod (`delta` 1) / RemovePod (`delta` -1): `existing`
+    /// joins or leaves `node` (preemption's what-if).
+    pub fn update_with_pod(
+        &mut self,
+        pod: &Pod,
+        existing: &PodUsage,
+        node: &NodeInfo,
+        namespaces: &BTreeMap<String, Labels>,
+        delta: i64,
+    ) {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+        let labels = pod.metadata.labels.as_ref();
+        let own_ns_labels = namespaces.get(ns);
+        for term in &existing.anti_affinity {
+            if term.matches(ns, labels, own_ns_labels) {
+                bump(
+                    &mut self.existing_anti_counts,
+                    node,
+                    &term.topology_key,
+                    delta,
+                );
+            }
+        }
+        if self.affinity.is_empty() && self.anti.is_empty() {
+            return;
+        }
+        let their_ns_labels = namespaces.get(&existing.namespace);
+        let theirs = Some(&existing.labels);
+        if !self.affinity.is_empty()
+            && self
+                .affinity
+                .iter()
+                .all(|t| t.matches(&existing.namespace, theirs, their_ns_labels))
+        {
+            for term in &self.affinity {
+                bump(&mut self.affinity_counts, node, &term.topology_key, delta);
+            }
+        }
+        for term in &self.anti {
+            if term.matches(&existing.namespace, theirs, their_ns_labels) {
+                bump(&mut self.anti_counts, node, &term.topology_key, delta);
+            }
+        }
+    }
 }
 
 fn unfit(reason: &str, unresolvable: bool, detail: String) -> Unfit {
@@ -282,7 +310,6 @@ pub fn filter(state: &InterPodState, node: &NodeInfo) -> Result<(), Unfit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node_info::PodUsage;
     use crate::testing::*;
     use k8s_openapi::api::core::v1::{Affinity, PodAffinity, PodAntiAffinity};
 

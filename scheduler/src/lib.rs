@@ -3,7 +3,9 @@
 //! leader election on a Lease — talking to the API server only, through `skiff-client`.
 //!
 //! - `resources`, `node_info`: quantities, pod requests, per-node accounting.
-//! - `filters`, `spread`, `interpod`, `scores`: the plugins, pure functions of (pod, node info).
+//! - `filters`, `spread`, `interpod`, `scores`: the plugins, pure functions of (pod, node info);
+//!   `pod_filters`: one pod's filters with their pre-pass state.
+//! - `preemption`, `nominator`: DefaultPreemption's PostFilter and nominated pods' reservations.
 //! - `explain`: the FailedScheduling message in kube-scheduler's wording.
 //! - `queue`: active / backoff / unschedulable.
 //! - `cache`: nodes, bound and assumed pods.
@@ -16,6 +18,9 @@ pub mod filters;
 pub mod interpod;
 pub mod metrics;
 pub mod node_info;
+pub mod nominator;
+pub mod pod_filters;
+pub mod preemption;
 pub mod queue;
 pub mod resources;
 pub mod run;

@@ -15,6 +15,10 @@ pub struct SchedulerMetrics {
     pub pending: Arc<Scalar>,
     /// `scheduler_scheduling_attempt_duration_seconds{result, profile}`.
     pub attempt_duration: Arc<Histogram>,
+    /// `scheduler_preemption_attempts_total`: PostFilter runs.
+    pub preemption_attempts: Arc<Scalar>,
+    /// `scheduler_preemption_victims`: victims per preemption.
+    pub preemption_victims: Arc<Histogram>,
 }
 
 impl SchedulerMetrics {
@@ -43,11 +47,25 @@ impl SchedulerMetrics {
                 &["result", "profile"],
                 Histogram::exponential_buckets(0.001, 2.0, 15),
             ),
+            preemption_attempts: Scalar::counter(
+                "scheduler_preemption_attempts_total",
+                "Total preemption attempts in the cluster till now",
+                &[],
+            ),
+            preemption_victims: Histogram::new(
+                "scheduler_preemption_victims",
+                "Number of selected preemption victims",
+                &[],
+                Histogram::exponential_buckets(1.0, 2.0, 7),
+            ),
         };
         registry.register(metrics.attempts.clone());
         registry.register(metrics.pod_scheduling_duration.clone());
         registry.register(metrics.pending.clone());
         registry.register(metrics.attempt_duration.clone());
+        registry.register(metrics.preemption_attempts.clone());
+        registry.register(metrics.preemption_victims.clone());
+        metrics.preemption_attempts.add(&[], 0.0);
         for queue in ["active", "backoff", "unschedulable", "gated"] {
             metrics.pending.set(&[queue], 0.0);
         }

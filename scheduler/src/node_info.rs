@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
 
 use crate::resources::{Resources, pod_requests};
 
@@ -29,6 +30,14 @@ pub struct PodUsage {
     pub terminating: bool,
     /// The pod's required anti-affinity terms (existing pods' anti-affinity).
     pub anti_affinity: Vec<crate::interpod::AffinityTerm>,
+    /// `spec.priority` (0 when unset), for preemption.
+    pub priority: i32,
+    /// `status.startTime`, for preemption's tie-breaks (`None`: not started, counts as now).
+    pub start_time: Option<Timestamp>,
+    /// `metadata.uid` (the precondition of a preemption's DELETE).
+    pub uid: String,
+    /// Whether it carries `DisruptionTarget=True` with reason `PreemptionByScheduler`.
+    pub preempted_by_scheduler: bool,
 }
 
 impl PodUsage {
@@ -42,8 +51,40 @@ impl PodUsage {
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             anti_affinity: crate::interpod::required_terms(pod, true),
+            priority: pod_priority(pod),
+            start_time: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            preempted_by_scheduler: preempted_by_scheduler(pod),
         }
     }
+
+    /// `podTerminatingByPreemption`: being deleted, and marked so by a scheduler's preemption.
+    pub fn terminating_by_preemption(&self) -> bool {
+        self.terminating && self.preempted_by_scheduler
+    }
+}
+
+/// `corev1helpers.PodPriority`: `spec.priority`, 0 when unset.
+pub fn pod_priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+/// The `DisruptionTarget` condition's reason a scheduler's preemption sets.
+pub const REASON_PREEMPTION_BY_SCHEDULER: &str = "PreemptionByScheduler";
+
+/// Whether the pod's `DisruptionTarget` condition says a scheduler preempted it.
+pub fn preempted_by_scheduler(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "DisruptionTarget"))
+        .is_some_and(|c| {
+            c.status == "True" && c.reason.as_deref() == Some(REASON_PREEMPTION_BY_SCHEDULER)
+        })
 }
 
 /// The host ports a pod asks for (`hostPort` > 0), with `0.0.0.0` for an empty hostIP.

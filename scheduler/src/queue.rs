@@ -317,6 +317,28 @@ impl SchedulingQueue {
         (self.active.len(), self.backoff.len(), parked, in_flight)
     }
 
+    /// The queued copy of a pod.
+    pub fn pod(&self, key: &str) -> Option<&Pod> {
+        self.entries.get(key).map(|e| &e.pod)
+    }
+
+    /// A parked pod should be tried again (its nomination was dropped, or its preemption
+    /// failed): to active, or to backoff while it is still backing off.
+    pub fn activate(&mut self, key: &str, now: Instant) {
+        let Some(e) = self.entries.get(key) else {
+            return;
+        };
+        if e.place != Place::Unschedulable {
+            return;
+        }
+        let next = if e.backoff_until > now {
+            Place::Backoff
+        } else {
+            Place::Active
+        };
+        self.place(key, next);
+    }
+
     /// Where a pod is.
     pub fn place_of(&self, key: &str) -> Option<Place> {
         self.entries.get(key).map(|e| e.place)

@@ -5,17 +5,22 @@
 //! with 409 means another scheduler bound the pod: the assumption is dropped and the pod
 //! forgotten, never retried. Only the Lease holder pops pods; losing the Lease ends `run`
 //! with an error (kube-scheduler exits too), so a deposed leader binds nothing more.
+//! A pod no node fits goes through preemption (`preemption::post_filter`): when it names
+//! victims the pod is nominated to their node at once (its room reserved there), its
+//! `status.nominatedNodeName` is written, and a task evicts the victims (at most
+//! `PREEMPTIONS_IN_FLIGHT_MAX` preemptions at a time); their deletions wake the pod.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use skiff_client::events::{EventRecorder, EventType, NewEvent};
 use skiff_client::leader::{LeaderElectionConfig, LeaderElector};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -24,12 +29,14 @@ use tokio::time::Instant;
 use crate::Error;
 use crate::cache::{Cache, is_terminal, key_of};
 use crate::explain::fit_error_message;
-use crate::filters::run_filters;
+use crate::filters::Unfit;
 use crate::metrics::SchedulerMetrics;
-use crate::node_info::PodUsage;
+use crate::node_info::{REASON_PREEMPTION_BY_SCHEDULER, pod_priority};
+use crate::nominator::{Nominator, nominated_node_name};
+use crate::pod_filters::PodFilters;
+use crate::preemption::{self, Candidate, Decision, PreemptionInput};
 use crate::queue::{QUEUE_PODS_MAX, SchedulingQueue};
 use crate::scores::{score_nodes, select_host};
-use crate::{interpod, spread};
 
 /// Bindings in flight at once.
 pub const BIND_CONCURRENCY_MAX: usize = 64;
@@ -39,6 +46,10 @@ const CYCLES_PER_TURN: usize = 128;
 const STATUS_QUEUE_MAX: usize = 1024;
 /// How long a bind request may take.
 const BIND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Preemptions (victim evictions) in flight at once; a pod that would start one more backs off.
+pub const PREEMPTIONS_IN_FLIGHT_MAX: usize = 16;
+/// How long one victim's status patch or DELETE may take.
+const EVICT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the scheduler serves and how it is elected.
 #[derive(Debug, Clone)]
@@ -85,16 +96,78 @@ struct BindResult {
     outcome: BindOutcome,
 }
 
+/// What happens to a pod's `status.nominatedNodeName` with its Unschedulable condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Nomination {
+    Keep,
+    Set(String),
+    Clear,
+}
+
+/// A status write, done in order by `write_statuses`.
+#[derive(Debug)]
+enum StatusWrite {
+    /// `PodScheduled=False/Unschedulable` with the message, and the nomination change.
+    Unschedulable {
+        pod: Box<Pod>,
+        message: String,
+        nomination: Nomination,
+    },
+    /// A lower-priority pod's nomination to a node a preemptor took (`namespace/name`).
+    ClearNomination { key: String },
+}
+
+/// A preemption's evictions to carry out.
+#[derive(Debug)]
+struct Eviction {
+    preemptor_key: String,
+    preemptor_uid: String,
+    node: String,
+    victims: Vec<preemption::Victim>,
+}
+
+/// How one victim's eviction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EvictionOutcome {
+    /// Deleted (it goes when the watch says so).
+    Deleted,
+    /// Already gone, or replaced by a pod of the same name.
+    Gone,
+    /// The API refused or timed out.
+    Failed,
+}
+
+/// What an eviction task reports, per victim.
+#[derive(Debug)]
+struct EvictionDone {
+    preemptor_key: String,
+    victims: Vec<(String, EvictionOutcome)>,
+}
+
+/// What the loop listens to, besides timers, leadership and the elector.
+struct LoopInputs {
+    pods: mpsc::Receiver<watcher::Event<Pod>>,
+    nodes: mpsc::Receiver<watcher::Event<Node>>,
+    namespaces: mpsc::Receiver<watcher::Event<Namespace>>,
+    binds: mpsc::Receiver<BindResult>,
+    evictions: mpsc::Receiver<EvictionDone>,
+}
+
 struct Scheduler {
     config: SchedulerConfig,
     client: kube::Client,
     cache: Cache,
     queue: SchedulingQueue,
+    nominator: Nominator,
+    /// Victims whose eviction this scheduler started and has not yet seen go.
+    evicting: BTreeSet<String>,
     metrics: SchedulerMetrics,
     events: EventRecorder,
-    status_tx: mpsc::Sender<(Pod, String)>,
+    status_tx: mpsc::Sender<StatusWrite>,
     bind_tx: mpsc::Sender<BindResult>,
-    binds: std::sync::Arc<Semaphore>,
+    binds: Arc<Semaphore>,
+    evict_tx: mpsc::Sender<EvictionDone>,
+    preemptions: Arc<Semaphore>,
     is_leader: watch::Receiver<bool>,
     rng: rand::rngs::StdRng,
     /// Where the next cycle starts filtering (upstream's `nextStartNodeIndex`), so a cycle
@@ -146,16 +219,21 @@ pub async fn run(
     );
     let (bind_tx, bind_rx) = mpsc::channel(BIND_CONCURRENCY_MAX);
     let (status_tx, status_rx) = mpsc::channel(STATUS_QUEUE_MAX);
+    let (evict_tx, evict_rx) = mpsc::channel(PREEMPTIONS_IN_FLIGHT_MAX);
     tokio::spawn(write_statuses(client.clone(), status_rx));
     let events = EventRecorder::start(client.clone(), &config.scheduler_name, &config.identity);
     let mut scheduler = Scheduler {
         cache: Cache::default(),
         queue: SchedulingQueue::new(QUEUE_PODS_MAX),
+        nominator: Nominator::default(),
+        evicting: BTreeSet::new(),
         metrics,
         events,
         status_tx,
         bind_tx,
-        binds: std::sync::Arc::new(Semaphore::new(BIND_CONCURRENCY_MAX)),
+        binds: Arc::new(Semaphore::new(BIND_CONCURRENCY_MAX)),
+        evict_tx,
+        preemptions: Arc::new(Semaphore::new(PREEMPTIONS_IN_FLIGHT_MAX)),
         is_leader: leader_rx,
         rng: rand::rngs::StdRng::from_os_rng(),
         next_start_node: 0,
@@ -168,10 +246,13 @@ pub async fn run(
     };
     let result = scheduler
         .run_loop(
-            pods_rx,
-            nodes_rx,
-            namespaces_rx,
-            bind_rx,
+            LoopInputs {
+                pods: pods_rx,
+                nodes: nodes_rx,
+                namespaces: namespaces_rx,
+                binds: bind_rx,
+                evictions: evict_rx,
+            },
             &mut elector,
             shutdown,
         )
@@ -189,10 +270,7 @@ pub async fn run(
 impl Scheduler {
     async fn run_loop(
         &mut self,
-        mut pods_rx: mpsc::Receiver<watcher::Event<Pod>>,
-        mut nodes_rx: mpsc::Receiver<watcher::Event<Node>>,
-        mut namespaces_rx: mpsc::Receiver<watcher::Event<Namespace>>,
-        mut bind_rx: mpsc::Receiver<BindResult>,
+        mut inputs: LoopInputs,
         elector: &mut Option<tokio::task::JoinHandle<Result<(), skiff_client::Error>>>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
@@ -238,10 +316,11 @@ impl Scheduler {
                     };
                 }
                 _ = self.is_leader.changed() => {}
-                Some(event) = pods_rx.recv() => self.on_pod_event(event),
-                Some(event) = nodes_rx.recv() => self.on_node_event(event),
-                Some(event) = namespaces_rx.recv() => self.on_namespace_event(event),
-                Some(result) = bind_rx.recv() => self.on_bind_result(result),
+                Some(event) = inputs.pods.recv() => self.on_pod_event(event),
+                Some(event) = inputs.nodes.recv() => self.on_node_event(event),
+                Some(event) = inputs.namespaces.recv() => self.on_namespace_event(event),
+                Some(result) = inputs.binds.recv() => self.on_bind_result(result),
+                Some(done) = inputs.evictions.recv() => self.on_eviction_done(done),
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
@@ -276,6 +355,8 @@ impl Scheduler {
                 if let Some(seen) = self.pods_seen.take() {
                     self.cache.retain_pods(|k| seen.contains(k));
                     self.queue.retain(|k| seen.contains(k));
+                    self.nominator.retain(|k| seen.contains(k));
+                    self.evicting.retain(|k| seen.contains(k));
                 }
                 self.pods_synced = true;
                 self.queue.move_all_to_active_or_backoff(Instant::now());
@@ -284,9 +365,14 @@ impl Scheduler {
             watcher::Event::Delete(pod) => {
                 let key = key_of(&pod.metadata);
                 self.queue.remove(&key);
+                self.evicting.remove(&key);
+                let was_nominated = self.nominator.remove(&key).is_some();
                 if self.cache.placement(&key).is_some() {
                     self.cache.remove_pod(&key);
                     // Capacity freed: parked pods may fit now (AssignedPodDelete).
+                    self.queue.move_all_to_active_or_backoff(Instant::now());
+                } else if was_nominated {
+                    // The room it reserved is free again.
                     self.queue.move_all_to_active_or_backoff(Instant::now());
                 }
             }
@@ -302,6 +388,7 @@ impl Scheduler {
             .is_some_and(|n| !n.is_empty());
         if bound {
             self.queue.remove(&key);
+            self.nominator.remove(&key);
             let was = self.cache.placement(&key).map(|(_, assumed)| assumed);
             self.cache.upsert_bound_pod(&pod);
             if was.is_some() && is_terminal(&pod) {
@@ -315,12 +402,15 @@ impl Scheduler {
         }
         if !self.ours(&pod) || is_terminal(&pod) || pod.metadata.deletion_timestamp.is_some() {
             self.queue.remove(&key);
+            self.nominator.remove(&key);
             return;
         }
         if self.cache.placement(&key).is_some() {
             // Assumed by us and being bound: the watch has not caught up.
             return;
         }
+        self.nominator
+            .update_from_watch(&key, self.queue.pod(&key), &pod);
         if !self.queue.add_or_update(&key, pod, Instant::now()) {
             tracing::warn!(pod = %key, "scheduling queue full; pod left for its next update");
         }
@@ -387,7 +477,7 @@ impl Scheduler {
         let started = Instant::now();
         let pod = popped.pod;
         let key = popped.key;
-        let usage = PodUsage::of(&pod);
+        let priority = pod_priority(&pod);
         let nodes = self.cache.nodes();
         let total = nodes.len();
         let wanted = num_feasible_nodes_to_find(total);
@@ -396,56 +486,67 @@ impl Scheduler {
         } else {
             self.next_start_node % total
         };
+        let filters = PodFilters::new(&pod, &nodes, &self.cache.namespaces);
+        // Nodes are seen with the pods nominated there of at least this pod's priority.
+        let check = |node: &crate::node_info::NodeInfo| {
+            filters.check(&self.nominator.with_nominated(node, &key, priority))
+        };
         let mut feasible = Vec::new();
-        let mut unfit = Vec::new();
-        let mut processed = 0;
-        let spread_state = spread::prefilter(&pod, &nodes);
-        let interpod_state = interpod::prefilter(&pod, &nodes, &self.cache.namespaces);
-        for i in 0..total {
-            let node = nodes[(start + i) % total];
-            processed += 1;
-            let verdict = run_filters(&pod, &usage, node)
-                .and_then(|()| spread::filter(&spread_state, node))
-                .and_then(|()| interpod::filter(&interpod_state, node));
-            match verdict {
-                Ok(()) => feasible.push(node),
-                Err(u) => unfit.push(u),
-            }
-            if feasible.len() >= wanted {
-                break;
-            }
+        let mut statuses: std::collections::BTreeMap<String, Unfit> = Default::default();
+        // A nominated pod tries its node first (upstream's `evaluateNominatedNode`).
+        let nominated = self
+            .nominator
+            .node_of(&key)
+            .or_else(|| nominated_node_name(&pod));
+        if let Some(node) = nominated.and_then(|n| nodes.iter().find(|i| i.name() == n))
+            && check(node).is_ok()
+        {
+            feasible.push(*node);
         }
-        if total > 0 {
-            self.next_start_node = (start + processed) % total;
-        }
-        let profile = self.config.scheduler_name.clone();
         if feasible.is_empty() {
-            let message = fit_error_message(total, &unfit);
-            self.metrics.attempts.add(&["unschedulable", &profile], 1.0);
-            self.metrics.attempt_duration.observe(
-                &["unschedulable", &profile],
-                started.elapsed().as_secs_f64(),
-            );
-            tracing::info!(pod = %key, %message, "unable to schedule pod");
-            let rejected_by = unfit.iter().map(|u| u.plugin).collect();
-            self.queue.unschedulable(&key, Instant::now(), rejected_by);
-            self.events.record(NewEvent {
-                object: object_ref(&pod),
-                type_: EventType::Warning,
-                reason: "FailedScheduling".into(),
-                message: message.clone(),
-                action: "Scheduling".into(),
-            });
-            if needs_condition_update(&pod, &message) {
-                let _ = self.status_tx.try_send((pod, message));
+            let mut processed = 0;
+            for i in 0..total {
+                let node = nodes[(start + i) % total];
+                processed += 1;
+                match check(node) {
+                    Ok(()) => feasible.push(node),
+                    Err(u) => {
+                        statuses.insert(node.name().to_string(), u);
+                    }
+                }
+                if feasible.len() >= wanted {
+                    break;
+                }
             }
+            if total > 0 {
+                self.next_start_node = (start + processed) % total;
+            }
+        }
+        if feasible.is_empty() {
+            let decision = (total > 0).then(|| {
+                self.metrics.preemption_attempts.add(&[], 1.0);
+                preemption::post_filter(&PreemptionInput {
+                    key: &key,
+                    filters: &filters,
+                    nodes: &nodes,
+                    statuses: &statuses,
+                    nominator: &self.nominator,
+                    evicting: &self.evicting,
+                    offset: self.rng.random_range(0..total),
+                    now: skiff_client::now_timestamp(),
+                })
+            });
+            let unfit: Vec<Unfit> = statuses.into_values().collect();
+            self.unschedulable(key, pod, total, unfit, decision, started);
             return;
         }
+        let usage = filters.usage().clone();
         let scores = score_nodes(&pod, &usage, &feasible);
         let Some(best) = select_host(&scores, &mut self.rng) else {
             return;
         };
         let node = feasible[best].name().to_string();
+        self.nominator.remove(&key);
         self.cache.assume(&key, &pod, &node);
         let Ok(permit) = self.binds.clone().try_acquire_owned() else {
             // Checked before popping; cannot happen, but never bind without a permit.
@@ -480,6 +581,146 @@ impl Scheduler {
                 })
                 .await;
         });
+    }
+
+    /// The pod fits nowhere: act on the PostFilter's decision, record FailedScheduling, park
+    /// the pod (or back it off) and write its condition and nomination.
+    fn unschedulable(
+        &mut self,
+        key: String,
+        pod: Pod,
+        total: usize,
+        unfit: Vec<Unfit>,
+        decision: Option<Decision>,
+        started: Instant,
+    ) {
+        let profile = self.config.scheduler_name.clone();
+        let mut post_filter = None;
+        let mut nomination = Nomination::Keep;
+        let mut retry_soon = false;
+        match decision {
+            Some(Decision::Preempt(candidate)) => {
+                let node = candidate.node.clone();
+                if self.start_preemption(&key, &pod, candidate) {
+                    nomination = Nomination::Set(node);
+                } else {
+                    retry_soon = true;
+                }
+            }
+            Some(Decision::Fail {
+                message,
+                clear_nomination,
+            }) => {
+                let had = clear_nomination && self.nominator.remove(&key).is_some();
+                if clear_nomination && (had || nominated_node_name(&pod).is_some()) {
+                    nomination = Nomination::Clear;
+                }
+                post_filter = Some(message);
+            }
+            None => {}
+        }
+        let message = fit_error_message(total, &unfit, post_filter.as_deref());
+        self.metrics.attempts.add(&["unschedulable", &profile], 1.0);
+        self.metrics.attempt_duration.observe(
+            &["unschedulable", &profile],
+            started.elapsed().as_secs_f64(),
+        );
+        tracing::info!(pod = %key, %message, "unable to schedule pod");
+        if retry_soon {
+            self.queue.error(&key, Instant::now());
+        } else {
+            let rejected_by = unfit.iter().map(|u| u.plugin).collect();
+            self.queue.unschedulable(&key, Instant::now(), rejected_by);
+        }
+        self.events.record(NewEvent {
+            object: object_ref(&pod),
+            type_: EventType::Warning,
+            reason: "FailedScheduling".into(),
+            message: message.clone(),
+            action: "Scheduling".into(),
+        });
+        if needs_status_update(&pod, &message, &nomination) {
+            let _ = self.status_tx.try_send(StatusWrite::Unschedulable {
+                pod: Box::new(pod),
+                message,
+                nomination,
+            });
+        }
+    }
+
+    /// Nominates the preemptor to the candidate's node, drops the nominations of
+    /// lower-priority pods there, and hands the victims to an eviction task. `false` when
+    /// too many preemptions are in flight (the pod backs off and tries again).
+    fn start_preemption(&mut self, key: &str, pod: &Pod, candidate: Candidate) -> bool {
+        let Ok(permit) = self.preemptions.clone().try_acquire_owned() else {
+            tracing::warn!(pod = %key, "too many preemptions in flight; backing off");
+            return false;
+        };
+        let priority = pod_priority(pod);
+        tracing::info!(
+            pod = %key,
+            node = %candidate.node,
+            victims = ?candidate.victims.iter().map(|v| v.key.as_str()).collect::<Vec<_>>(),
+            "preempting lower-priority pods"
+        );
+        self.metrics
+            .preemption_victims
+            .observe(&[], candidate.victims.len() as f64);
+        self.nominator.nominate(key, pod, &candidate.node);
+        let lower: Vec<String> = self
+            .nominator
+            .pods_on(&candidate.node)
+            .filter(|(_, n)| n.usage.priority < priority)
+            .map(|(k, _)| k.to_string())
+            .collect();
+        for other in lower {
+            self.nominator.remove(&other);
+            self.queue.activate(&other, Instant::now());
+            let _ = self
+                .status_tx
+                .try_send(StatusWrite::ClearNomination { key: other });
+        }
+        for victim in &candidate.victims {
+            self.evicting.insert(victim.key.clone());
+        }
+        let eviction = Eviction {
+            preemptor_key: key.to_string(),
+            preemptor_uid: pod.metadata.uid.clone().unwrap_or_default(),
+            node: candidate.node,
+            victims: candidate.victims,
+        };
+        let client = self.client.clone();
+        let events = self.events.clone();
+        let tx = self.evict_tx.clone();
+        let scheduler_name = self.config.scheduler_name.clone();
+        tokio::spawn(async move {
+            let done = evict(&client, &events, &scheduler_name, eviction).await;
+            drop(permit);
+            let _ = tx.send(done).await;
+        });
+        true
+    }
+
+    fn on_eviction_done(&mut self, done: EvictionDone) {
+        let mut failed = Vec::new();
+        for (key, outcome) in done.victims {
+            match outcome {
+                // Stays "terminating" until the watch shows it gone.
+                EvictionOutcome::Deleted => {}
+                EvictionOutcome::Gone => {
+                    self.evicting.remove(&key);
+                }
+                EvictionOutcome::Failed => {
+                    self.evicting.remove(&key);
+                    failed.push(key);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            tracing::warn!(pod = %done.preemptor_key, ?failed, "could not evict every victim");
+            // As upstream: the preemptor must not wait for deletions that will not come.
+            self.queue.activate(&done.preemptor_key, Instant::now());
+        }
     }
 
     fn on_bind_result(&mut self, result: BindResult) {
@@ -560,6 +801,16 @@ fn needs_condition_update(pod: &Pod, message: &str) -> bool {
     })
 }
 
+/// Whether the condition or the nomination would change.
+fn needs_status_update(pod: &Pod, message: &str, nomination: &Nomination) -> bool {
+    let nomination_changes = match nomination {
+        Nomination::Keep => false,
+        Nomination::Set(node) => nominated_node_name(pod) != Some(node.as_str()),
+        Nomination::Clear => nominated_node_name(pod).is_some(),
+    };
+    nomination_changes || needs_condition_update(pod, message)
+}
+
 async fn bind(api: &Api<Pod>, pod: &Pod, node: &str) -> BindOutcome {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let binding = Binding {
@@ -589,30 +840,133 @@ async fn bind(api: &Api<Pod>, pod: &Pod, node: &str) -> BindOutcome {
     }
 }
 
-/// Writes `PodScheduled=False, reason=Unschedulable` conditions, one at a time.
-async fn write_statuses(client: kube::Client, mut rx: mpsc::Receiver<(Pod, String)>) {
-    while let Some((pod, message)) = rx.recv().await {
-        let api: Api<Pod> = Api::namespaced(
-            client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-        );
-        let patch = serde_json::json!({
-            "status": {"conditions": [{
-                "type": "PodScheduled",
-                "status": "False",
-                "reason": "Unschedulable",
-                "message": message,
-                "lastTransitionTime": Time(skiff_client::now_timestamp()),
-                "lastProbeTime": null,
-            }]}
-        });
-        let name = pod.metadata.name.clone().unwrap_or_default();
+/// The status patch of an unschedulable pod: its condition, and its nomination if it changes.
+fn unschedulable_patch(message: &str, nomination: &Nomination) -> serde_json::Value {
+    let mut status = serde_json::json!({
+        "conditions": [{
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+            "lastTransitionTime": Time(skiff_client::now_timestamp()),
+            "lastProbeTime": null,
+        }]
+    });
+    match nomination {
+        Nomination::Keep => {}
+        Nomination::Set(node) => status["nominatedNodeName"] = serde_json::json!(node),
+        Nomination::Clear => status["nominatedNodeName"] = serde_json::Value::Null,
+    }
+    serde_json::json!({ "status": status })
+}
+
+/// Writes pods' statuses (conditions, nominations), one at a time.
+async fn write_statuses(client: kube::Client, mut rx: mpsc::Receiver<StatusWrite>) {
+    while let Some(write) = rx.recv().await {
+        let (key, patch) = match &write {
+            StatusWrite::Unschedulable {
+                pod,
+                message,
+                nomination,
+            } => (
+                key_of(&pod.metadata),
+                unschedulable_patch(message, nomination),
+            ),
+            StatusWrite::ClearNomination { key } => (
+                key.clone(),
+                serde_json::json!({"status": {"nominatedNodeName": null}}),
+            ),
+        };
+        let (namespace, name) = key.split_once('/').unwrap_or(("default", &key));
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
         if let Err(err) = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
             .await
         {
-            tracing::warn!(pod = %name, error = %err, "cannot update PodScheduled condition");
+            tracing::warn!(pod = %key, error = %err, "cannot update pod status");
         }
+    }
+}
+
+/// Evicts a preemption's victims (in parallel): marks each `DisruptionTarget` (reason
+/// `PreemptionByScheduler`), deletes it with its uid as precondition, and records the
+/// `Preempted` event upstream records. A victim already gone counts as evicted.
+async fn evict(
+    client: &kube::Client,
+    events: &EventRecorder,
+    scheduler_name: &str,
+    eviction: Eviction,
+) -> EvictionDone {
+    let Eviction {
+        preemptor_key,
+        preemptor_uid,
+        node,
+        victims,
+    } = eviction;
+    let results = futures::future::join_all(victims.iter().map(|victim| async {
+        let (namespace, name) = victim.key.split_once('/').unwrap_or(("default", &victim.key));
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let condition = serde_json::json!({"status": {"conditions": [{
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": REASON_PREEMPTION_BY_SCHEDULER,
+            "message": format!("{scheduler_name}: preempting to accommodate a higher priority pod"),
+            "lastTransitionTime": Time(skiff_client::now_timestamp()),
+        }]}});
+        let marked = tokio::time::timeout(
+            EVICT_TIMEOUT,
+            api.patch_status(name, &PatchParams::default(), &Patch::Strategic(&condition)),
+        )
+        .await;
+        match marked {
+            Ok(Ok(_)) => {}
+            Ok(Err(kube::Error::Api(status))) if status.code == 404 => return EvictionOutcome::Gone,
+            Ok(Err(err)) => {
+                tracing::warn!(victim = %victim.key, error = %err, "cannot mark victim DisruptionTarget");
+                return EvictionOutcome::Failed;
+            }
+            Err(_) => return EvictionOutcome::Failed,
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(victim.uid.clone()).filter(|u| !u.is_empty()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match tokio::time::timeout(EVICT_TIMEOUT, api.delete(name, &params)).await {
+            Ok(Ok(_)) => {
+                events.record(NewEvent {
+                    object: ObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        namespace: Some(namespace.to_string()),
+                        name: Some(name.to_string()),
+                        uid: Some(victim.uid.clone()).filter(|u| !u.is_empty()),
+                        ..Default::default()
+                    },
+                    type_: EventType::Normal,
+                    reason: "Preempted".into(),
+                    message: format!("Preempted by pod {preemptor_uid} on node {node}"),
+                    action: "Preempting".into(),
+                });
+                EvictionOutcome::Deleted
+            }
+            // Gone already, or replaced by a pod of the same name (uid precondition).
+            Ok(Err(kube::Error::Api(status))) if status.code == 404 || status.code == 409 => {
+                EvictionOutcome::Gone
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(victim = %victim.key, error = %err, "cannot delete victim");
+                EvictionOutcome::Failed
+            }
+            Err(_) => EvictionOutcome::Failed,
+        }
+    }))
+    .await;
+    EvictionDone {
+        preemptor_key,
+        victims: victims.into_iter().map(|v| v.key).zip(results).collect(),
     }
 }
 
@@ -628,6 +982,47 @@ mod tests {
         assert_eq!(num_feasible_nodes_to_find(1000), 420);
         assert_eq!(num_feasible_nodes_to_find(5000), 500);
         assert_eq!(num_feasible_nodes_to_find(6000), 300);
+    }
+
+    #[test]
+    fn nominations_ride_on_the_unschedulable_patch() {
+        let set = unschedulable_patch("m", &Nomination::Set("n1".into()));
+        assert_eq!(set["status"]["nominatedNodeName"], "n1");
+        assert_eq!(set["status"]["conditions"][0]["reason"], "Unschedulable");
+        let clear = unschedulable_patch("m", &Nomination::Clear);
+        assert!(clear["status"]["nominatedNodeName"].is_null());
+        assert!(
+            clear["status"].get("nominatedNodeName").is_some(),
+            "null deletes it"
+        );
+        let keep = unschedulable_patch("m", &Nomination::Keep);
+        assert!(keep["status"].get("nominatedNodeName").is_none());
+        let pod = Pod {
+            status: Some(k8s_openapi::api::core::v1::PodStatus {
+                nominated_node_name: Some("n1".into()),
+                conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "False".into(),
+                    reason: Some("Unschedulable".into()),
+                    message: Some("m".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(!needs_status_update(
+            &pod,
+            "m",
+            &Nomination::Set("n1".into())
+        ));
+        assert!(needs_status_update(
+            &pod,
+            "m",
+            &Nomination::Set("n2".into())
+        ));
+        assert!(needs_status_update(&pod, "m", &Nomination::Clear));
+        assert!(!needs_status_update(&pod, "m", &Nomination::Keep));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
 use crate::filters::{Unfit, node_affinity, tolerates};
 use crate::interpod::Selector;
-use crate::node_info::NodeInfo;
+use crate::node_info::{NodeInfo, PodUsage};
 
 /// Reason when the skew would grow past `maxSkew`.
 pub const REASON_CONSTRAINTS: &str = "node(s) didn't match pod topology spread constraints";
@@ -23,7 +23,7 @@ pub const REASON_CONSTRAINTS: &str = "node(s) didn't match pod topology spread c
 pub const REASON_MISSING_LABEL: &str =
     "node(s) didn't match pod topology spread constraints (missing required label)";
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Constraint {
     max_skew: i64,
     topology_key: String,
@@ -34,7 +34,7 @@ struct Constraint {
 }
 
 /// The pre-pass for one incoming pod.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SpreadState {
     constraints: Vec<Constraint>,
     /// (constraint index, topology value) → matching pods.
@@ -106,37 +106,65 @@ pub fn prefilter(pod: &Pod, nodes: &[&NodeInfo]) -> SpreadState {
     if state.constraints.is_empty() {
         return state;
     }
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
     for node in nodes {
-        let labels = node.node.metadata.labels.as_ref();
-        let values: Option<Vec<&String>> = state
-            .constraints
-            .iter()
-            .map(|c| labels.and_then(|l| l.get(&c.topology_key)))
-            .collect();
-        let Some(values) = values else { continue };
-        for (i, c) in state.constraints.iter().enumerate() {
-            if c.honor_affinity && node_affinity(pod, node).is_err() {
+        for i in 0..state.constraints.len() {
+            let Some(value) = state.domain_of(pod, i, node) else {
                 continue;
-            }
-            if c.honor_taints && !untainted_for(pod, node) {
-                continue;
-            }
+            };
             let n = node
                 .pods
                 .values()
-                .filter(|p| {
-                    p.namespace == ns && !p.terminating && c.selector.matches(Some(&p.labels))
-                })
+                .filter(|p| state.counts_pod(pod, i, p))
                 .count();
-            *state.counts.entry((i, values[i].clone())).or_insert(0) +=
-                i64::try_from(n).unwrap_or(0);
+            *state.counts.entry((i, value)).or_insert(0) += i64::try_from(n).unwrap_or(0);
         }
     }
     state
 }
 
 impl SpreadState {
+    /// The node's value for constraint `i`'s topology key, if the node counts for it: it has
+    /// every constraint's key and passes the pod's node affinity / taints as the policies say.
+    fn domain_of(&self, pod: &Pod, i: usize, node: &NodeInfo) -> Option<String> {
+        let labels = node.node.metadata.labels.as_ref()?;
+        if !self
+            .constraints
+            .iter()
+            .all(|c| labels.contains_key(&c.topology_key))
+        {
+            return None;
+        }
+        let c = &self.constraints[i];
+        if c.honor_affinity && node_affinity(pod, node).is_err() {
+            return None;
+        }
+        if c.honor_taints && !untainted_for(pod, node) {
+            return None;
+        }
+        labels.get(&c.topology_key).cloned()
+    }
+
+    /// Whether an existing pod counts for constraint `i` of the incoming `pod`.
+    fn counts_pod(&self, pod: &Pod, i: usize, existing: &PodUsage) -> bool {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+        existing.namespace == ns
+            && !existing.terminating
+            && self.constraints[i].selector.matches(Some(&existing.labels))
+    }
+
+    /// Upstream's PreFilterExtensions AddPod (`delta` 1) / RemovePod (`delta` -1): `existing`
+    /// joins or leaves `node` (preemption's what-if).
+    pub fn update_with_pod(&mut self, pod: &Pod, existing: &PodUsage, node: &NodeInfo, delta: i64) {
+        for i in 0..self.constraints.len() {
+            if !self.counts_pod(pod, i, existing) {
+                continue;
+            }
+            if let Some(value) = self.domain_of(pod, i, node) {
+                *self.counts.entry((i, value)).or_insert(0) += delta;
+            }
+        }
+    }
+
     fn min_match(&self, i: usize) -> i64 {
         let domains: BTreeSet<&String> = self
             .counts
@@ -189,7 +217,6 @@ pub fn filter(state: &SpreadState, node: &NodeInfo) -> Result<(), Unfit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node_info::PodUsage;
     use crate::testing::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 

@@ -10,9 +10,7 @@ use kube::api::ListParams;
 
 use crate::Error;
 use crate::cache::Cache;
-use crate::filters::run_filters;
-use crate::node_info::PodUsage;
-use crate::{interpod, spread};
+use crate::pod_filters::PodFilters;
 
 /// One line per node, plus a first line saying where the pod stands.
 pub fn explain(
@@ -42,18 +40,13 @@ pub fn explain(
         ));
     }
     cache.namespaces = namespaces;
-    let usage = PodUsage::of(pod);
     let nodes = cache.nodes();
-    let spread_state = spread::prefilter(pod, &nodes);
-    let interpod_state = interpod::prefilter(pod, &nodes, &cache.namespaces);
+    let filters = PodFilters::new(pod, &nodes, &cache.namespaces);
     if nodes.is_empty() {
         lines.push("no nodes".into());
     }
     for node in nodes {
-        let verdict = run_filters(pod, &usage, node)
-            .and_then(|()| spread::filter(&spread_state, node))
-            .and_then(|()| interpod::filter(&interpod_state, node));
-        match verdict {
+        match filters.check(node) {
             Ok(()) => lines.push(format!("{}: fits", node.name())),
             Err(unfit) => {
                 for detail in unfit.details {

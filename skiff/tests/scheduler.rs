@@ -3,8 +3,9 @@
 //! anti-affinity, topology spread), an unschedulable pod gets kube-scheduler's FailedScheduling
 //! message and PodScheduled=False, `skiff why-pending` prints per-node numbers, with two
 //! schedulers exactly one holds the Lease, a kill -9 of the leader hands over within lease
-//! duration + retry and every pod is bound exactly once, and a leader cut off from the API
-//! server stops within the renew deadline.
+//! duration + retry and every pod is bound exactly once, a leader cut off from the API
+//! server stops within the renew deadline, and a high-priority pod preempts the fewest
+//! low-priority pods on a full simulated node (unless its `preemptionPolicy` is `Never`).
 
 #[path = "common/apiserver.rs"]
 mod apiserver;
@@ -23,6 +24,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Container, Event, Node, NodeSpec, NodeStatus, Pod, PodAffinityTerm, PodAntiAffinity,
     PodSpec, ResourceRequirements, Taint, Toleration,
 };
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -520,6 +522,25 @@ async fn two_schedulers_one_leader_failover_binds_every_pod_once() {
     }
     procs[leader].kill9();
     let killed_at = Instant::now();
+    // The lease is polled while the second half is created, so the handover measured is
+    // the scheduler's, not how long the creates took on a busy machine.
+    let takeover = {
+        let leases = leases.clone();
+        let holder = holder.clone();
+        tokio::spawn(async move {
+            while killed_at.elapsed() < Duration::from_secs(60) {
+                if let Ok(lease) = leases.get("kube-scheduler").await
+                    && let Some(h) = lease.spec.and_then(|spec| spec.holder_identity)
+                    && h != holder
+                    && !h.is_empty()
+                {
+                    return Some((h, killed_at.elapsed()));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None
+        })
+    };
     for i in total / 2..total {
         pods.create(
             &PostParams::default(),
@@ -528,17 +549,10 @@ async fn two_schedulers_one_leader_failover_binds_every_pod_once() {
         .await
         .unwrap();
     }
-    let new_holder = wait_for("a new lease holder", Duration::from_secs(40), async || {
-        leases
-            .get("kube-scheduler")
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-            .filter(|h| *h != holder && !h.is_empty())
-    })
-    .await;
-    let handover = killed_at.elapsed();
+    let (new_holder, handover) = takeover
+        .await
+        .expect("lease poller")
+        .expect("a new lease holder within 60 s of the kill");
     eprintln!("handover after {handover:?} to {new_holder}");
     // The survivor takes over within lease duration (15 s) + one retry (2 s, jittered up to
     // 2.4 s) of the last renewal *it saw*; it sees a renewal up to one retry after it was
@@ -696,4 +710,199 @@ async fn topology_spread_keeps_zones_even() {
         *per_zone.entry(zone).or_insert(0) += 1;
     }
     assert_eq!(per_zone, BTreeMap::from([("z1", 3), ("z2", 3)]));
+}
+
+/// A `skiff node-sim` process simulating one node, killed on drop.
+struct NodeSimProc {
+    child: Child,
+    log_path: std::path::PathBuf,
+}
+
+impl NodeSimProc {
+    fn start(dir: &Path, kubeconfig: &Path, cpu: &str) -> NodeSimProc {
+        let log_path = dir.join("node-sim.log");
+        let log = std::fs::File::create(&log_path).expect("log");
+        let child = Command::new(common::skiff_bin())
+            .arg("node-sim")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--nodes", "1", "--cpu", cpu, "--memory", "8Gi"])
+            .env("SKIFF_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn skiff node-sim");
+        NodeSimProc { child, log_path }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeSimProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn create_priority_class(client: &Client, name: &str, value: i32, policy: &str) {
+    let classes: Api<PriorityClass> = Api::all(client.clone());
+    let class = PriorityClass {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        value,
+        preemption_policy: Some(policy.into()),
+        ..Default::default()
+    };
+    classes
+        .create(&PostParams::default(), &class)
+        .await
+        .expect("create priority class");
+}
+
+fn pod_of_class(name: &str, cpu: &str, class: Option<&str>) -> Pod {
+    let mut p = pod(name, cpu, &[], None);
+    p.spec.as_mut().unwrap().priority_class_name = class.map(str::to_string);
+    p
+}
+
+async fn phase_of(pods: &Api<Pod>, name: &str) -> Option<String> {
+    pods.get(name).await.ok()?.status?.phase
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_pod_preempts_the_fewest_low_priority_pods() {
+    let began = Instant::now();
+    let store = Backend::skiff();
+    let home = ApiHome::new();
+    let api = home.start(&store.endpoints(), &[]);
+    let kubeconfig = home.path().join("kubeconfig");
+    let client = client(&api, &kubeconfig).await;
+    let sim = NodeSimProc::start(home.path(), &kubeconfig, "4");
+    let scheduler = SchedulerProc::start(home.path(), &kubeconfig, "preempt");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let wait = Duration::from_secs(30);
+    let node = "sim-node-0";
+
+    tracing_phase("four 1-cpu pods of priority 0 fill the 4-cpu simulated node");
+    let low: Vec<String> = (0..4).map(|i| format!("low-{i}")).collect();
+    for name in &low {
+        pods.create(&PostParams::default(), &pod_of_class(name, "1", None))
+            .await
+            .unwrap();
+    }
+    for name in &low {
+        let bound = node_of(&pods, name, wait).await;
+        assert_eq!(bound, node, "{}", scheduler.log());
+    }
+    for name in &low {
+        wait_for(&format!("{name} Running"), wait, async || {
+            (phase_of(&pods, name).await.as_deref() == Some("Running")).then_some(())
+        })
+        .await;
+    }
+
+    tracing_phase("a 1500m pod of PriorityClass high (1000) preempts exactly two of them");
+    create_priority_class(&client, "high", 1000, "PreemptLowerPriority").await;
+    pods.create(
+        &PostParams::default(),
+        &pod_of_class("high", "1500m", Some("high")),
+    )
+    .await
+    .unwrap();
+    let nominated = wait_for("high's nominatedNodeName", wait, async || {
+        pods.get("high").await.ok()?.status?.nominated_node_name
+    })
+    .await;
+    assert_eq!(nominated, node);
+    assert_eq!(
+        node_of(&pods, "high", wait).await,
+        node,
+        "{}",
+        scheduler.log()
+    );
+    wait_for("high Running", wait, async || {
+        (phase_of(&pods, "high").await.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let high = pods.get("high").await.unwrap();
+    assert_eq!(high.spec.as_ref().unwrap().priority, Some(1000));
+    let left: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .filter(|n| n.starts_with("low-"))
+        .collect();
+    assert_eq!(left.len(), 2, "two victims are enough, no more: {left:?}");
+    let uid = high.metadata.uid.clone().unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let preempted = wait_for("two Preempted events", wait, async || {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let found: Vec<Event> = list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Preempted"))
+            .collect();
+        (found.len() == 2).then_some(found)
+    })
+    .await;
+    for event in &preempted {
+        let victim = event.involved_object.name.clone().unwrap_or_default();
+        assert!(low.contains(&victim) && !left.contains(&victim), "{victim}");
+        assert_eq!(
+            event.message.as_deref(),
+            Some(format!("Preempted by pod {uid} on node {node}").as_str())
+        );
+    }
+
+    tracing_phase("preemptionPolicy: Never stays Pending with upstream's message");
+    create_priority_class(&client, "high-never", 1000, "Never").await;
+    pods.create(
+        &PostParams::default(),
+        &pod_of_class("never", "1", Some("high-never")),
+    )
+    .await
+    .unwrap();
+    let want = "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never.";
+    let got = wait_for("FailedScheduling for never", wait, async || {
+        failed_scheduling_message(&client, "never").await
+    })
+    .await;
+    assert_eq!(got, want);
+    let never = pods.get("never").await.unwrap();
+    assert!(never.spec.unwrap().node_name.is_none());
+    assert_eq!(never.status.and_then(|s| s.nominated_node_name), None);
+    let still = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| p.metadata.name.as_deref().unwrap_or("").starts_with("low-"))
+        .count();
+    assert_eq!(still, 2, "nothing more was evicted");
+
+    tracing_phase("metrics");
+    let endpoint = format!("127.0.0.1:{}", scheduler.metrics_port);
+    let metrics = common::http_get(&endpoint, "/metrics");
+    assert!(
+        metrics.contains("scheduler_preemption_victims_sum 2\n")
+            && metrics.contains("scheduler_preemption_victims_count 1\n"),
+        "{metrics}"
+    );
+    let attempts: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("scheduler_preemption_attempts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(attempts >= 2.0, "{metrics}");
+    assert!(!sim.log().contains("panicked"), "{}", sim.log());
+    eprintln!("preemption test took {:?}", began.elapsed());
 }
