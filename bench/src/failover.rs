@@ -2,7 +2,8 @@
 //! etcd in the same harness.
 //!
 //! Procedure, for each system in turn (3 members on loopback, heartbeat 100 ms, election
-//! timeout 1000 ms on both, skiff with `--pre-vote`, data dirs side by side):
+//! timeout 1000 ms on both, each with its defaults (skiff's pre-vote is on by default),
+//! data dirs side by side):
 //! 1. Start the cluster and wait until every member serves a linearizable read.
 //! 2. For each of `kills` rounds: find the leader (Status on every member), make sure a
 //!    write is acknowledged, `kill -9` the leader (time zero), then start a put every
@@ -119,10 +120,7 @@ fn members(
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let (bin, mut args) = match system {
-            System::Skiff => (
-                config.skiff_bin.clone(),
-                vec!["store".to_string(), "--pre-vote".to_string()],
-            ),
+            System::Skiff => (config.skiff_bin.clone(), vec!["store".to_string()]),
             System::Etcd => (
                 config.etcd_bin.clone(),
                 vec!["--logger=zap".into(), "--log-level=warn".into()],
@@ -385,7 +383,7 @@ fn write_outputs(config: &FailoverConfig, results: &FailoverResults) -> Result<P
     let _ = writeln!(md, "Command: `{}`\n", config.command_line);
     let _ = writeln!(
         md,
-        "3 members on loopback each, heartbeat {HEARTBEAT_MS} ms, election timeout {ELECTION_MS} ms, skiff with `--pre-vote`, etcd with its defaults; {} leader kills (SIGKILL) per system; time from the kill to the first acknowledged put (a put every {} ms on the survivors).\n",
+        "3 members on loopback each, heartbeat {HEARTBEAT_MS} ms, election timeout {ELECTION_MS} ms, skiff and etcd with their defaults (skiff's pre-vote on); {} leader kills (SIGKILL) per system; time from the kill to the first acknowledged put (a put every {} ms on the survivors).\n",
         config.kills,
         PROBE_INTERVAL.as_millis()
     );
