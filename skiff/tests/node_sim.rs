@@ -7,53 +7,19 @@
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
+#[path = "common/node_sim.rs"]
+mod node_sim;
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use apiserver::{ApiHome, ApiServer};
+use node_sim::NodeSim;
 use serde_json::{Value, json};
 
 const NODES: usize = 5;
-
-/// The `skiff node-sim` process; killed (by its PID) when dropped.
-struct NodeSim {
-    child: Child,
-    log_path: PathBuf,
-}
-
-impl NodeSim {
-    fn start(kubeconfig: &Path, stop_file: &Path, dir: &Path) -> NodeSim {
-        let log_path = dir.join("node-sim.log");
-        let log = std::fs::File::create(&log_path).expect("log");
-        let child = Command::new(common::skiff_bin())
-            .arg("node-sim")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--nodes", &NODES.to_string()])
-            .arg("--stop-renewing-file")
-            .arg(stop_file)
-            .env("SKIFF_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn skiff node-sim");
-        NodeSim { child, log_path }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for NodeSim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Kubectl<'a> {
     api: &'a ApiServer,
@@ -144,7 +110,17 @@ fn node_sim_nodes_leases_pod_lifecycle_and_stop_file() {
     let kubeconfig = home.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
     let stop_file = home.path().join("stop-renewing");
-    let sim = NodeSim::start(&kubeconfig, &stop_file, home.path());
+    let nodes = NODES.to_string();
+    let sim = NodeSim::start(
+        home.path(),
+        &kubeconfig,
+        &[
+            OsStr::new("--nodes"),
+            OsStr::new(&nodes),
+            OsStr::new("--stop-renewing-file"),
+            stop_file.as_os_str(),
+        ],
+    );
     let k = Kubectl {
         api: &api,
         kubeconfig,

@@ -10,8 +10,11 @@
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
+#[path = "common/node_sim.rs"]
+mod node_sim;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -31,6 +34,7 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, Config};
+use node_sim::NodeSim;
 
 /// A `skiff scheduler` process, killed on drop.
 struct SchedulerProc {
@@ -712,41 +716,6 @@ async fn topology_spread_keeps_zones_even() {
     assert_eq!(per_zone, BTreeMap::from([("z1", 3), ("z2", 3)]));
 }
 
-/// A `skiff node-sim` process simulating one node, killed on drop.
-struct NodeSimProc {
-    child: Child,
-    log_path: std::path::PathBuf,
-}
-
-impl NodeSimProc {
-    fn start(dir: &Path, kubeconfig: &Path, cpu: &str) -> NodeSimProc {
-        let log_path = dir.join("node-sim.log");
-        let log = std::fs::File::create(&log_path).expect("log");
-        let child = Command::new(common::skiff_bin())
-            .arg("node-sim")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--nodes", "1", "--cpu", cpu, "--memory", "8Gi"])
-            .env("SKIFF_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn skiff node-sim");
-        NodeSimProc { child, log_path }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for NodeSimProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn create_priority_class(client: &Client, name: &str, value: i32, policy: &str) {
     let classes: Api<PriorityClass> = Api::all(client.clone());
     let class = PriorityClass {
@@ -782,7 +751,18 @@ async fn a_high_priority_pod_preempts_the_fewest_low_priority_pods() {
     let api = home.start(&store.endpoints(), &[]);
     let kubeconfig = home.path().join("kubeconfig");
     let client = client(&api, &kubeconfig).await;
-    let sim = NodeSimProc::start(home.path(), &kubeconfig, "4");
+    let sim = NodeSim::start(
+        home.path(),
+        &kubeconfig,
+        &[
+            OsStr::new("--nodes"),
+            OsStr::new("1"),
+            OsStr::new("--cpu"),
+            OsStr::new("4"),
+            OsStr::new("--memory"),
+            OsStr::new("8Gi"),
+        ],
+    );
     let scheduler = SchedulerProc::start(home.path(), &kubeconfig, "preempt");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let wait = Duration::from_secs(30);
