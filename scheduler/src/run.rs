@@ -974,6 +974,20 @@ async fn evict(
 mod tests {
     use super::*;
 
+    /// A status with the `PodScheduled=False/Unschedulable` condition saying `message`.
+    fn unschedulable_status(message: &str) -> k8s_openapi::api::core::v1::PodStatus {
+        k8s_openapi::api::core::v1::PodStatus {
+            conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some("Unschedulable".into()),
+                message: Some(message.into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn feasible_nodes_to_find_matches_upstream() {
         assert_eq!(num_feasible_nodes_to_find(3), 3);
@@ -1000,14 +1014,7 @@ mod tests {
         let pod = Pod {
             status: Some(k8s_openapi::api::core::v1::PodStatus {
                 nominated_node_name: Some("n1".into()),
-                conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
-                    type_: "PodScheduled".into(),
-                    status: "False".into(),
-                    reason: Some("Unschedulable".into()),
-                    message: Some("m".into()),
-                    ..Default::default()
-                }]),
-                ..Default::default()
+                ..unschedulable_status("m")
             }),
             ..Default::default()
         };
@@ -1029,16 +1036,7 @@ mod tests {
     fn condition_is_rewritten_only_when_it_changes() {
         let mut pod = Pod::default();
         assert!(needs_condition_update(&pod, "m"));
-        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
-            conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
-                type_: "PodScheduled".into(),
-                status: "False".into(),
-                reason: Some("Unschedulable".into()),
-                message: Some("m".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        });
+        pod.status = Some(unschedulable_status("m"));
         assert!(!needs_condition_update(&pod, "m"));
         assert!(needs_condition_update(&pod, "other"));
     }
