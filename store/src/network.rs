@@ -434,6 +434,11 @@ impl PeerConnection {
             return Err(unreachable("failpoint peer-send".into()));
         }
         let deadline = tokio::time::Instant::now() + option.hard_ttl();
+        if self.raw.as_ref().is_some_and(RawStream::abandoned) {
+            // openraft's timeout dropped the last call after it was sent: its answer would
+            // be read as this request's. Start over on a new connection.
+            self.raw = None;
+        }
         let fresh = self.raw.is_none();
         if fresh {
             let connect =
@@ -623,6 +628,94 @@ mod tests {
         assert!(
             plausible_append_response(&later, AppendEntriesResponse::HigherVote(Vote::new(3, 3)))
                 .is_ok()
+        );
+    }
+
+    /// A follower on a raw append stream that answers a request with no `prev_log_id` with
+    /// `Success` after `delay`, and any other at once with `Conflict`.
+    async fn slow_raw_follower(delay: Duration) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut magic = [0u8; 8];
+                    if conn.read_exact(&mut magic).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut len = [0u8; 4];
+                        if conn.read_exact(&mut len).await.is_err() {
+                            return;
+                        }
+                        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+                        if conn.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let rpc: AppendEntriesRequest<TypeConfig> =
+                            postcard::from_bytes(&body).unwrap();
+                        let answer = if rpc.prev_log_id.is_none() {
+                            tokio::time::sleep(delay).await;
+                            AppendEntriesResponse::Success
+                        } else {
+                            AppendEntriesResponse::Conflict
+                        };
+                        let out =
+                            postcard::to_stdvec(&crate::peer_stream::Answer::Raft(Ok(answer)))
+                                .unwrap();
+                        let mut frame = (out.len() as u32).to_le_bytes().to_vec();
+                        frame.extend(out);
+                        if conn.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn an_answer_to_an_abandoned_append_is_never_taken_for_the_next_ones() {
+        use openraft::{CommittedLeaderId, Vote};
+        let url = slow_raw_follower(Duration::from_millis(300)).await;
+        let mut network = Network {
+            channels: PeerChannels::new(None),
+            log_sync: None,
+        };
+        let member = Member {
+            name: "f".into(),
+            peer_urls: vec![url],
+        };
+        let mut peer = network.new_client(2, &member).await;
+        let first = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        };
+        let option = RPCOption::new(Duration::from_secs(2));
+        // As openraft's replication task does: its own timeout drops the call once sent.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(100),
+            peer.append_entries(first, option.clone()),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the first call was to be abandoned");
+        let second = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(openraft::LogId::new(CommittedLeaderId::new(2, 1), 7)),
+            entries: vec![],
+            leader_commit: None,
+        };
+        let answer = peer.append_entries(second, option).await;
+        assert!(
+            matches!(answer, Ok(AppendEntriesResponse::Conflict)),
+            "the second request got {answer:?}, the abandoned first one's answer"
         );
     }
 

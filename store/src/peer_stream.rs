@@ -98,9 +98,18 @@ async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 /// The leader's end of one raw append stream (owned by openraft's replication task).
+///
+/// Answers carry no request id: they pair with requests by order only. So a call whose
+/// future was dropped between sending and reading (openraft wraps every AppendEntries in
+/// its own timeout) leaves the stream [`abandoned`](RawStream::abandoned): the answer still
+/// on its way belongs to that request, and read as the next one's it would report entries
+/// the peer never stored (an old `Success` counts as a match of everything sent since).
+/// The caller must open a new connection instead.
 pub struct RawStream {
     conn: BufReader<TcpStream>,
     buf: Vec<u8>,
+    /// A request was sent and its answer not read yet.
+    in_flight: bool,
 }
 
 impl RawStream {
@@ -121,7 +130,14 @@ impl RawStream {
         Ok(RawStream {
             conn,
             buf: Vec::new(),
+            in_flight: false,
         })
+    }
+
+    /// An earlier call was given up between sending and reading its answer: the stream can
+    /// no longer pair answers with requests.
+    pub fn abandoned(&self) -> bool {
+        self.in_flight
     }
 
     /// Send one AppendEntries and wait for its answer (`Ok(None)`: the peer closed the
@@ -132,11 +148,15 @@ impl RawStream {
         peer: &crate::metrics::PeerMetrics,
     ) -> Result<Option<Answer>, StreamError> {
         let out = frame(rpc)?;
+        // Set before the first byte goes out and cleared only once the answer is read, so a
+        // drop anywhere in between (even mid-write) leaves the stream marked.
+        self.in_flight = true;
         self.conn.write_all(&out).await?;
         peer.sent_bytes.fetch_add(out.len() as u64, Relaxed);
         if !read_frame(&mut self.conn, &mut self.buf).await? {
             return Ok(None);
         }
+        self.in_flight = false;
         let received = self.buf.len() as u64 + 4;
         peer.received_bytes.fetch_add(received, Relaxed);
         postcard::from_bytes(&self.buf)
