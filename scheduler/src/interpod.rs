@@ -5,7 +5,8 @@
 //! looks the node's topology values up. Terms select pods by label selector within
 //! `namespaces` (default: the pod's own) or `namespaceSelector` (namespace labels).
 //! A pod whose affinity no existing pod satisfies may still go anywhere its topology keys
-//! exist if it matches its own terms (the first of a group). Preferred terms do not score yet.
+//! exist if it matches its own terms (the first of a group). Preferred terms (and existing
+//! pods' required affinity) score in `scores_interpod`, with the same term matching.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,15 @@ impl Selector {
     /// `None` selects nothing, an empty selector everything.
     pub fn new(selector: Option<LabelSelector>) -> Selector {
         Selector(selector)
+    }
+
+    /// Whether it is a selector without requirements (upstream's `Selector.Empty()`; `None`,
+    /// which selects nothing, is not empty).
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| {
+            s.match_labels.as_ref().is_none_or(|l| l.is_empty())
+                && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+        })
     }
 
     /// Whether `labels` are selected.
@@ -72,6 +82,11 @@ pub struct AffinityTerm {
 }
 
 impl AffinityTerm {
+    /// The term's topology key.
+    pub fn topology_key(&self) -> &str {
+        &self.topology_key
+    }
+
     fn of(owner_namespace: &str, term: &PodAffinityTerm) -> AffinityTerm {
         let listed = term.namespaces.clone().unwrap_or_default();
         let namespaces = if listed.is_empty() && term.namespace_selector.is_none() {
@@ -123,6 +138,44 @@ pub fn required_terms(pod: &Pod, anti: bool) -> Vec<AffinityTerm> {
         .unwrap_or(&[])
         .iter()
         .map(|t| AffinityTerm::of(ns, t))
+        .collect()
+}
+
+/// One preferred (anti-)affinity term with its weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedTerm {
+    /// `weight` (1..100 when validated).
+    pub weight: i64,
+    /// The term, resolved against its pod's namespace.
+    pub term: AffinityTerm,
+}
+
+/// The pod's preferred affinity (`anti = false`) or anti-affinity terms.
+pub fn preferred_terms(pod: &Pod, anti: bool) -> Vec<WeightedTerm> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+    let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+    let terms = if anti {
+        affinity
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_deref()
+            })
+    } else {
+        affinity
+            .and_then(|a| a.pod_affinity.as_ref())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_deref()
+            })
+    };
+    terms
+        .unwrap_or(&[])
+        .iter()
+        .map(|t| WeightedTerm {
+            weight: i64::from(t.weight),
+            term: AffinityTerm::of(ns, &t.pod_affinity_term),
+        })
         .collect()
 }
 

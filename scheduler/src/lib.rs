@@ -3,7 +3,8 @@
 //! leader election on a Lease — talking to the API server only, through `skiff-client`.
 //!
 //! - `resources`, `node_info`: quantities, pod requests, per-node accounting.
-//! - `filters`, `spread`, `interpod`, `scores`: the plugins, pure functions of (pod, node info);
+//! - `filters`, `spread`, `interpod`, `scores` (with `scores_interpod`, `scores_spread`,
+//!   `image_locality`): the plugins, pure functions of (pod, node info);
 //!   `pod_filters`: one pod's filters with their pre-pass state.
 //! - `preemption`, `nominator`: DefaultPreemption's PostFilter and nominated pods' reservations.
 //! - `explain`: the FailedScheduling message in kube-scheduler's wording.
@@ -15,6 +16,7 @@
 pub mod cache;
 pub mod explain;
 pub mod filters;
+pub mod image_locality;
 pub mod interpod;
 pub mod metrics;
 pub mod node_info;
@@ -25,6 +27,8 @@ pub mod queue;
 pub mod resources;
 pub mod run;
 pub mod scores;
+pub mod scores_interpod;
+pub mod scores_spread;
 pub mod spread;
 pub mod why;
 

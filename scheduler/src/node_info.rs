@@ -1,5 +1,6 @@
 //! `NodeInfo`: a node plus what the scheduler knows is placed on it — the sum of its pods'
-//! requests (and non-zero requests for scoring), its pod count and the host ports in use.
+//! requests (and non-zero requests for scoring), its pod count, the host ports in use, the
+//! placed pods' labels and affinity terms, and the images the node reports.
 //! Pods are added when the watch shows them bound *or* when this scheduler assumes them, so
 //! a decision is visible to the next pod at once.
 
@@ -30,6 +31,12 @@ pub struct PodUsage {
     pub terminating: bool,
     /// The pod's required anti-affinity terms (existing pods' anti-affinity).
     pub anti_affinity: Vec<crate::interpod::AffinityTerm>,
+    /// The pod's required affinity terms (scored with `hardPodAffinityWeight`).
+    pub affinity: Vec<crate::interpod::AffinityTerm>,
+    /// The pod's preferred affinity terms.
+    pub preferred_affinity: Vec<crate::interpod::WeightedTerm>,
+    /// The pod's preferred anti-affinity terms.
+    pub preferred_anti_affinity: Vec<crate::interpod::WeightedTerm>,
     /// `spec.priority` (0 when unset), for preemption.
     pub priority: i32,
     /// `status.startTime`, for preemption's tie-breaks (`None`: not started, counts as now).
@@ -51,6 +58,9 @@ impl PodUsage {
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             anti_affinity: crate::interpod::required_terms(pod, true),
+            affinity: crate::interpod::required_terms(pod, false),
+            preferred_affinity: crate::interpod::preferred_terms(pod, false),
+            preferred_anti_affinity: crate::interpod::preferred_terms(pod, true),
             priority: pod_priority(pod),
             start_time: pod
                 .status
@@ -60,6 +70,14 @@ impl PodUsage {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             preempted_by_scheduler: preempted_by_scheduler(pod),
         }
+    }
+
+    /// Whether the pod has any pod (anti-)affinity term (upstream's `PodsWithAffinity`).
+    pub fn has_affinity(&self) -> bool {
+        !(self.anti_affinity.is_empty()
+            && self.affinity.is_empty()
+            && self.preferred_affinity.is_empty()
+            && self.preferred_anti_affinity.is_empty())
     }
 
     /// `podTerminatingByPreemption`: being deleted, and marked so by a scheduler's preemption.
@@ -131,6 +149,11 @@ pub struct NodeInfo {
     pub used_ports: BTreeMap<HostPort, usize>,
     /// Placed pods with required anti-affinity terms.
     pub anti_affinity_pods: usize,
+    /// Placed pods with any pod (anti-)affinity term.
+    pub affinity_pods: usize,
+    /// `status.images`: every name (normalised, `image_locality::normalized_image_name`) →
+    /// `sizeBytes`.
+    pub images: BTreeMap<String, i64>,
 }
 
 impl NodeInfo {
@@ -139,13 +162,15 @@ impl NodeInfo {
         let allocatable =
             Resources::from_map(node.status.as_ref().and_then(|s| s.allocatable.as_ref()));
         NodeInfo {
-            node,
             allocatable,
             requested: Resources::default(),
             non_zero_requested: Resources::default(),
             pods: BTreeMap::new(),
             used_ports: BTreeMap::new(),
             anti_affinity_pods: 0,
+            affinity_pods: 0,
+            images: crate::image_locality::node_images(&node),
+            node,
         }
     }
 
@@ -158,6 +183,7 @@ impl NodeInfo {
     pub fn set_node(&mut self, node: Node) {
         self.allocatable =
             Resources::from_map(node.status.as_ref().and_then(|s| s.allocatable.as_ref()));
+        self.images = crate::image_locality::node_images(&node);
         self.node = node;
     }
 
@@ -172,6 +198,9 @@ impl NodeInfo {
         if !usage.anti_affinity.is_empty() {
             self.anti_affinity_pods += 1;
         }
+        if usage.has_affinity() {
+            self.affinity_pods += 1;
+        }
         self.pods.insert(key.to_string(), usage);
     }
 
@@ -184,6 +213,9 @@ impl NodeInfo {
         self.non_zero_requested.sub(&usage.non_zero);
         if !usage.anti_affinity.is_empty() {
             self.anti_affinity_pods -= 1;
+        }
+        if usage.has_affinity() {
+            self.affinity_pods -= 1;
         }
         for port in &usage.ports {
             if let Some(n) = self.used_ports.get_mut(port) {

@@ -36,7 +36,7 @@ use crate::nominator::{Nominator, nominated_node_name};
 use crate::pod_filters::PodFilters;
 use crate::preemption::{self, Candidate, Decision, PreemptionInput};
 use crate::queue::{QUEUE_PODS_MAX, SchedulingQueue};
-use crate::scores::{score_nodes, select_host};
+use crate::scores::{ScoreContext, score_nodes, select_host};
 
 /// Bindings in flight at once.
 pub const BIND_CONCURRENCY_MAX: usize = 64;
@@ -541,7 +541,13 @@ impl Scheduler {
             return;
         }
         let usage = filters.usage().clone();
-        let scores = score_nodes(&pod, &usage, &feasible);
+        // No DefaultSelector: Services and controllers are not watched (see scores_spread).
+        let cx = ScoreContext {
+            all_nodes: &nodes,
+            namespaces: &self.cache.namespaces,
+            default_spread_selector: None,
+        };
+        let scores = score_nodes(&pod, &usage, &feasible, &cx);
         let Some(best) = select_host(&scores, &mut self.rng) else {
             return;
         };

@@ -1,15 +1,22 @@
-//! kube-scheduler's default Score plugins that matter without pod affinity or spread
-//! constraints, with upstream's weights and normalisation: NodeResourcesFit (LeastAllocated,
-//! cpu and memory weight 1 each; weight 1), NodeResourcesBalancedAllocation (weight 1),
-//! NodeAffinity preferred terms (weight 2, normalised to 0..100), TaintToleration
-//! PreferNoSchedule (weight 3, normalised and reversed). Ties are broken at random by the
-//! caller's RNG, as `selectHost` does.
+//! kube-scheduler's default Score plugins, with upstream's weights and normalisation:
+//! NodeResourcesFit (LeastAllocated, cpu and memory weight 1 each; weight 1),
+//! NodeResourcesBalancedAllocation (weight 1), NodeAffinity preferred terms (weight 2,
+//! normalised to 0..100), TaintToleration PreferNoSchedule (weight 3, normalised and
+//! reversed), InterPodAffinity (weight 2, `scores_interpod`), PodTopologySpread (weight 2,
+//! `scores_spread`) and ImageLocality (weight 1, `image_locality`). Ties are broken at random
+//! by the caller's RNG, as `selectHost` does.
 
 use k8s_openapi::api::core::v1::Pod;
 use rand::Rng;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 use crate::filters::{term_matches, tolerates};
+use crate::image_locality::image_locality_scores;
 use crate::node_info::{NodeInfo, PodUsage};
+use crate::pod_filters::NamespaceLabels;
+use crate::scores_interpod::inter_pod_affinity_scores;
+use crate::scores_spread::pod_topology_spread_scores;
 
 /// `framework.MaxNodeScore`.
 pub const MAX_NODE_SCORE: i64 = 100;
@@ -21,6 +28,25 @@ pub const WEIGHT_NODE_AFFINITY: i64 = 2;
 pub const WEIGHT_RESOURCES_FIT: i64 = 1;
 /// NodeResourcesBalancedAllocation's weight.
 pub const WEIGHT_BALANCED: i64 = 1;
+/// InterPodAffinity's weight.
+pub const WEIGHT_INTER_POD_AFFINITY: i64 = 2;
+/// PodTopologySpread's weight.
+pub const WEIGHT_POD_TOPOLOGY_SPREAD: i64 = 2;
+/// ImageLocality's weight.
+pub const WEIGHT_IMAGE_LOCALITY: i64 = 1;
+
+/// What the cluster-wide scores look at besides the feasible nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreContext<'a> {
+    /// Every node of the snapshot (their pods count for InterPodAffinity and
+    /// PodTopologySpread; their images for ImageLocality's spread factor).
+    pub all_nodes: &'a [&'a NodeInfo],
+    /// Namespace labels (affinity terms' `namespaceSelector`).
+    pub namespaces: &'a NamespaceLabels,
+    /// `DefaultSelector` of the pod for the system default spread constraints; `None` when
+    /// it cannot be built (the defaults are then skipped).
+    pub default_spread_selector: Option<&'a LabelSelector>,
+}
 
 fn least_requested(requested: i64, capacity: i64) -> i64 {
     if capacity == 0 || requested > capacity {
@@ -142,11 +168,19 @@ pub fn normalize(scores: &mut [i64], reverse: bool) {
 }
 
 /// Weighted totals for `nodes` (all feasible), in the same order.
-pub fn score_nodes(pod: &Pod, usage: &PodUsage, nodes: &[&NodeInfo]) -> Vec<i64> {
+pub fn score_nodes(
+    pod: &Pod,
+    usage: &PodUsage,
+    nodes: &[&NodeInfo],
+    cx: &ScoreContext<'_>,
+) -> Vec<i64> {
     let mut affinity: Vec<i64> = nodes.iter().map(|n| node_affinity_raw(pod, n)).collect();
     normalize(&mut affinity, false);
     let mut taints: Vec<i64> = nodes.iter().map(|n| taint_toleration_raw(pod, n)).collect();
     normalize(&mut taints, true);
+    let inter_pod = inter_pod_affinity_scores(pod, nodes, cx.all_nodes, cx.namespaces);
+    let spread = pod_topology_spread_scores(pod, nodes, cx.all_nodes, cx.default_spread_selector);
+    let images = image_locality_scores(pod, nodes, cx.all_nodes);
     nodes
         .iter()
         .enumerate()
@@ -155,6 +189,9 @@ pub fn score_nodes(pod: &Pod, usage: &PodUsage, nodes: &[&NodeInfo]) -> Vec<i64>
                 + balanced_allocation(usage, n) * WEIGHT_BALANCED
                 + affinity[i] * WEIGHT_NODE_AFFINITY
                 + taints[i] * WEIGHT_TAINT_TOLERATION
+                + inter_pod[i] * WEIGHT_INTER_POD_AFFINITY
+                + spread[i] * WEIGHT_POD_TOPOLOGY_SPREAD
+                + images[i] * WEIGHT_IMAGE_LOCALITY
         })
         .collect()
 }
@@ -238,8 +275,71 @@ mod tests {
             ..Default::default()
         });
         let usage = PodUsage::of(&p);
-        let totals = score_nodes(&p, &usage, &[&plain, &zoned]);
+        let nodes = [&plain, &zoned];
+        let namespaces = NamespaceLabels::new();
+        let cx = ScoreContext {
+            all_nodes: &nodes,
+            namespaces: &namespaces,
+            default_spread_selector: None,
+        };
+        let totals = score_nodes(&p, &usage, &nodes, &cx);
         assert_eq!(totals[1] - totals[0], 100 * WEIGHT_NODE_AFFINITY);
+    }
+
+    #[test]
+    fn cluster_wide_scores_are_weighted_into_the_total() {
+        use k8s_openapi::api::core::v1::{
+            ContainerImage, PodAffinityTerm, PodAntiAffinity, WeightedPodAffinityTerm,
+        };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        let a = info(with_labels(node("a", "4", "4Gi", 10), &[("zone", "z1")]));
+        let mut b_node = with_labels(node("b", "4", "4Gi", 10), &[("zone", "z2")]);
+        b_node.status.as_mut().unwrap().images = Some(vec![ContainerImage {
+            names: Some(vec!["docker.io/library/app:1".into()]),
+            size_bytes: Some(500 * 1024 * 1024),
+        }]);
+        let b = info(b_node);
+        // An infeasible node of z1 runs a web pod.
+        let mut c = info(with_labels(node("c", "4", "4Gi", 10), &[("zone", "z1")]));
+        let mut web = pod_req("w", "", "");
+        web.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        place(&mut c, &web);
+        let mut p = pod_req("p", "", "");
+        let spec = p.spec.as_mut().unwrap();
+        spec.containers[0].image = Some("app:1".into());
+        spec.affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    WeightedPodAffinityTerm {
+                        weight: 1,
+                        pod_affinity_term: PodAffinityTerm {
+                            label_selector: Some(LabelSelector {
+                                match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                                match_expressions: None,
+                            }),
+                            topology_key: "zone".into(),
+                            ..Default::default()
+                        },
+                    },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let all = [&a, &b, &c];
+        let namespaces = NamespaceLabels::new();
+        let cx = ScoreContext {
+            all_nodes: &all,
+            namespaces: &namespaces,
+            default_spread_selector: None,
+        };
+        let totals = score_nodes(&p, &PodUsage::of(&p), &[&a, &b], &cx);
+        // InterPodAffinity 0 vs 100 (× 2); ImageLocality: 500 MiB on 1 of 3 nodes → 166 MiB
+        // → 100 * (166.7 - 23) / 977 = 14 (× 1).
+        assert_eq!(
+            totals[1] - totals[0],
+            100 * WEIGHT_INTER_POD_AFFINITY + 14 * WEIGHT_IMAGE_LOCALITY
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! match each constraint's selector (`matchLabelKeys` merged in), per topology value; a node
 //! then passes when `count(its domain) + (pod matches itself) - min(count over domains)` is at
 //! most `maxSkew`, the minimum being 0 while fewer than `minDomains` domains exist.
-//! `ScheduleAnyway` constraints and the cluster's default constraints only score, which is a
-//! follow-up.
+//! `ScheduleAnyway` constraints and the cluster's default constraints only score: see
+//! `scores_spread`, which shares the constraints and the counting here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,14 +23,29 @@ pub const REASON_CONSTRAINTS: &str = "node(s) didn't match pod topology spread c
 pub const REASON_MISSING_LABEL: &str =
     "node(s) didn't match pod topology spread constraints (missing required label)";
 
+/// One topology spread constraint, its selector merged with `matchLabelKeys`.
 #[derive(Debug, Clone)]
-struct Constraint {
-    max_skew: i64,
-    topology_key: String,
-    selector: Selector,
-    min_domains: i64,
-    honor_affinity: bool,
-    honor_taints: bool,
+pub(crate) struct Constraint {
+    pub(crate) max_skew: i64,
+    pub(crate) topology_key: String,
+    pub(crate) selector: Selector,
+    pub(crate) min_domains: i64,
+    pub(crate) honor_affinity: bool,
+    pub(crate) honor_taints: bool,
+}
+
+impl Constraint {
+    /// `matchNodeInclusionPolicies`: whether `node` counts for this constraint of `pod`.
+    pub(crate) fn includes(&self, pod: &Pod, node: &NodeInfo) -> bool {
+        !(self.honor_affinity && node_affinity(pod, node).is_err()
+            || self.honor_taints && !untainted_for(pod, node))
+    }
+}
+
+/// Whether `existing` counts for a constraint of a pod of namespace `ns` (same namespace, not
+/// being deleted, selected).
+pub(crate) fn counts_for(ns: &str, selector: &Selector, existing: &PodUsage) -> bool {
+    existing.namespace == ns && !existing.terminating && selector.matches(Some(&existing.labels))
 }
 
 /// The pre-pass for one incoming pod.
@@ -42,7 +57,7 @@ pub struct SpreadState {
     self_match: Vec<bool>,
 }
 
-fn constraint_of(pod: &Pod, c: &TopologySpreadConstraint) -> Constraint {
+pub(crate) fn constraint_of(pod: &Pod, c: &TopologySpreadConstraint) -> Constraint {
     let mut selector = c.label_selector.clone();
     let labels = pod.metadata.labels.as_ref();
     if let Some(sel) = selector.as_mut() {
@@ -135,10 +150,7 @@ impl SpreadState {
             return None;
         }
         let c = &self.constraints[i];
-        if c.honor_affinity && node_affinity(pod, node).is_err() {
-            return None;
-        }
-        if c.honor_taints && !untainted_for(pod, node) {
+        if !c.includes(pod, node) {
             return None;
         }
         labels.get(&c.topology_key).cloned()
@@ -147,9 +159,7 @@ impl SpreadState {
     /// Whether an existing pod counts for constraint `i` of the incoming `pod`.
     fn counts_pod(&self, pod: &Pod, i: usize, existing: &PodUsage) -> bool {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("");
-        existing.namespace == ns
-            && !existing.terminating
-            && self.constraints[i].selector.matches(Some(&existing.labels))
+        counts_for(ns, &self.constraints[i].selector, existing)
     }
 
     /// Upstream's PreFilterExtensions AddPod (`delta` 1) / RemovePod (`delta` -1): `existing`
