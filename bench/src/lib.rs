@@ -16,6 +16,7 @@ pub mod compare;
 pub mod failover;
 pub mod procfs;
 pub mod report;
+pub mod scheduler;
 
 use std::collections::BTreeMap;
 use std::fmt;

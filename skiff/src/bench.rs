@@ -155,6 +155,57 @@ enum BenchCommand {
         #[arg(long)]
         work_dir: Option<PathBuf>,
     },
+    /// kube-scheduler's scheduler_perf against a running API server and scheduler: creates
+    /// --nodes simulated-capacity Nodes and --pods pods per profile, and reports pods bound
+    /// per second and create→bound latency (see README "Benchmarks").
+    Scheduler(SchedulerBenchArgs),
+}
+
+/// `skiff bench scheduler` flags.
+#[derive(Args)]
+struct SchedulerBenchArgs {
+    /// Kubeconfig of the API server (else KUBECONFIG, else in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Nodes to create (4 CPUs, 32 Gi, 110 pods each, over 10 zones).
+    #[arg(long, default_value_t = 1_000)]
+    nodes: usize,
+    /// Pods to create per profile.
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// Profiles to run one after the other: basic, affinity, anti-affinity, spread, preemption.
+    #[arg(long, value_delimiter = ',', default_value = "basic")]
+    profile: Vec<skiff_bench::scheduler::Profile>,
+    /// Namespace of the pods (created if missing).
+    #[arg(long, default_value = "bench-scheduler")]
+    namespace: String,
+    /// Concurrent creators.
+    #[arg(long = "create-clients", default_value_t = 32)]
+    create_clients: usize,
+    /// Node names are <prefix><i>.
+    #[arg(long, default_value = "bench-node-")]
+    node_prefix: String,
+    /// Longest wait for one profile's pods to be bound, e.g. `10m`.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Leave the nodes and pods in place at the end.
+    #[arg(long)]
+    keep: bool,
+    /// Client endpoints of the store members (CPU per pod of the store when they are local).
+    #[arg(long, value_delimiter = ',')]
+    store_endpoints: Vec<String>,
+    /// The scheduler's secure port (CPU per pod of the scheduler when it is local).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:10259")]
+    scheduler_endpoints: Vec<String>,
+    /// Write <out>/<name>.md, .json and .png.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// File stem of the outputs.
+    #[arg(long, default_value = "scheduler")]
+    name: String,
+    /// A note for the report header.
+    #[arg(long)]
+    label: Option<String>,
 }
 
 impl BenchArgs {
@@ -178,6 +229,7 @@ impl BenchArgs {
             BenchCommand::TxnPut { txn_ops } => Workload::TxnPut { txn_ops },
             BenchCommand::Watch { watchers, streams } => Workload::Watch { watchers, streams },
             BenchCommand::LeaseKeepalive => Workload::LeaseKeepalive,
+            BenchCommand::Scheduler(args) => return run_scheduler_bench(args, self.json),
             BenchCommand::Failover {
                 kills,
                 out,
@@ -284,6 +336,46 @@ impl BenchArgs {
                 eprintln!("skiff: {err}");
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+fn run_scheduler_bench(args: SchedulerBenchArgs, json: bool) -> ExitCode {
+    use skiff_bench::Error;
+    let config = skiff_bench::scheduler::SchedulerBenchConfig {
+        kubeconfig: args.kubeconfig,
+        nodes: args.nodes,
+        pods: args.pods,
+        profiles: args.profile,
+        namespace: args.namespace,
+        clients: args.create_clients,
+        node_prefix: args.node_prefix,
+        timeout: args.timeout,
+        keep: args.keep,
+        store_endpoints: args.store_endpoints,
+        scheduler_endpoints: args.scheduler_endpoints,
+        out_dir: args.out,
+        name: args.name,
+        label: args.label,
+        command_line: Some(skiff_bench::compare::current_command_line()),
+    };
+    match skiff_bench::scheduler::run_blocking(config) {
+        Ok(report) => {
+            print!("{}", skiff_bench::scheduler::render(&report, json));
+            if report.profiles.iter().all(|p| p.all_bound()) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("skiff: not every pod was bound");
+                ExitCode::FAILURE
+            }
+        }
+        Err(Error::Config(msg)) => {
+            eprintln!("skiff: {msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(err) => {
+            eprintln!("skiff: {err}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,10 +1,14 @@
 //! CI smoke of `skiff bench`: a short put run against one real member must finish, print a
 //! parsable JSON last line, succeed on every request and attribute server CPU to the
-//! member. No timing thresholds: CI machines are shared.
+//! member; `skiff bench scheduler` against a real API server and scheduler binds every pod
+//! of two profiles and removes what it created. No timing thresholds: CI machines are shared.
+#[path = "common/apiserver.rs"]
+mod apiserver;
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
+use apiserver::{ApiHome, Backend};
 use common::{Cluster, skiff_bin};
 
 fn bench(args: &[&str]) -> (serde_json::Value, String) {
@@ -82,4 +86,105 @@ fn bench_rejects_bad_flags_with_exit_code_2() {
         .output()
         .expect("run skiff bench");
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bench_scheduler_binds_every_pod_and_removes_what_it_created() {
+    let store = Backend::skiff();
+    let home = ApiHome::new();
+    let api = home.start(&store.endpoints(), &[]);
+    let kubeconfig = home.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let metrics_port = common::free_port().to_string();
+    let log = std::fs::File::create(home.path().join("scheduler.log")).expect("log");
+    let mut scheduler = Command::new(skiff_bin())
+        .args(["scheduler", "--leader-elect=false", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            &metrics_port,
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn skiff scheduler");
+    let kubeconfig_arg = kubeconfig.to_string_lossy().to_string();
+    let scheduler_endpoint = format!("127.0.0.1:{metrics_port}");
+    let outcome = Command::new(skiff_bin())
+        .args(["bench", "scheduler", "--kubeconfig", &kubeconfig_arg])
+        .args([
+            "--nodes",
+            "20",
+            "--pods",
+            "200",
+            "--profile",
+            "basic,spread",
+        ])
+        .args(["--scheduler-endpoints", &scheduler_endpoint])
+        .args([
+            "--store-endpoints",
+            &store.endpoints().replace("http://", ""),
+        ])
+        .arg("--json")
+        .output()
+        .expect("run skiff bench scheduler");
+    let _ = scheduler.kill();
+    let _ = scheduler.wait();
+    let stdout = String::from_utf8_lossy(&outcome.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&outcome.stderr).to_string();
+    let scheduler_log =
+        std::fs::read_to_string(home.path().join("scheduler.log")).unwrap_or_default();
+    assert!(
+        outcome.status.success(),
+        "bench scheduler failed: {stderr}\n{stdout}\nscheduler: {scheduler_log}"
+    );
+    let last = stdout.lines().last().expect("some output");
+    let report: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"));
+    assert!(report["pods_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["p99_ms"].as_f64().unwrap() >= report["p50_ms"].as_f64().unwrap());
+    let profiles = report["profiles"].as_array().unwrap();
+    let names: Vec<&str> = profiles
+        .iter()
+        .map(|p| p["profile"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["basic", "spread"], "{report}");
+    for profile in profiles {
+        assert_eq!(profile["bound"], 200, "{profile}");
+        // The API server, scheduler and store member run here: each is charged CPU.
+        for component in ["apiserver", "scheduler", "store"] {
+            assert!(
+                profile["cpu_ms_per_pod"][component].is_number(),
+                "{component}: {profile}"
+            );
+        }
+    }
+    assert!(
+        stdout.contains("basic: 200 of 200 pods on 20 nodes"),
+        "{stdout}"
+    );
+    // Nothing is left behind: no benchmark node, no benchmark pod.
+    let (code, nodes) = api.admin(&[], "/api/v1/nodes");
+    assert_eq!(code, 200, "{nodes}");
+    assert_eq!(nodes["items"].as_array().map(Vec::len), Some(0), "{nodes}");
+    let (code, pods) = api.admin(&[], "/api/v1/namespaces/bench-scheduler/pods");
+    assert_eq!(code, 200, "{pods}");
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(0), "{pods}");
+}
+
+#[test]
+fn bench_scheduler_refuses_more_pods_than_a_profile_can_place() {
+    let out = Command::new(skiff_bin())
+        .args(["bench", "scheduler", "--nodes", "10", "--pods", "11"])
+        .args(["--profile", "anti-affinity", "--kubeconfig", "/nonexistent"])
+        .output()
+        .expect("run skiff bench scheduler");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("profile anti-affinity places at most 10 pods on 10 nodes"),
+        "{stderr}"
+    );
 }
