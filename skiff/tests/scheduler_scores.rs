@@ -125,12 +125,7 @@ impl Fixture {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), "default");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(node) = pods
-                .get(name)
-                .await
-                .ok()
-                .and_then(|p| p.spec?.node_name)
-            {
+            if let Some(node) = pods.get(name).await.ok().and_then(|p| p.spec?.node_name) {
                 return node;
             }
             assert!(Instant::now() < deadline, "pod {name} was not bound");
@@ -185,7 +180,11 @@ async fn preferred_pod_affinity_pulls_and_anti_affinity_pushes() {
         None,
     )
     .await;
-    assert_eq!(f.node_of("near").await, "a", "preferred affinity to db's node");
+    assert_eq!(
+        f.node_of("near").await,
+        "a",
+        "preferred affinity to db's node"
+    );
     assert_eq!(
         f.node_of("far").await,
         "a",
