@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::filters::{Unfit, run_filters};
+use crate::filters::{self, Unfit, run_filters};
 use crate::interpod::{self, InterPodState};
 use crate::node_info::{NodeInfo, PodUsage};
 use crate::spread::{self, SpreadState};
@@ -53,6 +53,23 @@ impl<'a> PodFilters<'a> {
         run_filters(self.pod, &self.usage, node)?;
         spread::filter(&self.spread, node)?;
         interpod::filter(&self.interpod, node)
+    }
+
+    /// Every failing filter, not only the first (`skiff why-pending`'s smallest change).
+    pub fn check_every(&self, node: &NodeInfo) -> Vec<Unfit> {
+        [
+            filters::node_unschedulable(self.pod, node),
+            filters::node_name(self.pod, node),
+            filters::taint_toleration(self.pod, node),
+            filters::node_affinity(self.pod, node),
+            filters::node_ports(&self.usage, node),
+            filters::node_resources_fit(&self.usage, node),
+            spread::filter(&self.spread, node),
+            interpod::filter(&self.interpod, node),
+        ]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect()
     }
 
     /// `existing` was added to `node` (a copy).

@@ -15,8 +15,9 @@
 //! The system defaults need a selector built from the Services selecting the pod and its
 //! controlling ReplicationController, ReplicaSet or StatefulSet (`helper.DefaultSelector`,
 //! here `default_selector`); the caller passes it. When none can be built the defaults are
-//! skipped, which is what upstream does for a pod nothing selects. skiff's scheduler does not
-//! watch Services or controllers yet, so it passes `None`: the defaults never apply for now.
+//! skipped, which is what upstream does for a pod nothing selects. The running scheduler
+//! watches Services, ReplicationControllers, ReplicaSets and StatefulSets and keeps their
+//! selectors in its cache (`Cache::default_spread_selector`).
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -235,9 +236,9 @@ pub fn controller_ref(pod: &Pod) -> Option<&OwnerReference> {
 /// namespace that selects the pod, merged, plus the requirements of the selector of the pod's
 /// controller (ReplicationController, ReplicaSet or StatefulSet, looked up by the caller from
 /// `controller_ref`). An empty result means "no selector": the defaults are skipped.
-pub fn default_selector(
+pub fn default_selector<'s>(
     pod: &Pod,
-    services: &[Service],
+    services: impl IntoIterator<Item = &'s Service>,
     controller: Option<&LabelSelector>,
 ) -> LabelSelector {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("");
