@@ -7,7 +7,9 @@
 //! - `leader`: leader election on a coordination.k8s.io/v1 Lease, client-go's algorithm and defaults.
 //! - `events`: a core/v1 Event recorder deduplicating repeats with `count`, like client-go's.
 //! - `metrics`: a small Prometheus text-format registry.
-//! - `serve`: `/healthz`, `/readyz` and `/metrics` over plain HTTP.
+//! - `serve`: `/healthz`, `/livez`, `/readyz` and `/metrics` over HTTPS or plain HTTP.
+//! - `tls`: a secure port's serving certificate: given files, or self-signed (in `--cert-dir` or
+//!   in memory), as kube-scheduler picks it.
 
 pub mod config;
 pub mod events;
@@ -15,6 +17,7 @@ pub mod informer;
 pub mod leader;
 pub mod metrics;
 pub mod serve;
+pub mod tls;
 
 /// Errors of the client runtime.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,9 @@ pub enum Error {
     /// This candidate held the lease and could not renew it within the renew deadline.
     #[error("leader election lost: could not renew lease {0} within the renew deadline")]
     LeaderLost(String),
+    /// The serving certificate could not be loaded, generated or used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// Socket trouble while serving.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

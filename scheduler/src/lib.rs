@@ -14,6 +14,7 @@
 //! - `why`: `skiff why-pending`'s per-node report.
 
 pub mod cache;
+pub mod config;
 pub mod explain;
 pub mod filters;
 pub mod image_locality;

@@ -98,6 +98,15 @@ impl Drop for SchedulerProc {
     }
 }
 
+/// `curl -k URL` (the scheduler's certificate is self-signed): (HTTP status or 0, body).
+fn curl(url: &str) -> (u16, String) {
+    let args = ["-sk", "--max-time", "10", "-w", "\n%{http_code}", url];
+    let out = Command::new("curl").args(args).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 async fn client(api: &ApiServer, path: &Path) -> Client {
     api.write_kubeconfig(path);
     let kubeconfig = Kubeconfig::read_from(path).expect("read kubeconfig");
@@ -417,11 +426,13 @@ async fn scheduler_places_pods_like_kube_scheduler_and_explains_pending_ones() {
     assert_eq!(node_of(&pods, "s2", wait).await, "n-huge");
 
     tracing_phase("metrics");
-    let endpoint = format!("127.0.0.1:{}", scheduler.metrics_port);
     let scheduled =
         "scheduler_schedule_attempts_total{result=\"scheduled\",profile=\"default-scheduler\"} 8\n";
     let metrics = wait_for("8 scheduled in the metrics", wait, async || {
-        let m = common::http_get(&endpoint, "/metrics");
+        let (_, m) = curl(&format!(
+            "https://127.0.0.1:{}/metrics",
+            scheduler.metrics_port
+        ));
         m.contains(scheduled).then_some(m)
     })
     .await;
@@ -637,8 +648,15 @@ async fn a_leader_that_cannot_renew_stops_within_the_renew_deadline() {
             .filter(|h| !h.is_empty())
     })
     .await;
-    let healthz = common::http_get(&format!("127.0.0.1:{}", scheduler.metrics_port), "/healthz");
-    assert!(healthz.ends_with("ok"), "{healthz}");
+    // The secure port speaks HTTPS only, and /healthz needs no credentials.
+    let port = scheduler.metrics_port;
+    let healthz = curl(&format!("https://127.0.0.1:{port}/healthz"));
+    assert_eq!(healthz, (200, "ok".to_string()));
+    let plain = curl(&format!("http://127.0.0.1:{port}/healthz"));
+    assert_eq!(
+        plain.0, 0,
+        "plain HTTP on the secure port answered: {plain:?}"
+    );
 
     tracing_phase("the API server goes away: renewals fail, the leader must stop by itself");
     api.kill9();
@@ -870,8 +888,11 @@ async fn a_high_priority_pod_preempts_the_fewest_low_priority_pods() {
     assert_eq!(still, 2, "nothing more was evicted");
 
     tracing_phase("metrics");
-    let endpoint = format!("127.0.0.1:{}", scheduler.metrics_port);
-    let metrics = common::http_get(&endpoint, "/metrics");
+    let (status, metrics) = curl(&format!(
+        "https://127.0.0.1:{}/metrics",
+        scheduler.metrics_port
+    ));
+    assert_eq!(status, 200, "{metrics}");
     assert!(
         metrics.contains("scheduler_preemption_victims_sum 2\n")
             && metrics.contains("scheduler_preemption_victims_count 1\n"),
