@@ -1,6 +1,7 @@
 //! kube-rs (the Rust Kubernetes client) against `skiff apiserver`: typed create/list/get/
 //! replace/watch of ConfigMaps, and a `kube::runtime::watcher` that survives a 410 Expired
-//! (its apiserver restarts after the store was compacted past its resourceVersion) by relisting.
+//! (its apiserver restarts after the store was compacted past its resourceVersion) by relisting,
+//! and a deletecollection that leaves nothing behind while other clients update the objects.
 
 /// Watcher events buffered between the watcher task and the test.
 const WATCHER_EVENT_QUEUE: usize = 256;
@@ -254,4 +255,74 @@ async fn runtime_watcher_relists_after_410_expired_on_a_skiff_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_watcher_relists_after_410_expired_on_real_etcd() {
     runtime_watcher_relists_after_410_expired(&Backend::etcd()).await;
+}
+
+/// A deletecollection while another client keeps updating the objects: every object that
+/// changed under the delete is read again and deleted anyway (kube-apiserver retries), so
+/// none is left when the call returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_collection_deletes_objects_updated_meanwhile() {
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    const OBJECTS: usize = 100;
+    let store = Backend::skiff();
+    let home = ApiHome::new();
+    let api = home.start(&store.endpoints(), &[]);
+    let client = client(&api, &home.path().join("kubeconfig")).await;
+    create_namespace(&client, "dc").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "dc");
+    for i in 0..OBJECTS {
+        cms.create(
+            &PostParams::default(),
+            &configmap(&format!("cm-{i}"), &[("n", "0")]),
+        )
+        .await
+        .expect("create");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut updaters = Vec::new();
+    for worker in 0..4 {
+        let (cms, stop) = (cms.clone(), stop.clone());
+        updaters.push(tokio::spawn(async move {
+            let mut updates = 0u64;
+            let mut round = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                round += 1;
+                // Walk the objects from the end, towards the deleter.
+                for i in (0..OBJECTS).rev().skip(worker) {
+                    let patch = serde_json::json!({"data": {"n": round.to_string()}});
+                    let name = format!("cm-{i}");
+                    if cms
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .is_ok()
+                    {
+                        updates += 1;
+                    }
+                }
+            }
+            updates
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let selector = ListParams::default().labels("app=kr");
+    cms.delete_collection(&DeleteParams::default(), &selector)
+        .await
+        .expect("deletecollection");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut updates = 0;
+    for updater in updaters {
+        updates += updater.await.expect("updater");
+    }
+    assert!(updates > 0, "the updaters never got an update in");
+    let left = cms.list(&ListParams::default()).await.expect("list");
+    let names: Vec<_> = left
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    assert!(
+        names.is_empty(),
+        "deletecollection left {} objects updated meanwhile: {names:?}",
+        names.len()
+    );
 }

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Tries at deleting one object of a collection that keeps changing under the delete.
+pub const DELETE_COLLECTION_ATTEMPTS: u32 = 5;
+
 impl Registry {
     pub async fn delete(
         &self,
@@ -89,7 +92,8 @@ impl Registry {
         Ok(obj)
     }
 
-    /// `DELETE` on a collection: deletes every object the selectors match.
+    /// `DELETE` on a collection: deletes every object the selectors match; one that changes
+    /// under the delete is read again and retried, up to [`DELETE_COLLECTION_ATTEMPTS`] times.
     pub async fn delete_collection(
         &self,
         t: &Target<'_>,
@@ -109,18 +113,42 @@ impl Registry {
             .await
             .map_err(|e| ApiError::from_storage(e, t.info.resource, t.info.group, ""))?;
         let mut deleted = Vec::new();
-        for stored in &page.items {
-            let obj = self.decode(t.info, stored)?;
-            let name = obj["metadata"]["name"].as_str().unwrap_or("");
-            let protected = t.info.strategy.check_delete(name).is_err();
-            if protected || !(labels.matches(&labels_of(&obj)) && fields.matches(&obj)) {
-                continue;
-            }
-            match self.delete_one(t.info, stored, obj, query).await {
-                Ok(obj) => deleted.push(obj),
-                // Changed or deleted meanwhile: someone else got there first.
-                Err(e) if matches!(e.reason, Reason::Conflict | Reason::NotFound) => {}
-                Err(e) => return Err(e),
+        for listed in &page.items {
+            let mut stored = listed.clone();
+            for attempt in 1..=DELETE_COLLECTION_ATTEMPTS {
+                let obj = self.decode(t.info, &stored)?;
+                let name = obj["metadata"]["name"].as_str().unwrap_or("");
+                let protected = t.info.strategy.check_delete(name).is_err();
+                if protected || !(labels.matches(&labels_of(&obj)) && fields.matches(&obj)) {
+                    break;
+                }
+                match self.delete_one(t.info, &stored, obj, query).await {
+                    Ok(obj) => {
+                        deleted.push(obj);
+                        break;
+                    }
+                    // Deleted meanwhile: someone else got there first.
+                    Err(e) if e.reason == Reason::NotFound => break,
+                    // Changed meanwhile (a status update, say): read it again and delete what
+                    // is there now if it still matches, as kube-apiserver's retry loop does.
+                    Err(e)
+                        if e.reason == Reason::Conflict && attempt < DELETE_COLLECTION_ATTEMPTS =>
+                    {
+                        match self.storage.get(&stored.key).await {
+                            Ok(Some(now)) => stored = now,
+                            Ok(None) => break,
+                            Err(e) => {
+                                return Err(ApiError::from_storage(
+                                    e,
+                                    t.info.resource,
+                                    t.info.group,
+                                    "",
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         let list = json!({"kind": t.info.list_kind, "apiVersion": t.info.api_version(),
