@@ -8,6 +8,7 @@
 //!   server-set metadata, the admission chain (`crate::admission`), create, update, patch.
 //! - `apply`: server-side apply. `subresources`: scale, binding (and the read-modify-write).
 //! - `delete`: delete, deletecollection, finalizers. `namespace`: the namespace finalizer.
+//! - `watch_memo`: watch events decoded and encoded once for all watchers of a resource.
 //! - [`resources`]: the served kinds; [`strategy`]: what each does differently; [`defaults`],
 //!   [`table`], [`patch`]: defaulting, Tables, and the patch formats the verbs use.
 
@@ -21,6 +22,7 @@ pub mod resources;
 pub mod strategy;
 mod subresources;
 pub mod table;
+pub mod watch_memo;
 mod write;
 
 use self::write::{apply_patch, attributes, is_dry_run, set_create_metadata};
@@ -101,6 +103,8 @@ pub struct Registry {
     pub admission: Admission,
     /// Wakes [`Registry::run_namespace_finalizer`] when a namespace starts terminating.
     namespace_kick: tokio::sync::Notify,
+    /// Watch events decoded and encoded once for all watchers.
+    pub watch_memo: watch_memo::WatchMemo,
 }
 
 pub type ApiResult = Result<Response, ApiError>;
@@ -179,6 +183,7 @@ impl Registry {
             prefix: prefix.trim_end_matches('/').to_string(),
             resources,
             namespace_kick: tokio::sync::Notify::new(),
+            watch_memo: watch_memo::WatchMemo::new(),
         }
     }
 

@@ -184,31 +184,54 @@ impl Registry {
             Err(e) => return Err(ApiError::from_storage(e, info.resource, info.group, "")),
         };
         let registry = self.clone();
+        // Decoded objects and event lines are shared with the resource's other watchers
+        // (`watch_memo`): each event is decoded and encoded once, whatever their number.
+        let decoded = {
+            let (registry, info) = (registry.clone(), info.clone());
+            move |stored: &Stored| {
+                let memo_kind = (info.api_version(), info.kind);
+                registry
+                    .watch_memo
+                    .object(memo_kind, &stored.key, stored.revision, || {
+                        registry.decode(&info, stored).ok()
+                    })
+            }
+        };
+        let line = {
+            let (registry, info, encoder) = (registry.clone(), info.clone(), encoder.clone());
+            move |event: &'static str, stored: &Stored, object: &Value| {
+                if encoder.table {
+                    return encoder.event(event, object);
+                }
+                let memo_kind = (info.api_version(), info.kind);
+                registry
+                    .watch_memo
+                    .line(memo_kind, &stored.key, stored.revision, event, || {
+                        encoder.event(event, object)
+                    })
+            }
+        };
         let events = changes
             .map(move |change| {
                 let out: Option<Bytes> = match change {
                     Ok(Change::Progress(revision)) => bookmarks.then(|| encoder.bookmark(revision)),
                     Ok(Change::Put { new, prev }) => {
-                        let new_obj = registry.decode(&info, &new).ok();
-                        let old_obj = prev.and_then(|p| registry.decode(&info, &p).ok());
-                        let now_in = new_obj.as_ref().is_some_and(&filter);
-                        let was_in = old_obj.as_ref().is_some_and(&filter);
+                        let new_obj = decoded(&new);
+                        let old_obj = prev.as_ref().and_then(&decoded);
+                        let now_in = new_obj.as_deref().is_some_and(&filter);
+                        let was_in = old_obj.as_deref().is_some_and(&filter);
                         match (was_in, now_in, new_obj) {
-                            (false, true, Some(o)) => Some(encoder.event("ADDED", &o)),
-                            (true, true, Some(o)) => Some(encoder.event("MODIFIED", &o)),
-                            (true, false, Some(mut o)) => {
-                                // Left the selection: a DELETED of the new state.
-                                o["metadata"]["resourceVersion"] = json!(new.revision.to_string());
-                                Some(encoder.event("DELETED", &o))
-                            }
+                            (false, true, Some(o)) => Some(line("ADDED", &new, &o)),
+                            (true, true, Some(o)) => Some(line("MODIFIED", &new, &o)),
+                            // Left the selection: a DELETED of the new state (whose
+                            // resourceVersion is already the put's revision).
+                            (true, false, Some(o)) => Some(line("DELETED", &new, &o)),
                             _ => None,
                         }
                     }
-                    Ok(Change::Delete { prev }) => registry
-                        .decode(&info, &prev)
-                        .ok()
-                        .filter(&filter)
-                        .map(|o| encoder.event("DELETED", &o)),
+                    Ok(Change::Delete { prev }) => decoded(&prev)
+                        .filter(|o| filter(o))
+                        .map(|o| line("DELETED", &prev, &o)),
                     Err(StorageError::Compacted(_)) => Some(encoder.error_event(&too_old(after))),
                     Err(e) => Some(encoder.error_event(&ApiError::from_storage(
                         e,
@@ -269,7 +292,7 @@ pub(super) fn too_old(after: i64) -> ApiError {
 #[derive(Clone)]
 pub(super) struct EventEncoder {
     info: ResourceInfo,
-    table: bool,
+    pub(super) table: bool,
 }
 
 impl EventEncoder {
