@@ -234,17 +234,22 @@ pub async fn run(config: SchedulerBenchConfig) -> Result<SchedulerBenchReport, E
                 break;
             }
         }
-        if !config.keep {
-            delete_pods(&client, &config.namespace, &run_id).await?;
+        if !config.keep
+            && let Err(err) = delete_pods(&client, &config.namespace, &run_id).await
+        {
+            // The figures stand; say what was left behind.
+            eprintln!("skiff bench scheduler: cleanup: {err}");
         }
     }
     if !config.keep {
         let nodes: Api<Node> = Api::all(client.clone());
         let selector = ListParams::default().labels(&format!("{RUN_LABEL}={run_id}"));
-        nodes
+        if let Err(err) = nodes
             .delete_collection(&DeleteParams::default(), &selector)
             .await
-            .map_err(|e| api_error("delete nodes", e))?;
+        {
+            eprintln!("skiff bench scheduler: cleanup: delete nodes: {err}");
+        }
     }
     outcome?;
     let report = SchedulerBenchReport {
