@@ -157,6 +157,16 @@ fn panel<DB: DrawingBackend>(
 /// Draw named series of per-round values (e.g. milliseconds per leader kill) as lines
 /// with points, one colour each, to `path` (PNG).
 pub fn render_series(path: &Path, title: &str, series: &[(&str, &[f64])]) -> Result<(), String> {
+    render_series_with_axes(path, title, ("round", "ms"), series)
+}
+
+/// [`render_series`] with the axes named `(x, y)`.
+pub fn render_series_with_axes(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    series: &[(&str, &[f64])],
+) -> Result<(), String> {
     register_font(None)?;
     let err = |e: &dyn std::fmt::Display| format!("chart {}: {e}", path.display());
     let root = BitMapBackend::new(path, (1200, 600)).into_drawing_area();
@@ -182,8 +192,8 @@ pub fn render_series(path: &Path, title: &str, series: &[(&str, &[f64])]) -> Res
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("round")
-        .y_desc("ms")
+        .x_desc(x_desc)
+        .y_desc(y_desc)
         .x_label_style(("sans-serif", 15))
         .y_label_style(("sans-serif", 15))
         .draw()

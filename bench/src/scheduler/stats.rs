@@ -247,9 +247,10 @@ pub fn write_files(report: &SchedulerBenchReport, dir: &Path, name: &str) -> Res
         .map(|p| (p.profile, p.bound_per_second.as_slice()))
         .collect();
     let png = dir.join(format!("{name}.png"));
-    crate::chart::render_series(
+    crate::chart::render_series_with_axes(
         &png,
-        "pods bound per second (x: second of the run)",
+        "skiff bench scheduler: pods bound per second",
+        ("second of the run", "pods bound"),
         &series,
     )
     .map_err(Error::Run)
