@@ -3,7 +3,8 @@
 //! and `unschedulable` (pods no node fits, parked until a cluster event — a node added or
 //! changed, a pod deleted — might help, or for at most 5 minutes). A pod that failed while
 //! such an event happened during its attempt goes to backoff rather than being parked, so
-//! the event is not missed. Pure: time comes in as an argument. Bounded by `max_pods`.
+//! the event is not missed. A pod that preempted waits for its own victims only
+//! (`await_victims`, `victims_gone`). Pure: time comes in as an argument. Bounded by `max_pods`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,6 +48,9 @@ struct Entry {
     first_seen: Instant,
     /// Plugins that refused the pod on its last attempt.
     rejected_by: BTreeSet<&'static str>,
+    /// Parked by [`SchedulingQueue::await_victims`]: only its victims' deletion (or an update
+    /// of its spec, or the 5-minute limit) moves it, not every cluster event.
+    awaiting_victims: bool,
 }
 
 /// A pod handed out by `pop`.
@@ -140,6 +144,7 @@ impl SchedulingQueue {
                 e.pod.spec != pod.spec || e.pod.metadata.labels != pod.metadata.labels;
             e.pod = pod;
             if e.place == Place::Unschedulable && changed_spec {
+                e.awaiting_victims = false;
                 let next = if e.backoff_until > now {
                     Place::Backoff
                 } else {
@@ -166,6 +171,7 @@ impl SchedulingQueue {
                 pop_cycle: 0,
                 first_seen: now,
                 rejected_by: BTreeSet::new(),
+                awaiting_victims: false,
             },
         );
         self.place(key, Place::Active);
@@ -220,6 +226,7 @@ impl SchedulingQueue {
         let cycle = self.cycle;
         let e = self.entries.get_mut(&key)?;
         e.place = Place::InFlight;
+        e.awaiting_victims = false;
         e.attempts += 1;
         e.pop_cycle = cycle;
         Some(Popped {
@@ -248,6 +255,35 @@ impl SchedulingQueue {
         self.place(key, next);
     }
 
+    /// The pod preempted and waits for its victims to go: parked with no backoff, out of
+    /// reach of the cluster events that move other parked pods (each of which would be one
+    /// more failed attempt and a longer backoff), until [`SchedulingQueue::victims_gone`].
+    /// Upstream gets the same from its queueing hints.
+    pub fn await_victims(&mut self, key: &str, now: Instant) {
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
+        e.rejected_by = BTreeSet::new();
+        e.backoff_until = now;
+        e.parked_at = now;
+        e.awaiting_victims = true;
+        self.place(key, Place::Unschedulable);
+    }
+
+    /// The victims of a pod parked by [`SchedulingQueue::await_victims`] are gone: it is
+    /// tried again at once.
+    pub fn victims_gone(&mut self, key: &str) {
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
+        if !std::mem::take(&mut e.awaiting_victims) {
+            return;
+        }
+        if e.place == Place::Unschedulable {
+            self.place(key, Place::Active);
+        }
+    }
+
     /// The attempt failed for another reason (an API error): back off.
     pub fn error(&mut self, key: &str, now: Instant) {
         let Some(e) = self.entries.get_mut(key) else {
@@ -263,7 +299,7 @@ impl SchedulingQueue {
         let parked: Vec<(String, Instant)> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.place == Place::Unschedulable)
+            .filter(|(_, e)| e.place == Place::Unschedulable && !e.awaiting_victims)
             .map(|(k, e)| (k.clone(), e.backoff_until))
             .collect();
         for (key, until) in parked {
@@ -283,7 +319,9 @@ impl SchedulingQueue {
             .entries
             .iter()
             .filter(|(_, e)| {
-                e.place == Place::Unschedulable && plugins.iter().any(|p| e.rejected_by.contains(p))
+                e.place == Place::Unschedulable
+                    && !e.awaiting_victims
+                    && plugins.iter().any(|p| e.rejected_by.contains(p))
             })
             .map(|(k, e)| (k.clone(), e.backoff_until))
             .collect();
@@ -394,6 +432,36 @@ mod tests {
         assert_eq!(q.place_of("a"), Some(Place::Backoff));
         assert!(q.pop(t0 + Duration::from_millis(900)).is_none());
         assert_eq!(q.pop(t0 + Duration::from_secs(1)).unwrap().attempts, 2);
+    }
+
+    #[test]
+    fn a_preemptor_waits_for_its_victims_not_for_other_events() {
+        let t0 = Instant::now();
+        let mut q = SchedulingQueue::new(10);
+        q.add_or_update("p", pod(100), t0);
+        // Several failed attempts: its backoff would be 8 s by now.
+        for _ in 0..4 {
+            q.pop(t0).unwrap();
+            q.error("p", t0);
+            q.flush(t0 + Duration::from_secs(60));
+        }
+        let attempts = q.pop(t0).unwrap().attempts;
+        q.await_victims("p", t0);
+        // Other pods' deletions and bindings do not move it...
+        q.move_all_to_active_or_backoff(t0);
+        q.move_rejected_by(&["InterPodAffinity"], t0);
+        assert_eq!(q.place_of("p"), Some(Place::Unschedulable));
+        assert!(q.pop(t0 + Duration::from_secs(60)).is_none());
+        // ...nor does a status-only update; its victims going does, with no backoff.
+        q.add_or_update("p", pod(100), t0);
+        assert_eq!(q.place_of("p"), Some(Place::Unschedulable));
+        q.victims_gone("p");
+        let again = q.pop(t0).expect("tried again at once");
+        assert_eq!(again.attempts, attempts + 1);
+        // A second call is a no-op once it was woken.
+        q.unschedulable("p", t0, BTreeSet::new());
+        q.victims_gone("p");
+        assert_eq!(q.place_of("p"), Some(Place::Unschedulable));
     }
 
     #[test]

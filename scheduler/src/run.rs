@@ -20,7 +20,7 @@ mod informers;
 mod preempt;
 mod status;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +90,8 @@ struct Scheduler {
     nominator: Nominator,
     /// Victims whose eviction this scheduler started and has not yet seen go.
     evicting: BTreeSet<String>,
+    /// Victim → the preemptor waiting for it (`SchedulingQueue::await_victims`).
+    preemptor_of: BTreeMap<String, String>,
     metrics: SchedulerMetrics,
     events: EventRecorder,
     status_tx: mpsc::Sender<StatusWrite>,
@@ -137,6 +139,7 @@ pub async fn run(
         queue: SchedulingQueue::new(QUEUE_PODS_MAX),
         nominator: Nominator::default(),
         evicting: BTreeSet::new(),
+        preemptor_of: BTreeMap::new(),
         metrics,
         events,
         status_tx,

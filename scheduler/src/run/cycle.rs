@@ -153,11 +153,13 @@ impl Scheduler {
         let mut post_filter = None;
         let mut nomination = Nomination::Keep;
         let mut retry_soon = false;
+        let mut await_victims = false;
         match decision {
             Some(Decision::Preempt(candidate)) => {
                 let node = candidate.node.clone();
                 if self.start_preemption(&key, &pod, candidate) {
                     nomination = Nomination::Set(node);
+                    await_victims = self.awaits_victims(&key);
                 } else {
                     retry_soon = true;
                 }
@@ -170,6 +172,9 @@ impl Scheduler {
                 if clear_nomination && (had || nominated_node_name(&pod).is_some()) {
                     nomination = Nomination::Clear;
                 }
+                // Still waiting for its own victims: wait for them, not for any event.
+                await_victims = message.ends_with(preemption::NOT_ELIGIBLE_TERMINATING)
+                    && self.awaits_victims(&key);
                 post_filter = Some(message);
             }
             None => {}
@@ -183,6 +188,8 @@ impl Scheduler {
         tracing::info!(pod = %key, %message, "unable to schedule pod");
         if retry_soon {
             self.queue.error(&key, Instant::now());
+        } else if await_victims {
+            self.queue.await_victims(&key, Instant::now());
         } else {
             let rejected_by = unfit.iter().map(|u| u.plugin).collect();
             self.queue.unschedulable(&key, Instant::now(), rejected_by);

@@ -147,6 +147,15 @@ impl Scheduler {
                     self.queue.retain(|k| seen.contains(k));
                     self.nominator.retain(|k| seen.contains(k));
                     self.evicting.retain(|k| seen.contains(k));
+                    let vanished: Vec<String> = self
+                        .preemptor_of
+                        .keys()
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect();
+                    for victim in vanished {
+                        self.victim_gone(&victim);
+                    }
                 }
                 self.pods_synced = true;
                 self.queue.move_all_to_active_or_backoff(Instant::now());
@@ -156,6 +165,7 @@ impl Scheduler {
                 let key = key_of(&pod.metadata);
                 self.queue.remove(&key);
                 self.evicting.remove(&key);
+                self.victim_gone(&key);
                 let was_nominated = self.nominator.remove(&key).is_some();
                 if self.cache.placement(&key).is_some() {
                     self.cache.remove_pod(&key);

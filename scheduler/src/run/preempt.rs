@@ -82,6 +82,8 @@ impl Scheduler {
         }
         for victim in &candidate.victims {
             self.evicting.insert(victim.key.clone());
+            self.preemptor_of
+                .insert(victim.key.clone(), key.to_string());
         }
         let eviction = Eviction {
             preemptor_key: key.to_string(),
@@ -109,9 +111,11 @@ impl Scheduler {
                 EvictionOutcome::Deleted => {}
                 EvictionOutcome::Gone => {
                     self.evicting.remove(&key);
+                    self.victim_gone(&key);
                 }
                 EvictionOutcome::Failed => {
                     self.evicting.remove(&key);
+                    self.victim_gone(&key);
                     failed.push(key);
                 }
             }
@@ -121,6 +125,24 @@ impl Scheduler {
             // As upstream: the preemptor must not wait for deletions that will not come.
             self.queue.activate(&done.preemptor_key, Instant::now());
         }
+    }
+}
+
+impl Scheduler {
+    /// A victim went (or will not go): once none of its preemptor's victims is left, the
+    /// preemptor is tried again at once.
+    pub(super) fn victim_gone(&mut self, victim: &str) {
+        let Some(preemptor) = self.preemptor_of.remove(victim) else {
+            return;
+        };
+        if !self.preemptor_of.values().any(|p| *p == preemptor) {
+            self.queue.victims_gone(&preemptor);
+        }
+    }
+
+    /// Whether some victim of `preemptor` has not been seen go yet.
+    pub(super) fn awaits_victims(&self, preemptor: &str) -> bool {
+        self.preemptor_of.values().any(|p| p == preemptor)
     }
 }
 
