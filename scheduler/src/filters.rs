@@ -5,7 +5,7 @@
 //! `skiff why-pending` prints and kube-scheduler does not.
 
 use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
 };
 
 use crate::node_info::{NodeInfo, PodUsage};
@@ -59,11 +59,44 @@ pub fn run_filters(pod: &Pod, usage: &PodUsage, node: &NodeInfo) -> Result<(), U
     Ok(())
 }
 
-fn tolerations(pod: &Pod) -> &[Toleration] {
+/// The pod's tolerations.
+pub fn tolerations(pod: &Pod) -> &[Toleration] {
     pod.spec
         .as_ref()
         .and_then(|s| s.tolerations.as_deref())
         .unwrap_or(&[])
+}
+
+/// The node's taints.
+pub fn taints(node: &NodeInfo) -> &[Taint] {
+    node.node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or(&[])
+}
+
+/// NoSchedule/NoExecute taints of the node that the pod does not tolerate.
+pub fn untolerated_hard_taints<'a>(
+    pod: &'a Pod,
+    node: &'a NodeInfo,
+) -> impl Iterator<Item = &'a Taint> + 'a {
+    let tols = tolerations(pod);
+    taints(node)
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .filter(move |t| !tols.iter().any(|tol| tolerates(tol, t)))
+}
+
+/// The pod's required node affinity, if any.
+pub fn required_node_affinity(spec: &PodSpec) -> Option<&NodeSelector> {
+    spec.affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
 }
 
 /// `v1.Toleration.ToleratesTaint`.
@@ -129,28 +162,18 @@ pub fn node_name(pod: &Pod, node: &NodeInfo) -> Result<(), Unfit> {
 
 /// TaintToleration (filter): the first NoSchedule/NoExecute taint the pod does not tolerate.
 pub fn taint_toleration(pod: &Pod, node: &NodeInfo) -> Result<(), Unfit> {
-    let taints = node
-        .node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or(&[]);
-    let tols = tolerations(pod);
-    for taint in taints {
-        if taint.effect != "NoSchedule" && taint.effect != "NoExecute" {
-            continue;
-        }
-        if !tols.iter().any(|t| tolerates(t, taint)) {
+    match untolerated_hard_taints(pod, node).next() {
+        Some(taint) => {
             let value = taint.value.as_deref().unwrap_or("");
-            return Err(Unfit::one(
+            Err(Unfit::one(
                 "TaintToleration",
                 format!("node(s) had untolerated taint {{{}: {}}}", taint.key, value),
                 true,
                 format!("untolerated taint {}={}:{}", taint.key, value, taint.effect),
-            ));
+            ))
         }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&str>) -> bool {
@@ -210,15 +233,7 @@ pub fn node_affinity(pod: &Pod, node: &NodeInfo) -> Result<(), Unfit> {
             ));
         }
     }
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    if let Some(required) = required
+    if let Some(required) = required_node_affinity(spec)
         && !required
             .node_selector_terms
             .iter()

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
+use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::filters::Unfit;
@@ -115,27 +115,42 @@ impl AffinityTerm {
     }
 }
 
+/// The pod's `podAffinity` (`anti = false`) or `podAntiAffinity` terms: (required, preferred).
+fn pod_terms(pod: &Pod, anti: bool) -> (&[PodAffinityTerm], &[WeightedPodAffinityTerm]) {
+    let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+    let (required, preferred) = if anti {
+        let a = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
+        (
+            a.and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_deref()
+            }),
+            a.and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_deref()
+            }),
+        )
+    } else {
+        let a = affinity.and_then(|a| a.pod_affinity.as_ref());
+        (
+            a.and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_deref()
+            }),
+            a.and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_deref()
+            }),
+        )
+    };
+    (required.unwrap_or(&[]), preferred.unwrap_or(&[]))
+}
+
 /// The pod's required affinity (`anti = false`) or anti-affinity terms.
 pub fn required_terms(pod: &Pod, anti: bool) -> Vec<AffinityTerm> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("");
-    let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
-    let terms = if anti {
-        affinity
-            .and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .as_deref()
-            })
-    } else {
-        affinity
-            .and_then(|a| a.pod_affinity.as_ref())
-            .and_then(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .as_deref()
-            })
-    };
-    terms
-        .unwrap_or(&[])
+    pod_terms(pod, anti)
+        .0
         .iter()
         .map(|t| AffinityTerm::of(ns, t))
         .collect()
@@ -153,24 +168,8 @@ pub struct WeightedTerm {
 /// The pod's preferred affinity (`anti = false`) or anti-affinity terms.
 pub fn preferred_terms(pod: &Pod, anti: bool) -> Vec<WeightedTerm> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("");
-    let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
-    let terms = if anti {
-        affinity
-            .and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|a| {
-                a.preferred_during_scheduling_ignored_during_execution
-                    .as_deref()
-            })
-    } else {
-        affinity
-            .and_then(|a| a.pod_affinity.as_ref())
-            .and_then(|a| {
-                a.preferred_during_scheduling_ignored_during_execution
-                    .as_deref()
-            })
-    };
-    terms
-        .unwrap_or(&[])
+    pod_terms(pod, anti)
+        .1
         .iter()
         .map(|t| WeightedTerm {
             weight: i64::from(t.weight),

@@ -214,16 +214,18 @@ pub fn pod_requests(pod: &Pod, non_zero: bool) -> Resources {
     reqs
 }
 
+/// kubectl's binary suffixes, largest first.
+pub const BINARY_SUFFIXES: [(&str, i64); 5] = [
+    ("Pi", 1 << 50),
+    ("Ti", 1 << 40),
+    ("Gi", 1 << 30),
+    ("Mi", 1 << 20),
+    ("Ki", 1 << 10),
+];
+
 /// Formats bytes as kubectl would show a binary quantity (`3.1Gi`, `512Mi`, `100`).
 pub fn format_bytes(bytes: i64) -> String {
-    const UNITS: [(&str, i64); 5] = [
-        ("Pi", 1 << 50),
-        ("Ti", 1 << 40),
-        ("Gi", 1 << 30),
-        ("Mi", 1 << 20),
-        ("Ki", 1 << 10),
-    ];
-    for (suffix, size) in UNITS {
+    for (suffix, size) in BINARY_SUFFIXES {
         if bytes.abs() >= size {
             let whole = bytes / size;
             let tenth = (bytes % size) * 10 / size;

@@ -123,11 +123,7 @@ pub fn node_affinity_raw(pod: &Pod, node: &NodeInfo) -> i64 {
 
 /// TaintToleration (score, raw): PreferNoSchedule taints the pod does not tolerate.
 pub fn taint_toleration_raw(pod: &Pod, node: &NodeInfo) -> i64 {
-    let tolerations: Vec<_> = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.as_deref())
-        .unwrap_or(&[])
+    let tolerations: Vec<_> = crate::filters::tolerations(pod)
         .iter()
         .filter(|t| {
             matches!(
@@ -136,13 +132,7 @@ pub fn taint_toleration_raw(pod: &Pod, node: &NodeInfo) -> i64 {
             )
         })
         .collect();
-    let taints = node
-        .node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or(&[]);
-    let n = taints
+    let n = crate::filters::taints(node)
         .iter()
         .filter(|taint| taint.effect == "PreferNoSchedule")
         .filter(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))

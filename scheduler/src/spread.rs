@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Pod, TopologySpreadConstraint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
-use crate::filters::{Unfit, node_affinity, tolerates};
+use crate::filters::{Unfit, node_affinity};
 use crate::interpod::Selector;
 use crate::node_info::{NodeInfo, PodUsage};
 
@@ -84,19 +84,9 @@ pub(crate) fn constraint_of(pod: &Pod, c: &TopologySpreadConstraint) -> Constrai
 }
 
 fn untainted_for(pod: &Pod, node: &NodeInfo) -> bool {
-    let tolerations = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.as_deref())
-        .unwrap_or(&[]);
-    node.node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or(&[])
-        .iter()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .all(|t| tolerations.iter().any(|tol| tolerates(tol, t)))
+    crate::filters::untolerated_hard_taints(pod, node)
+        .next()
+        .is_none()
 }
 
 /// Upstream's PreFilter over every node.

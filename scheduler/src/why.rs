@@ -18,7 +18,7 @@ use kube::api::ListParams;
 
 use crate::Error;
 use crate::cache::Cache;
-use crate::filters::{TAINT_UNSCHEDULABLE, Unfit, term_matches, tolerates};
+use crate::filters::{TAINT_UNSCHEDULABLE, Unfit, term_matches};
 use crate::node_info::{NodeInfo, PodUsage};
 use crate::pod_filters::PodFilters;
 use crate::resources::{format_bytes, format_milli_cpu};
@@ -234,19 +234,7 @@ fn taint_text(taint: &Taint) -> String {
 
 /// A toleration per NoSchedule/NoExecute taint of the node the pod does not tolerate.
 fn toleration_changes(pod: &Pod, node: &NodeInfo) -> Vec<Change> {
-    let tolerations = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.as_deref())
-        .unwrap_or(&[]);
-    node.node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or(&[])
-        .iter()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .filter(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
+    crate::filters::untolerated_hard_taints(pod, node)
         .map(|t| {
             if t.key == TAINT_UNSCHEDULABLE {
                 // The cordon's taint: uncordoning removes it.
@@ -277,15 +265,7 @@ fn label_changes(pod: &Pod, node: &NodeInfo) -> Option<Vec<Change>> {
             want.insert(k.clone(), Some(v.clone()));
         }
     }
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    if let Some(required) = required
+    if let Some(required) = crate::filters::required_node_affinity(spec)
         && !required
             .node_selector_terms
             .iter()
@@ -379,14 +359,8 @@ fn port_changes(usage: &PodUsage, node: &NodeInfo) -> Vec<Change> {
 
 /// Bytes rounded *up* to kubectl's tenth (what must be freed is never understated).
 fn format_bytes_up(bytes: i64) -> String {
-    const UNITS: [(&str, i128); 5] = [
-        ("Pi", 1 << 50),
-        ("Ti", 1 << 40),
-        ("Gi", 1 << 30),
-        ("Mi", 1 << 20),
-        ("Ki", 1 << 10),
-    ];
-    for (suffix, size) in UNITS {
+    for (suffix, size) in crate::resources::BINARY_SUFFIXES {
+        let size = i128::from(size);
         if i128::from(bytes) >= size {
             let tenths = (i128::from(bytes) * 10 + size - 1) / size;
             return match tenths % 10 {

@@ -210,7 +210,7 @@ struct SchedulerBenchArgs {
 
 impl BenchArgs {
     pub(crate) fn run(self) -> ExitCode {
-        use skiff_bench::{BenchConfig, Error, Workload, compare::CompareConfig};
+        use skiff_bench::{BenchConfig, Workload, compare::CompareConfig};
         let workload = match self.command {
             BenchCommand::Put => Workload::Put,
             BenchCommand::Range {
@@ -246,20 +246,10 @@ impl BenchArgs {
                     work_dir,
                     command_line: skiff_bench::compare::current_command_line(),
                 };
-                return match skiff_bench::failover::run_blocking(config) {
-                    Ok(report) => {
-                        println!("{}", report.display());
-                        ExitCode::SUCCESS
-                    }
-                    Err(Error::Config(msg)) => {
-                        eprintln!("skiff: {msg}");
-                        ExitCode::from(EXIT_USAGE)
-                    }
-                    Err(err) => {
-                        eprintln!("skiff: {err}");
-                        ExitCode::FAILURE
-                    }
-                };
+                return exit_code(skiff_bench::failover::run_blocking(config).map(|report| {
+                    println!("{}", report.display());
+                    ExitCode::SUCCESS
+                }));
             }
             BenchCommand::Compare {
                 repeats,
@@ -299,17 +289,9 @@ impl BenchArgs {
                     etcd_args: etcd_arg,
                     command_line: None,
                 };
-                return match skiff_bench::compare::run_blocking(config) {
-                    Ok(_) => ExitCode::SUCCESS,
-                    Err(Error::Config(msg)) => {
-                        eprintln!("skiff: {msg}");
-                        ExitCode::from(EXIT_USAGE)
-                    }
-                    Err(err) => {
-                        eprintln!("skiff: {err}");
-                        ExitCode::FAILURE
-                    }
-                };
+                return exit_code(
+                    skiff_bench::compare::run_blocking(config).map(|_| ExitCode::SUCCESS),
+                );
             }
         };
         let config = BenchConfig {
@@ -326,22 +308,11 @@ impl BenchArgs {
             workload,
             ..BenchConfig::default()
         };
-        match skiff_bench::run_and_print(config, self.json) {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(Error::Config(msg)) => {
-                eprintln!("skiff: {msg}");
-                ExitCode::from(EXIT_USAGE)
-            }
-            Err(err) => {
-                eprintln!("skiff: {err}");
-                ExitCode::FAILURE
-            }
-        }
+        exit_code(skiff_bench::run_and_print(config, self.json).map(|_| ExitCode::SUCCESS))
     }
 }
 
 fn run_scheduler_bench(args: SchedulerBenchArgs, json: bool) -> ExitCode {
-    use skiff_bench::Error;
     let config = skiff_bench::scheduler::SchedulerBenchConfig {
         kubeconfig: args.kubeconfig,
         nodes: args.nodes,
@@ -359,17 +330,23 @@ fn run_scheduler_bench(args: SchedulerBenchArgs, json: bool) -> ExitCode {
         label: args.label,
         command_line: Some(skiff_bench::compare::current_command_line()),
     };
-    match skiff_bench::scheduler::run_blocking(config) {
-        Ok(report) => {
-            print!("{}", skiff_bench::scheduler::render(&report, json));
-            if report.profiles.iter().all(|p| p.all_bound()) {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("skiff: not every pod was bound");
-                ExitCode::FAILURE
-            }
+    exit_code(skiff_bench::scheduler::run_blocking(config).map(|report| {
+        print!("{}", skiff_bench::scheduler::render(&report, json));
+        if report.profiles.iter().all(|p| p.all_bound()) {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("skiff: not every pod was bound");
+            ExitCode::FAILURE
         }
-        Err(Error::Config(msg)) => {
+    }))
+}
+
+/// A run's outcome as the exit status: bad flags or configuration print one line and exit 2,
+/// other failures one line and exit 1.
+fn exit_code(outcome: Result<ExitCode, skiff_bench::Error>) -> ExitCode {
+    match outcome {
+        Ok(code) => code,
+        Err(skiff_bench::Error::Config(msg)) => {
             eprintln!("skiff: {msg}");
             ExitCode::from(EXIT_USAGE)
         }
