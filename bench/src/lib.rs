@@ -11,9 +11,11 @@
 //! time over connection *j mod conns*. Operations are numbered; with `--rate` operation *n*
 //! starts no earlier than *n / rate* seconds after the start.
 
+pub mod apiserver;
 pub mod chart;
 pub mod compare;
 pub mod failover;
+pub mod kube_api;
 pub mod procfs;
 pub mod report;
 pub mod scheduler;

@@ -9,10 +9,8 @@
 pub mod objects;
 mod stats;
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +22,7 @@ use kube::runtime::watcher;
 use serde::Serialize;
 
 use crate::Error;
-use crate::procfs;
+use crate::kube_api::{Accounting, api_error, connect, for_each_concurrently, write};
 pub use objects::Profile;
 use objects::{PHASE_LABEL, Phase, RUN_LABEL};
 pub use stats::{ProfileResult, Timeline};
@@ -34,8 +32,6 @@ pub const NODES_MAX: usize = 20_000;
 pub const PODS_MAX: usize = 200_000;
 /// Most concurrent creators.
 pub const CLIENTS_MAX: usize = 1_024;
-/// Attempts at one API write (429, 5xx and connection errors are retried with back-off).
-const WRITE_ATTEMPTS: u32 = 10;
 
 /// Everything one `skiff bench scheduler` run needs.
 #[derive(Debug, Clone)]
@@ -116,87 +112,14 @@ pub fn run_blocking(config: SchedulerBenchConfig) -> Result<SchedulerBenchReport
     runtime.block_on(run(config))
 }
 
-fn api_error(what: &str, err: impl std::fmt::Display) -> Error {
-    Error::Run(format!("{what}: {err}"))
-}
-
-fn code(err: &kube::Error) -> Option<u16> {
-    match err {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
-}
-
-/// Retries `op` on 429, 5xx and transport errors; a 409 (the object exists: an earlier
-/// attempt landed) counts as done.
-async fn write<F, Fut, T>(what: impl Fn() -> String, op: F) -> Result<Option<T>, Error>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, kube::Error>>,
-{
-    let mut backoff = Duration::from_millis(50);
-    for attempt in 1..=WRITE_ATTEMPTS {
-        match op().await {
-            Ok(value) => return Ok(Some(value)),
-            Err(err) if code(&err) == Some(409) => return Ok(None),
-            Err(err)
-                if attempt < WRITE_ATTEMPTS && code(&err).is_none_or(|c| c == 429 || c >= 500) =>
-            {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-            Err(err) => return Err(api_error(&what(), err)),
-        }
-    }
-    unreachable!("the last attempt returns")
-}
-
-/// Runs `count` jobs on `clients` concurrent workers; the first error stops the others.
-async fn for_each_concurrently<F, Fut>(count: usize, clients: usize, job: F) -> Result<(), Error>
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), Error>> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..clients.min(count) {
-        let (next, job) = (next.clone(), job.clone());
-        workers.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    return Ok(());
-                }
-                if let Err(err) = job(i).await {
-                    next.store(count, Ordering::Relaxed);
-                    return Err(err);
-                }
-            }
-        });
-    }
-    while let Some(done) = workers.join_next().await {
-        done.map_err(|e| Error::Run(format!("worker: {e}")))??;
-    }
-    Ok(())
-}
-
 /// Connects, creates the nodes, runs every profile, cleans up.
 pub async fn run(config: SchedulerBenchConfig) -> Result<SchedulerBenchReport, Error> {
-    let source =
-        skiff_client::config::resolve(config.kubeconfig.as_deref(), std::env::var_os("KUBECONFIG"));
-    let kube_config = skiff_client::config::load(&source)
-        .await
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let api_endpoint = {
-        let url = &kube_config.cluster_url;
-        format!(
-            "{}:{}",
-            url.host().unwrap_or("127.0.0.1"),
-            url.port_u16().unwrap_or(443)
-        )
-    };
-    let client = kube::Client::try_from(kube_config).map_err(|e| api_error("client", e))?;
-    let accounting = Accounting::find(&config, &api_endpoint);
+    let (client, api_endpoint) = connect(config.kubeconfig.as_deref()).await?;
+    let accounting = Accounting::find(&[
+        ("apiserver", vec![api_endpoint]),
+        ("store", config.store_endpoints.clone()),
+        ("scheduler", config.scheduler_endpoints.clone()),
+    ]);
     let run_id = format!(
         "{}",
         std::time::SystemTime::now()
@@ -336,7 +259,7 @@ async fn run_profile(
     let timeline =
         create_and_wait(client, config, run_id, profile, Phase::Measure, config.pods).await?;
     let after = accounting.sample();
-    let cpu = accounting.per_pod(&before, &after, timeline.bound_count());
+    let cpu = Accounting::per_op(&before, &after, timeline.bound_count());
     Ok(ProfileResult::new(profile, config.nodes, &timeline, cpu))
 }
 
@@ -457,62 +380,6 @@ async fn delete_pods(client: &kube::Client, namespace: &str, run_id: &str) -> Re
     Err(Error::Run(
         "the benchmark's pods were not gone within 60 s".into(),
     ))
-}
-
-/// The local processes whose CPU time is reported per pod.
-struct Accounting {
-    /// Component name → its PIDs.
-    components: BTreeMap<&'static str, Vec<u32>>,
-}
-
-impl Accounting {
-    fn find(config: &SchedulerBenchConfig, api_endpoint: &str) -> Accounting {
-        let pids = |endpoints: &[String]| procfs::pids(&procfs::find_server_processes(endpoints));
-        let mut components = BTreeMap::new();
-        components.insert("apiserver", pids(&[api_endpoint.to_string()]));
-        components.insert("store", pids(&config.store_endpoints));
-        components.insert("scheduler", pids(&config.scheduler_endpoints));
-        components.retain(|_, pids: &mut Vec<u32>| !pids.is_empty());
-        Accounting { components }
-    }
-
-    fn sample(&self) -> BTreeMap<&'static str, Duration> {
-        let mut out: BTreeMap<&'static str, Duration> = self
-            .components
-            .iter()
-            .map(|(name, pids)| {
-                let cpu = pids
-                    .iter()
-                    .filter_map(|&pid| procfs::process_cpu(pid))
-                    .sum();
-                (*name, cpu)
-            })
-            .collect();
-        if let Some(own) = procfs::own_cpu() {
-            out.insert("bench", own);
-        }
-        if let Some(machine) = procfs::machine_busy() {
-            out.insert("machine", machine);
-        }
-        out
-    }
-
-    /// CPU milliseconds per bound pod of each component between two samples.
-    fn per_pod(
-        &self,
-        before: &BTreeMap<&'static str, Duration>,
-        after: &BTreeMap<&'static str, Duration>,
-        pods: usize,
-    ) -> BTreeMap<String, f64> {
-        let pods = pods.max(1) as f64;
-        after
-            .iter()
-            .filter_map(|(name, cpu)| {
-                let used = cpu.checked_sub(*before.get(name)?)?;
-                Some((name.to_string(), used.as_secs_f64() * 1000.0 / pods))
-            })
-            .collect()
-    }
 }
 
 /// The text report of a whole run (one paragraph per profile), then the JSON line if asked.

@@ -159,6 +159,60 @@ enum BenchCommand {
     /// --nodes simulated-capacity Nodes and --pods pods per profile, and reports pods bound
     /// per second and create→bound latency (see README "Benchmarks").
     Scheduler(SchedulerBenchArgs),
+    /// The API server's read paths against a running API server: LIST latency over
+    /// --objects pods, and watch fan-out (write sent → event received at each of --watchers
+    /// watches); run with and without the watch cache for a before/after.
+    Apiserver(ApiserverBenchArgs),
+}
+
+/// `skiff bench apiserver` flags.
+#[derive(Args)]
+struct ApiserverBenchArgs {
+    /// Kubeconfig of the API server (else KUBECONFIG, else in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the pods (created if missing).
+    #[arg(long, default_value = "bench-apiserver")]
+    namespace: String,
+    /// Pods to create and list.
+    #[arg(long, default_value_t = 10_000)]
+    objects: usize,
+    /// Concurrent creators.
+    #[arg(long, default_value_t = 32)]
+    create_clients: usize,
+    /// Full lists of the pods.
+    #[arg(long, default_value_t = 100)]
+    lists: usize,
+    /// Concurrent listers.
+    #[arg(long, default_value_t = 4)]
+    list_clients: usize,
+    /// Watches open on the pods while they are updated.
+    #[arg(long, default_value_t = 1_000)]
+    watchers: usize,
+    /// Updates of one pod, each delivered to every watcher.
+    #[arg(long, default_value_t = 100)]
+    writes: usize,
+    /// Time between two updates, e.g. `50ms`.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    write_interval: Duration,
+    /// Client endpoints of the store members (CPU of the store when they are local).
+    #[arg(long, value_delimiter = ',')]
+    store_endpoints: Vec<String>,
+    /// Leave the pods in place at the end.
+    #[arg(long)]
+    keep: bool,
+    /// Add this run to <out>/<name>.md, .json and .png.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// File stem of the outputs.
+    #[arg(long, default_value = "apiserver")]
+    name: String,
+    /// This run's name in the report, e.g. `watch cache`.
+    #[arg(long, default_value = "default")]
+    case: String,
+    /// A note for the report header.
+    #[arg(long)]
+    label: Option<String>,
 }
 
 /// `skiff bench scheduler` flags.
@@ -230,6 +284,7 @@ impl BenchArgs {
             BenchCommand::Watch { watchers, streams } => Workload::Watch { watchers, streams },
             BenchCommand::LeaseKeepalive => Workload::LeaseKeepalive,
             BenchCommand::Scheduler(args) => return run_scheduler_bench(args, self.json),
+            BenchCommand::Apiserver(args) => return run_apiserver_bench(args, self.json),
             BenchCommand::Failover {
                 kills,
                 out,
@@ -336,6 +391,39 @@ fn run_scheduler_bench(args: SchedulerBenchArgs, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         } else {
             eprintln!("skiff: not every pod was bound");
+            ExitCode::FAILURE
+        }
+    }))
+}
+
+fn run_apiserver_bench(args: ApiserverBenchArgs, json: bool) -> ExitCode {
+    let config = skiff_bench::apiserver::ApiserverBenchConfig {
+        kubeconfig: args.kubeconfig,
+        namespace: args.namespace,
+        objects: args.objects,
+        create_clients: args.create_clients,
+        lists: args.lists,
+        list_clients: args.list_clients,
+        watchers: args.watchers,
+        writes: args.writes,
+        write_interval: args.write_interval,
+        store_endpoints: args.store_endpoints,
+        keep: args.keep,
+        out_dir: args.out,
+        name: args.name,
+        case: args.case,
+        label: args.label,
+        command_line: Some(skiff_bench::compare::current_command_line()),
+    };
+    exit_code(skiff_bench::apiserver::run_blocking(config).map(|case| {
+        print!("{}", skiff_bench::apiserver::render(&case, json));
+        if case.missing_deliveries == 0 {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!(
+                "skiff: {} watch events never arrived",
+                case.missing_deliveries
+            );
             ExitCode::FAILURE
         }
     }))

@@ -1,7 +1,8 @@
 //! CI smoke of `skiff bench`: a short put run against one real member must finish, print a
 //! parsable JSON last line, succeed on every request and attribute server CPU to the
 //! member; `skiff bench scheduler` against a real API server and scheduler binds every pod
-//! of two profiles and removes what it created. No timing thresholds: CI machines are shared.
+//! of two profiles and removes what it created, and `skiff bench apiserver` lists and fans
+//! writes out to every watcher. No timing thresholds: CI machines are shared.
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
@@ -187,4 +188,41 @@ fn bench_scheduler_refuses_more_pods_than_a_profile_can_place() {
         stderr.contains("profile anti-affinity places at most 10 pods on 10 nodes"),
         "{stderr}"
     );
+}
+
+#[test]
+fn bench_apiserver_lists_and_fans_writes_out_to_every_watcher() {
+    let store = Backend::skiff();
+    let home = ApiHome::new();
+    let api = home.start(&store.endpoints(), &[]);
+    let kubeconfig = home.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let out = Command::new(skiff_bin())
+        .args(["bench", "apiserver", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--objects", "50", "--lists", "5", "--watchers", "20"])
+        .args(["--writes", "5", "--write-interval", "20ms", "--json"])
+        .output()
+        .expect("run skiff bench apiserver");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "bench apiserver failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("some output");
+    let report: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"));
+    assert_eq!(report["missing_deliveries"], 0, "{report}");
+    assert_eq!(report["case"]["deliveries"], 100, "{report}");
+    assert!(report["list_p99_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["watch_p99_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["case"]["cpu_ms_per_list"]["apiserver"].is_number(),
+        "{report}"
+    );
+    // The pods are gone again.
+    let (code, pods) = api.admin(&[], "/api/v1/namespaces/bench-apiserver/pods");
+    assert_eq!(code, 200, "{pods}");
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(0), "{pods}");
 }
