@@ -259,11 +259,15 @@ struct FanOut {
 
 async fn fan_out(pods: &Api<Pod>, config: &ApiserverBenchConfig) -> Result<FanOut, Error> {
     let target = "measure-0";
-    let current = pods
-        .get(target)
+    // From the collection's current revision: only the writes below are delivered (from the
+    // pod's own older revision every watcher would first replay the creation of every pod).
+    let from = pods
+        .list_metadata(&ListParams::default().limit(1))
         .await
-        .map_err(|e| api_error("get pod", e))?;
-    let from = current.metadata.resource_version.unwrap_or_default();
+        .map_err(|e| api_error("list pods", e))?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
     let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; config.writes]));
     let mut watchers = tokio::task::JoinSet::new();
     let params = WatchParams::default()
