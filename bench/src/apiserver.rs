@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::WatchParams;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent};
 use serde::{Deserialize, Serialize};
@@ -120,11 +120,7 @@ pub struct ApiserverBenchReport {
 /// Builds a runtime and runs [`run`].
 pub fn run_blocking(config: ApiserverBenchConfig) -> Result<ApiserverBenchCase, Error> {
     config.validate()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Run(format!("tokio runtime: {e}")))?;
-    runtime.block_on(run(config))
+    crate::kube_api::block_on(run(config))
 }
 
 /// Creates the pods, lists them, fans writes out to the watchers, cleans up.
@@ -134,24 +130,8 @@ pub async fn run(config: ApiserverBenchConfig) -> Result<ApiserverBenchCase, Err
         ("apiserver", vec![api_endpoint]),
         ("store", config.store_endpoints.clone()),
     ]);
-    let run_id = format!(
-        "{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-    );
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": config.namespace }
-    }))
-    .map_err(|e| Error::Config(format!("--namespace: {e}")))?;
-    let post = PostParams::default();
-    write(
-        || format!("create namespace {}", config.namespace),
-        || namespaces.create(&post, &namespace),
-    )
-    .await?;
+    let run_id = crate::kube_api::run_id();
+    crate::kube_api::ensure_namespace(&client, &config.namespace).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
 
     eprintln!("creating {} pods", config.objects);

@@ -14,6 +14,46 @@ use crate::procfs;
 /// Attempts at one API write (429, 5xx and connection errors are retried with back-off).
 const WRITE_ATTEMPTS: u32 = 10;
 
+/// Runs `future` on a new multi-threaded runtime (the benchmarks' `run_blocking`).
+pub fn block_on<T>(
+    future: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Run(format!("tokio runtime: {e}")))?
+        .block_on(future)
+}
+
+/// A run's id (milliseconds since the epoch), the value of the objects' run label.
+pub fn run_id() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+        .to_string()
+}
+
+/// Creates namespace `name` unless it exists.
+pub async fn ensure_namespace(client: &kube::Client, name: &str) -> Result<(), Error> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
+    let namespace = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let post = kube::api::PostParams::default();
+    write(
+        || format!("create namespace {name}"),
+        || namespaces.create(&post, &namespace),
+    )
+    .await
+    .map(drop)
+}
+
 /// A client from `--kubeconfig` (else `KUBECONFIG`, else in-cluster) and the API server's
 /// `host:port` (for CPU accounting).
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<(kube::Client, String), Error> {

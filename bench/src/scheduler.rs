@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -105,11 +105,7 @@ pub struct SchedulerBenchReport {
 /// Builds a runtime and runs [`run`].
 pub fn run_blocking(config: SchedulerBenchConfig) -> Result<SchedulerBenchReport, Error> {
     config.validate()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Run(format!("tokio runtime: {e}")))?;
-    runtime.block_on(run(config))
+    crate::kube_api::block_on(run(config))
 }
 
 /// Connects, creates the nodes, runs every profile, cleans up.
@@ -120,27 +116,8 @@ pub async fn run(config: SchedulerBenchConfig) -> Result<SchedulerBenchReport, E
         ("store", config.store_endpoints.clone()),
         ("scheduler", config.scheduler_endpoints.clone()),
     ]);
-    let run_id = format!(
-        "{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-    );
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace = Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some(config.namespace.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let post = PostParams::default();
-    write(
-        || format!("create namespace {}", config.namespace),
-        || namespaces.create(&post, &namespace),
-    )
-    .await?;
+    let run_id = crate::kube_api::run_id();
+    crate::kube_api::ensure_namespace(&client, &config.namespace).await?;
 
     eprintln!("creating {} nodes", config.nodes);
     create_nodes(&client, &config, &run_id).await?;
