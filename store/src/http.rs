@@ -69,8 +69,18 @@ pub fn is_grpc(request: &Request) -> bool {
     }
 }
 
+/// How much of an unserved request's body is read before the 404 goes out (Go's server
+/// reads up to 256 KiB of what a handler left unread, for the same reason).
+const NOT_FOUND_DRAIN_LIMIT: usize = 256 * 1024;
+
 /// Go's `http.NotFound`, which etcd answers for any path its HTTP mux does not serve.
-async fn not_found() -> impl IntoResponse {
+///
+/// The request's body is read first (up to [`NOT_FOUND_DRAIN_LIMIT`]): answering an HTTP/2
+/// request while its body is still arriving ends the stream with a reset, which some
+/// clients (curl among them) report as a failed transfer instead of the 404.
+async fn not_found(request: Request) -> impl IntoResponse {
+    // A body over the limit, or one the client aborts, still gets the 404.
+    let _ = axum::body::to_bytes(request.into_body(), NOT_FOUND_DRAIN_LIMIT).await;
     (
         StatusCode::NOT_FOUND,
         [
