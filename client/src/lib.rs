@@ -8,6 +8,7 @@
 //! - `events`: a core/v1 Event recorder deduplicating repeats with `count`, like client-go's.
 //! - `metrics`: a small Prometheus text-format registry.
 //! - `serve`: `/healthz`, `/livez`, `/readyz` and `/metrics` over HTTPS or plain HTTP.
+//! - `workqueue`: client-go's rate-limited, deduplicating work queue for controllers.
 //! - `tls`: a secure port's serving certificate: given files, or self-signed (in `--cert-dir` or
 //!   in memory), as kube-scheduler picks it.
 
@@ -18,6 +19,7 @@ pub mod leader;
 pub mod metrics;
 pub mod serve;
 pub mod tls;
+pub mod workqueue;
 
 /// Errors of the client runtime.
 #[derive(Debug, thiserror::Error)]

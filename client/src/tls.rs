@@ -14,6 +14,8 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+/// The acceptor [`acceptor`] builds, named here so that callers need no TLS crate of their own.
+pub use tokio_rustls::TlsAcceptor;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use rustls_pki_types::pem::PemObject;
