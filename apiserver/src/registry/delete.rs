@@ -1,10 +1,219 @@
-//! Delete and deletecollection: finalizers hold a deletion (the object gets a
-//! `deletionTimestamp`), the strategy may refuse one or cascade it.
+//! Delete and deletecollection: `DeleteOptions` (preconditions, `dryRun`, and the garbage
+//! collector's propagation policies — `Orphan` and `Foreground` hold the object with the
+//! `orphan`/`foregroundDeletion` finalizer, `Background` deletes it at once), finalizers hold a
+//! deletion (the object gets a `deletionTimestamp`), the strategy may refuse one or cascade it.
+
+use serde::Deserialize;
 
 use super::*;
 
 /// Tries at deleting one object of a collection that keeps changing under the delete.
 pub const DELETE_COLLECTION_ATTEMPTS: u32 = 5;
+/// Tries at deleting one object that changes under the delete (kube-apiserver's
+/// `GuaranteedUpdate` retries a conflicting update the same way).
+pub const DELETE_ATTEMPTS: u32 = 5;
+/// The finalizer of an `Orphan` deletion: the garbage collector removes the object's
+/// ownerReferences from its dependents, then this finalizer (`metav1.FinalizerOrphanDependents`).
+pub const FINALIZER_ORPHAN: &str = "orphan";
+/// The finalizer of a `Foreground` deletion: the garbage collector deletes the object's
+/// dependents, then removes this finalizer (`metav1.FinalizerDeleteDependents`).
+pub const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
+
+/// `DeleteOptions.propagationPolicy` (`metav1.DeletionPropagation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// The dependents are orphaned (their ownerReferences to the object are removed).
+    Orphan,
+    /// The object goes at once; the garbage collector deletes the dependents afterwards.
+    Background,
+    /// The object stays (with a `deletionTimestamp`) until its blocking dependents are gone.
+    Foreground,
+}
+
+/// The `DeleteOptions` the registry honours, from the request body or, when there is none,
+/// the query (as kube-apiserver's delete handlers read them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    /// The legacy `orphanDependents`.
+    pub orphan_dependents: Option<bool>,
+    /// `propagationPolicy`.
+    pub propagation: Option<Propagation>,
+    /// `preconditions.uid`.
+    pub uid: Option<String>,
+    /// `preconditions.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `dryRun: [All]`.
+    pub dry_run: bool,
+}
+
+/// `DeleteOptions` as they arrive on the wire.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WireOptions {
+    orphan_dependents: Option<bool>,
+    propagation_policy: Option<String>,
+    preconditions: Option<WirePreconditions>,
+    dry_run: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WirePreconditions {
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+/// Go's `strconv.ParseBool`, which the query parameter codec uses.
+fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+impl DeleteOptions {
+    /// Reads the options from `body` if it is not empty, else from the query parameters
+    /// (`orphanDependents`, `propagationPolicy`, `dryRun`), then validates them as
+    /// kube-apiserver's `ValidateDeleteOptions`: 400 for a body or parameter that does not
+    /// decode, 422 for a value it refuses.
+    pub fn parse(query: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOptions, ApiError> {
+        let wire: WireOptions = if body.is_empty() {
+            let orphan_dependents = match query.get("orphanDependents") {
+                None => None,
+                Some(v) => Some(parse_go_bool(v).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "strconv.ParseBool: parsing {v:?}: invalid syntax"
+                    ))
+                })?),
+            };
+            WireOptions {
+                orphan_dependents,
+                propagation_policy: query.get("propagationPolicy").cloned(),
+                preconditions: None,
+                dry_run: query.get("dryRun").map(|v| vec![v.clone()]),
+            }
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+        };
+        let mut causes = Vec::new();
+        if wire.orphan_dependents.is_some()
+            && let Some(policy) = &wire.propagation_policy
+        {
+            causes.push((
+                "propagationPolicy".to_string(),
+                format!(
+                    "Invalid value: {policy:?}: orphanDependents and deletionPropagation cannot \
+                     be both set"
+                ),
+            ));
+        }
+        let propagation = match wire.propagation_policy.as_deref() {
+            None => None,
+            Some("Orphan") => Some(Propagation::Orphan),
+            Some("Background") => Some(Propagation::Background),
+            Some("Foreground") => Some(Propagation::Foreground),
+            Some(other) => {
+                causes.push((
+                    "propagationPolicy".to_string(),
+                    format!(
+                        "Unsupported value: {other:?}: supported values: \"Foreground\", \
+                         \"Background\", \"Orphan\", \"nil\""
+                    ),
+                ));
+                None
+            }
+        };
+        let dry_run = wire.dry_run.unwrap_or_default();
+        if dry_run.iter().any(|v| v != "All") {
+            let values: Vec<String> = dry_run.iter().map(|v| format!("{v:?}")).collect();
+            causes.push((
+                "dryRun".to_string(),
+                format!(
+                    "Unsupported value: []string{{{}}}: supported values: \"All\"",
+                    values.join(", ")
+                ),
+            ));
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(
+                "DeleteOptions",
+                "meta.k8s.io",
+                "",
+                &causes,
+            ));
+        }
+        let preconditions = wire.preconditions.unwrap_or_default();
+        Ok(DeleteOptions {
+            orphan_dependents: wire.orphan_dependents,
+            propagation,
+            uid: preconditions.uid,
+            resource_version: preconditions.resource_version,
+            dry_run: !dry_run.is_empty() || is_dry_run(query),
+        })
+    }
+}
+
+/// Whether deleting an object of `info` orphans its dependents when neither the options nor
+/// its finalizers say (kube-apiserver's `DefaultGarbageCollectionPolicy`): batch/v1 Jobs and
+/// v1 ReplicationControllers, for backwards compatibility; every other kind deletes them.
+fn orphans_by_default(info: &ResourceInfo) -> bool {
+    matches!(
+        (info.group, info.version, info.kind),
+        ("batch", "v1", "Job") | ("", "v1", "ReplicationController")
+    )
+}
+
+/// The finalizers an object holding `current` gets when deleted with `options`, if they change
+/// (kube-apiserver's `deletionFinalizersForGarbageCollection`): the options decide, else the
+/// object's own `orphan`/`foregroundDeletion` finalizer, else the kind's default.
+pub fn finalizers_for_deletion(
+    current: &[String],
+    options: &DeleteOptions,
+    default_orphan: bool,
+) -> Option<Vec<String>> {
+    let held = current
+        .iter()
+        .find(|f| *f == FINALIZER_ORPHAN || *f == FINALIZER_FOREGROUND)
+        .map(String::as_str);
+    let orphan = match (options.orphan_dependents, options.propagation, held) {
+        (Some(orphan), _, _) => orphan,
+        (None, Some(policy), _) => policy == Propagation::Orphan,
+        (None, None, Some(held)) => held == FINALIZER_ORPHAN,
+        (None, None, None) => default_orphan,
+    };
+    let foreground = match (options.orphan_dependents, options.propagation, held) {
+        (Some(_), _, _) => false,
+        (None, Some(policy), _) => policy == Propagation::Foreground,
+        (None, None, held) => held == Some(FINALIZER_FOREGROUND),
+    };
+    let mut wanted: Vec<String> = current
+        .iter()
+        .filter(|f| *f != FINALIZER_ORPHAN && *f != FINALIZER_FOREGROUND)
+        .cloned()
+        .collect();
+    if orphan {
+        wanted.push(FINALIZER_ORPHAN.to_string());
+    }
+    if foreground {
+        wanted.push(FINALIZER_FOREGROUND.to_string());
+    }
+    let set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+    (set(current) != set(&wanted)).then_some(wanted)
+}
+
+/// A failed precondition, in kube-apiserver's words (`rest.BeforeDelete`, which names the
+/// kind where the resource usually goes).
+fn precondition_failed(info: &ResourceInfo, name: &str, why: String) -> ApiError {
+    ApiError {
+        message: format!(
+            "Operation cannot be fulfilled on {} {name:?}: {why}",
+            crate::status::qualified(info.kind, info.group)
+        ),
+        ..ApiError::conflict(info.kind, info.group, name)
+    }
+}
 
 impl Registry {
     pub async fn delete(
@@ -15,29 +224,58 @@ impl Registry {
     ) -> ApiResult {
         let info = t.info;
         let name = t.name.clone().unwrap_or_default();
-        let options: Value = if body.is_empty() {
-            json!({})
-        } else {
-            serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
-        };
+        let options = DeleteOptions::parse(query, body)?;
         info.strategy.check_delete(&name)?;
-        let (stored, obj) = self.current(t, &name).await?;
-        if let Some(rv) = options["preconditions"]["resourceVersion"].as_str()
-            && rv != stored.revision.to_string()
-        {
-            return Err(ApiError::conflict(info.resource, info.group, &name));
+        let mut attempt = 1;
+        loop {
+            let (stored, obj) = self.current(t, &name).await?;
+            if let Some(uid) = &options.uid {
+                let record = obj["metadata"]["uid"].as_str().unwrap_or("");
+                if uid != record {
+                    return Err(precondition_failed(
+                        info,
+                        &name,
+                        format!(
+                            "the UID in the precondition ({uid}) does not match the UID in \
+                             record ({record}). The object might have been deleted and then \
+                             recreated"
+                        ),
+                    ));
+                }
+            }
+            if let Some(rv) = &options.resource_version {
+                let record = stored.revision.to_string();
+                if *rv != record {
+                    return Err(precondition_failed(
+                        info,
+                        &name,
+                        format!(
+                            "the ResourceVersion in the precondition ({rv}) does not match the \
+                             ResourceVersion in record ({record}). The object might have been \
+                             modified"
+                        ),
+                    ));
+                }
+            }
+            let namespace = t.namespace.as_deref();
+            let attrs = attributes(info, Operation::Delete, namespace, &name, Some(&obj), query);
+            self.admission.validate(&attrs, &obj).await?;
+            match self.delete_with(info, &stored, obj, &options).await {
+                // 202 when the object stays and the client asked for cascading with the legacy
+                // `orphanDependents: false` (kube-apiserver's delete handler).
+                Ok((obj, deleted)) => {
+                    let code = if !deleted && options.orphan_dependents == Some(false) {
+                        StatusCode::ACCEPTED
+                    } else {
+                        StatusCode::OK
+                    };
+                    return Ok(json_response(code, &obj));
+                }
+                // Changed between the read and the write (a controller's update): read it again.
+                Err(e) if e.reason == Reason::Conflict && attempt < DELETE_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e),
+            }
         }
-        if let Some(uid) = options["preconditions"]["uid"].as_str()
-            && Some(uid) != obj["metadata"]["uid"].as_str()
-        {
-            return Err(ApiError::conflict(info.resource, info.group, &name));
-        }
-        let namespace = t.namespace.as_deref();
-        let attrs = attributes(info, Operation::Delete, namespace, &name, Some(&obj), query);
-        self.admission.validate(&attrs, &obj).await?;
-        let obj = self.delete_one(info, &stored, obj, query).await?;
-        Ok(json_response(StatusCode::OK, &obj))
     }
 
     /// Deletes what is in a namespace along with it (same transaction).
@@ -53,8 +291,8 @@ impl Registry {
         }
     }
 
-    /// Deletes one object; one with finalizers only gets a `deletionTimestamp` (a namespace
-    /// turns `Terminating`) and goes when its last finalizer is removed.
+    /// Deletes one object with the default options (the namespace finalizer's deletes); see
+    /// [`Registry::delete_with`].
     pub(super) async fn delete_one(
         &self,
         info: &ResourceInfo,
@@ -62,18 +300,67 @@ impl Registry {
         obj: Value,
         query: &HashMap<String, String>,
     ) -> Result<Value, ApiError> {
+        let options = DeleteOptions {
+            dry_run: is_dry_run(query),
+            ..DeleteOptions::default()
+        };
+        Ok(self.delete_with(info, stored, obj, &options).await?.0)
+    }
+
+    /// Deletes one object as `options` ask (kube-apiserver's `Store.Delete` for kinds without
+    /// graceful deletion): the propagation policy adds or removes the `orphan` and
+    /// `foregroundDeletion` finalizers; an object with finalizers then only gets a
+    /// `deletionTimestamp` (a namespace turns `Terminating`) and goes when its last finalizer is
+    /// removed; one without is deleted at once. An object already being deleted may still have
+    /// its garbage-collector finalizers changed by a second delete, as upstream allows; a
+    /// terminating namespace is left as it is. Returns the object and whether it was deleted.
+    pub(super) async fn delete_with(
+        &self,
+        info: &ResourceInfo,
+        stored: &Stored,
+        obj: Value,
+        options: &DeleteOptions,
+    ) -> Result<(Value, bool), ApiError> {
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        if is_dry_run(query) {
-            return Ok(obj);
+        let deleting = obj["metadata"]["deletionTimestamp"].is_string();
+        if deleting && info.strategy.contains_namespaced() {
+            return Ok((obj, false));
         }
-        if info.strategy.holds_deletion(&obj) {
-            if obj["metadata"]["deletionTimestamp"].is_string() {
-                return Ok(obj);
+        let current: Vec<String> = obj["metadata"]["finalizers"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut marked = obj.clone();
+        if let Some(finalizers) =
+            finalizers_for_deletion(&current, options, orphans_by_default(info))
+        {
+            if finalizers.is_empty() {
+                if let Some(meta) = marked["metadata"].as_object_mut() {
+                    meta.remove("finalizers");
+                }
+            } else {
+                marked["metadata"]["finalizers"] = json!(finalizers);
             }
-            let mut marked = obj;
-            marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            info.strategy.begin_deletion(&mut marked);
+        }
+        if info.strategy.holds_deletion(&marked) {
+            if !deleting {
+                // kube-apiserver's `markAsDeleting`.
+                if let Some(generation) = marked["metadata"]["generation"].as_i64()
+                    && generation > 0
+                {
+                    marked["metadata"]["generation"] = json!(generation + 1);
+                }
+                marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                info.strategy.begin_deletion(&mut marked);
+            }
+            if marked == obj || options.dry_run {
+                return Ok((marked, false));
+            }
             let revision = self
                 .storage
                 .update(&stored.key, Self::encode(&marked), stored.revision)
@@ -83,22 +370,28 @@ impl Registry {
             if info.strategy.contains_namespaced() {
                 self.namespace_kick.notify_one();
             }
-            return Ok(marked);
+            return Ok((marked, false));
+        }
+        if options.dry_run {
+            return Ok((obj, true));
         }
         self.storage
             .delete(&stored.key, stored.revision, self.children(info, &name))
             .await
             .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
-        Ok(obj)
+        Ok((obj, true))
     }
 
     /// `DELETE` on a collection: deletes every object the selectors match; one that changes
     /// under the delete is read again and retried, up to [`DELETE_COLLECTION_ATTEMPTS`] times.
+    /// Each object is deleted with the request's `DeleteOptions` (propagation policy, dry run).
     pub async fn delete_collection(
         &self,
         t: &Target<'_>,
         query: &HashMap<String, String>,
+        body: &Bytes,
     ) -> ApiResult {
+        let options = DeleteOptions::parse(query, body)?;
         let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))
             .map_err(ApiError::bad_request)?;
         let fields = FieldSelector::parse(
@@ -122,8 +415,8 @@ impl Registry {
                 if protected || !(labels.matches(&labels_of(&obj)) && fields.matches(&obj)) {
                     break;
                 }
-                match self.delete_one(t.info, &stored, obj, query).await {
-                    Ok(obj) => {
+                match self.delete_with(t.info, &stored, obj, &options).await {
+                    Ok((obj, _)) => {
                         deleted.push(obj);
                         break;
                     }
@@ -156,3 +449,6 @@ impl Registry {
         Ok(json_response(StatusCode::OK, &list))
     }
 }
+
+#[cfg(test)]
+mod tests;

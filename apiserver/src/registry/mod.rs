@@ -338,7 +338,7 @@ pub async fn dispatch(
         ("PUT", true) => registry.update(&t, query, headers, body).await,
         ("PATCH", true) => registry.patch(&t, query, headers, body).await,
         ("DELETE", true) => registry.delete(&t, query, body).await,
-        ("DELETE", false) => registry.delete_collection(&t, query).await,
+        ("DELETE", false) => registry.delete_collection(&t, query, body).await,
         _ => Err(ApiError::method_not_allowed()),
     }
 }

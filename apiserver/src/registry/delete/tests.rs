@@ -1,0 +1,534 @@
+//! Delete options and propagation policies over an in-memory [`Storage`]: the finalizers an
+//! `Orphan` or `Foreground` deletion adds, `Background` deleting at once, a second delete
+//! changing the policy, deletecollection, dry runs, preconditions and upstream's errors.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use super::*;
+use crate::storage::{Page, prefix_end};
+
+/// An in-memory store with etcd's compare-and-swap writes (no watches).
+#[derive(Default)]
+struct Fake {
+    state: Mutex<(i64, BTreeMap<String, Stored>)>,
+}
+
+impl Fake {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (i64, BTreeMap<String, Stored>)> {
+        self.state.lock().expect("fake store lock")
+    }
+}
+
+impl Storage for Fake {
+    fn get(&self, key: &str) -> BoxFuture<'_, crate::storage::Result<Option<Stored>>> {
+        let found = self.lock().1.get(key).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn create(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, crate::storage::Result<i64>> {
+        let mut state = self.lock();
+        let result = if state.1.contains_key(key) {
+            Err(StorageError::Exists)
+        } else {
+            state.0 += 1;
+            let revision = state.0;
+            state.1.insert(
+                key.to_string(),
+                Stored {
+                    key: key.to_string(),
+                    value,
+                    revision,
+                },
+            );
+            Ok(revision)
+        };
+        Box::pin(async move { result })
+    }
+
+    fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+    ) -> BoxFuture<'_, crate::storage::Result<i64>> {
+        let mut state = self.lock();
+        let result = match state.1.get(key).map(|s| s.revision) {
+            None => Err(StorageError::NotFound),
+            Some(r) if r != expected => Err(StorageError::Conflict),
+            Some(_) => {
+                state.0 += 1;
+                let revision = state.0;
+                state.1.insert(
+                    key.to_string(),
+                    Stored {
+                        key: key.to_string(),
+                        value,
+                        revision,
+                    },
+                );
+                Ok(revision)
+            }
+        };
+        Box::pin(async move { result })
+    }
+
+    fn delete(
+        &self,
+        key: &str,
+        expected: i64,
+        children: Vec<String>,
+    ) -> BoxFuture<'_, crate::storage::Result<i64>> {
+        let mut state = self.lock();
+        let result = match state.1.get(key).map(|s| s.revision) {
+            None => Err(StorageError::NotFound),
+            Some(r) if r != expected => Err(StorageError::Conflict),
+            Some(_) => {
+                state.0 += 1;
+                state.1.remove(key);
+                state
+                    .1
+                    .retain(|k, _| !children.iter().any(|c| k.starts_with(c.as_str())));
+                Ok(state.0)
+            }
+        };
+        Box::pin(async move { result })
+    }
+
+    fn list(
+        &self,
+        prefix: &str,
+        _start: &str,
+        _limit: i64,
+        _revision: i64,
+    ) -> BoxFuture<'_, crate::storage::Result<Page>> {
+        let state = self.lock();
+        let end = String::from_utf8(prefix_end(prefix.as_bytes())).unwrap_or_default();
+        let items = state
+            .1
+            .range(prefix.to_string()..end)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let page = Page {
+            items,
+            revision: state.0,
+            remaining: 0,
+        };
+        Box::pin(async move { Ok(page) })
+    }
+
+    fn watch(
+        &self,
+        _prefix: &str,
+        _after: i64,
+        _bookmarks: bool,
+    ) -> BoxFuture<'_, crate::storage::Result<BoxStream<'static, crate::storage::Result<Change>>>>
+    {
+        Box::pin(async { Err(StorageError::Unavailable("no watches".into())) })
+    }
+}
+
+fn registry() -> Registry {
+    Registry::new(
+        Arc::new(Fake::default()),
+        "/registry",
+        resources::registry(),
+        Vec::new(),
+    )
+}
+
+fn configmaps(r: &Registry) -> &ResourceInfo {
+    r.find("", "v1", "configmaps")
+        .expect("configmaps are served")
+}
+
+/// Stores a ConfigMap `name` in `ns` holding `finalizers`.
+async fn put(r: &Registry, name: &str, finalizers: &[&str]) {
+    let mut obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")}});
+    if !finalizers.is_empty() {
+        obj["metadata"]["finalizers"] = json!(finalizers);
+    }
+    let key = r.key(configmaps(r), Some("ns"), name);
+    r.storage
+        .create(&key, Registry::encode(&obj))
+        .await
+        .expect("create");
+}
+
+/// The stored object, if any.
+async fn stored(r: &Registry, name: &str) -> Option<Value> {
+    let key = r.key(configmaps(r), Some("ns"), name);
+    let found = r.storage.get(&key).await.expect("get")?;
+    Some(serde_json::from_slice(&found.value).expect("JSON"))
+}
+
+async fn delete(r: &Registry, name: &str, query: &[(&str, &str)], body: &str) -> ApiResult {
+    let t = Target {
+        info: configmaps(r),
+        namespace: Some("ns".into()),
+        name: Some(name.into()),
+        subresource: None,
+    };
+    let query = query
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    r.delete(&t, &query, &Bytes::from(body.to_string())).await
+}
+
+async fn body(resp: Response) -> Value {
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    serde_json::from_slice(&bytes).expect("JSON body")
+}
+
+fn finalizers(obj: &Value) -> Value {
+    obj["metadata"]["finalizers"].clone()
+}
+
+fn options(orphan: Option<bool>, propagation: Option<Propagation>) -> DeleteOptions {
+    DeleteOptions {
+        orphan_dependents: orphan,
+        propagation,
+        ..DeleteOptions::default()
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// (the object's finalizers, the options, the kind's default, the finalizers it gets if they
+/// change).
+type PolicyCase = (
+    &'static [&'static str],
+    DeleteOptions,
+    bool,
+    Option<&'static [&'static str]>,
+);
+
+#[test]
+fn the_policy_picks_the_finalizers_as_upstream() {
+    use Propagation::*;
+    let none: &[&str] = &[];
+    let cases: &[PolicyCase] = &[
+        // Default: background for most kinds, orphan for batch/v1 Jobs.
+        (none, options(None, None), false, None),
+        (none, options(None, None), true, Some(&["orphan"])),
+        (none, options(None, Some(Orphan)), false, Some(&["orphan"])),
+        (
+            none,
+            options(None, Some(Foreground)),
+            false,
+            Some(&["foregroundDeletion"]),
+        ),
+        (none, options(None, Some(Background)), true, None),
+        (none, options(Some(true), None), false, Some(&["orphan"])),
+        (none, options(Some(false), None), true, None),
+        // The object's own finalizer decides when the options do not.
+        (&["orphan"], options(None, None), false, None),
+        (&["foregroundDeletion"], options(None, None), true, None),
+        // An explicit policy replaces the other one, keeping foreign finalizers.
+        (
+            &["a", "orphan"],
+            options(None, Some(Foreground)),
+            false,
+            Some(&["a", "foregroundDeletion"]),
+        ),
+        (
+            &["a", "orphan"],
+            options(None, Some(Background)),
+            false,
+            Some(&["a"]),
+        ),
+        (
+            &["foregroundDeletion"],
+            options(Some(true), None),
+            false,
+            Some(&["orphan"]),
+        ),
+        (
+            &["a"],
+            options(None, Some(Orphan)),
+            false,
+            Some(&["a", "orphan"]),
+        ),
+    ];
+    for (current, options, default_orphan, want) in cases {
+        let got = finalizers_for_deletion(&strings(current), options, *default_orphan);
+        assert_eq!(
+            got,
+            want.map(strings),
+            "{current:?} {options:?} {default_orphan}"
+        );
+    }
+}
+
+#[test]
+fn options_come_from_the_body_else_the_query() {
+    let query = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let parsed = DeleteOptions::parse(
+        &query(&[("propagationPolicy", "Orphan")]),
+        &Bytes::from_static(br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Foreground","preconditions":{"uid":"u"}}"#),
+    )
+    .expect("valid");
+    assert_eq!(parsed.propagation, Some(Propagation::Foreground));
+    assert_eq!(parsed.uid.as_deref(), Some("u"));
+    let parsed = DeleteOptions::parse(&query(&[("propagationPolicy", "Orphan")]), &Bytes::new())
+        .expect("valid");
+    assert_eq!(parsed.propagation, Some(Propagation::Orphan));
+    let parsed = DeleteOptions::parse(&query(&[("orphanDependents", "true")]), &Bytes::new())
+        .expect("valid");
+    assert_eq!(parsed.orphan_dependents, Some(true));
+    let err = DeleteOptions::parse(&query(&[("orphanDependents", "yes")]), &Bytes::new())
+        .expect_err("not a bool");
+    assert_eq!(err.code, 400);
+    let err = DeleteOptions::parse(
+        &query(&[]),
+        &Bytes::from_static(br#"{"propagationPolicy":5}"#),
+    )
+    .expect_err("not a string");
+    assert_eq!(err.code, 400);
+    assert!(
+        err.message.starts_with("error decoding DeleteOptions: "),
+        "{err:?}"
+    );
+    let err = DeleteOptions::parse(&query(&[]), &Bytes::from_static(br#"{"dryRun":["Some"]}"#))
+        .expect_err("unsupported");
+    assert_eq!(
+        err.message,
+        "DeleteOptions.meta.k8s.io \"\" is invalid: dryRun: Unsupported value: []string{\"Some\"}: \
+         supported values: \"All\""
+    );
+}
+
+#[tokio::test]
+async fn orphan_and_foreground_hold_the_object_with_their_finalizer() {
+    let r = registry();
+    put(&r, "o", &[]).await;
+    let resp = delete(&r, "o", &[], r#"{"propagationPolicy":"Orphan"}"#)
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answered = body(resp).await;
+    assert_eq!(finalizers(&answered), json!(["orphan"]));
+    let held = stored(&r, "o").await.expect("held by its finalizer");
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+    assert_eq!(held["metadata"]["deletionGracePeriodSeconds"], json!(0));
+    assert_eq!(finalizers(&held), json!(["orphan"]));
+
+    put(&r, "f", &["example.com/keep"]).await;
+    delete(&r, "f", &[], r#"{"propagationPolicy":"Foreground"}"#)
+        .await
+        .expect("delete");
+    let held = stored(&r, "f").await.expect("held");
+    assert_eq!(
+        finalizers(&held),
+        json!(["example.com/keep", "foregroundDeletion"])
+    );
+
+    // The query parameter when there is no body; the legacy bool too.
+    put(&r, "q", &[]).await;
+    delete(&r, "q", &[("propagationPolicy", "Foreground")], "")
+        .await
+        .expect("delete");
+    assert_eq!(
+        finalizers(&stored(&r, "q").await.expect("held")),
+        json!(["foregroundDeletion"])
+    );
+    put(&r, "legacy", &[]).await;
+    delete(&r, "legacy", &[], r#"{"orphanDependents":true}"#)
+        .await
+        .expect("delete");
+    assert_eq!(
+        finalizers(&stored(&r, "legacy").await.expect("held")),
+        json!(["orphan"])
+    );
+}
+
+#[tokio::test]
+async fn background_and_the_default_delete_at_once() {
+    let r = registry();
+    for (name, body) in [
+        ("bg", r#"{"propagationPolicy":"Background"}"#),
+        ("default", ""),
+        ("empty", "{}"),
+        ("legacy", r#"{"orphanDependents":false}"#),
+    ] {
+        put(&r, name, &[]).await;
+        delete(&r, name, &[], body).await.expect("delete");
+        assert!(stored(&r, name).await.is_none(), "{name} is still stored");
+    }
+}
+
+#[tokio::test]
+async fn a_held_cascading_delete_with_the_legacy_bool_is_accepted() {
+    let r = registry();
+    put(&r, "held", &["example.com/keep"]).await;
+    let resp = delete(&r, "held", &[], r#"{"orphanDependents":false}"#)
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    put(&r, "plain", &[]).await;
+    let resp = delete(&r, "plain", &[], r#"{"orphanDependents":false}"#)
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), StatusCode::OK, "deleted at once");
+}
+
+#[tokio::test]
+async fn a_second_delete_may_change_the_policy() {
+    let r = registry();
+    put(&r, "x", &["example.com/keep"]).await;
+    delete(&r, "x", &[], r#"{"propagationPolicy":"Orphan"}"#)
+        .await
+        .expect("delete");
+    let first = stored(&r, "x").await.expect("held");
+    // The same delete again changes nothing.
+    delete(&r, "x", &[], "").await.expect("delete");
+    assert_eq!(stored(&r, "x").await.expect("held"), first);
+    delete(&r, "x", &[], r#"{"propagationPolicy":"Foreground"}"#)
+        .await
+        .expect("delete");
+    let second = stored(&r, "x").await.expect("held");
+    assert_eq!(
+        finalizers(&second),
+        json!(["example.com/keep", "foregroundDeletion"])
+    );
+    assert_eq!(
+        second["metadata"]["deletionTimestamp"],
+        first["metadata"]["deletionTimestamp"]
+    );
+
+    // Orphan, then Background: the orphan finalizer goes and nothing holds the object.
+    put(&r, "y", &[]).await;
+    delete(&r, "y", &[], r#"{"propagationPolicy":"Orphan"}"#)
+        .await
+        .expect("delete");
+    assert!(stored(&r, "y").await.is_some());
+    delete(&r, "y", &[], r#"{"propagationPolicy":"Background"}"#)
+        .await
+        .expect("delete");
+    assert!(stored(&r, "y").await.is_none());
+}
+
+#[tokio::test]
+async fn invalid_options_are_refused_with_upstreams_words() {
+    let r = registry();
+    put(&r, "x", &[]).await;
+    let err = delete(&r, "x", &[], r#"{"propagationPolicy":"Sideways"}"#)
+        .await
+        .expect_err("unsupported policy");
+    assert_eq!((err.code, err.reason), (422, Reason::Invalid));
+    assert_eq!(
+        err.message,
+        "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \
+         \"Sideways\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+    );
+    let err = delete(&r, "x", &[("propagationPolicy", "Sideways")], "")
+        .await
+        .expect_err("unsupported policy in the query");
+    assert_eq!(err.code, 422);
+    let err = delete(
+        &r,
+        "x",
+        &[],
+        r#"{"orphanDependents":true,"propagationPolicy":"Foreground"}"#,
+    )
+    .await
+    .expect_err("both set");
+    assert_eq!(
+        err.message,
+        "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Invalid value: \
+         \"Foreground\": orphanDependents and deletionPropagation cannot be both set"
+    );
+    let err = delete(&r, "x", &[], r#"{"preconditions":{"uid":"other"}}"#)
+        .await
+        .expect_err("uid precondition");
+    assert_eq!(err.code, 409);
+    assert_eq!(
+        err.message,
+        "Operation cannot be fulfilled on ConfigMap \"x\": the UID in the precondition (other) \
+         does not match the UID in record (uid-x). The object might have been deleted and then \
+         recreated"
+    );
+    assert!(stored(&r, "x").await.is_some(), "a refused delete deleted");
+    delete(&r, "x", &[], r#"{"preconditions":{"uid":"uid-x"}}"#)
+        .await
+        .expect("matching uid");
+    assert!(stored(&r, "x").await.is_none());
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing() {
+    let r = registry();
+    put(&r, "x", &[]).await;
+    let before = stored(&r, "x").await;
+    let resp = delete(
+        &r,
+        "x",
+        &[],
+        r#"{"dryRun":["All"],"propagationPolicy":"Orphan"}"#,
+    )
+    .await
+    .expect("dry run");
+    assert_eq!(finalizers(&body(resp).await), json!(["orphan"]));
+    assert_eq!(stored(&r, "x").await, before);
+    delete(&r, "x", &[("dryRun", "All")], "")
+        .await
+        .expect("dry run");
+    assert_eq!(stored(&r, "x").await, before);
+}
+
+#[tokio::test]
+async fn deletecollection_passes_the_options_to_every_object() {
+    let r = registry();
+    for name in ["a", "b"] {
+        put(&r, name, &[]).await;
+    }
+    let t = Target {
+        info: configmaps(&r),
+        namespace: Some("ns".into()),
+        name: None,
+        subresource: None,
+    };
+    let resp = r
+        .delete_collection(
+            &t,
+            &HashMap::new(),
+            &Bytes::from_static(br#"{"propagationPolicy":"Foreground"}"#),
+        )
+        .await
+        .expect("deletecollection");
+    assert_eq!(body(resp).await["items"].as_array().map(Vec::len), Some(2));
+    for name in ["a", "b"] {
+        let held = stored(&r, name).await.expect("held");
+        assert_eq!(finalizers(&held), json!(["foregroundDeletion"]));
+    }
+    let err = r
+        .delete_collection(
+            &t,
+            &HashMap::new(),
+            &Bytes::from_static(br#"{"propagationPolicy":"x"}"#),
+        )
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.code, 422);
+    r.delete_collection(&t, &HashMap::new(), &Bytes::new())
+        .await
+        .expect("deletecollection");
+    assert!(
+        stored(&r, "a").await.is_some(),
+        "the finalizer still holds it"
+    );
+}
