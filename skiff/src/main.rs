@@ -4,6 +4,8 @@
 mod apiserver;
 mod bench;
 mod cli;
+mod component;
+mod controller_manager;
 mod logging;
 mod node_sim;
 mod pki;
@@ -49,6 +51,9 @@ enum Command {
     Apiserver(apiserver::ApiserverArgs),
     /// Run the pod scheduler (kube-scheduler's filters, scores and flags; leader-elected).
     Scheduler(scheduler::SchedulerArgs),
+    /// Run the controller manager (Deployments, ReplicaSets, garbage collection; leader-elected;
+    /// kube-controller-manager's flags).
+    ControllerManager(controller_manager::ControllerManagerArgs),
     /// Explain why a pod is pending: each node's verdict from the scheduler's filters.
     WhyPending(scheduler::WhyPendingArgs),
     /// Simulate kubelets (kwok-style): register Nodes, renew their Leases, run their pods'
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => args.run(),
         Command::Apiserver(args) => apiserver::run(args),
         Command::Scheduler(args) => scheduler::run(args),
+        Command::ControllerManager(args) => controller_manager::run(args),
         Command::WhyPending(args) => scheduler::why_pending(args),
         Command::Pki(command) => command.run(),
         Command::NodeSim(args) => node_sim::run(args),

@@ -2,14 +2,14 @@
 //! `skiff_scheduler::SchedulerConfig`, HTTPS health and metrics on `--secure-port`)
 //! and `skiff why-pending` (per-node filter verdicts for one pod).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 use skiff_client::leader::LeaderElectionConfig;
-use skiff_client::tls::{CertSource, ServingCertOptions};
+use skiff_client::tls::ServingCertOptions;
 
 use crate::cli::{EXIT_USAGE, parse_duration, parse_go_bool, shutdown_signal};
 
@@ -144,18 +144,8 @@ pub(crate) struct WhyPendingArgs {
     kubeconfig: Option<PathBuf>,
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 pub(crate) fn run(args: SchedulerArgs) -> ExitCode {
-    init_logging(&args.log_level);
+    crate::component::init_logging(&args.log_level);
     let identity = skiff_client::leader::default_identity();
     let Settings { kubeconfig, config } = match settings(&args, identity) {
         Ok(settings) => settings,
@@ -171,39 +161,9 @@ pub(crate) fn run(args: SchedulerArgs) -> ExitCode {
         pair_name: "kube-scheduler".into(),
         bind_address: Some(args.bind_address),
     };
-    if let Err(err) = serving.validate() {
-        eprintln!("skiff: {err}");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    // The certificate is read (or made) before anything starts, so a bad one stops the start.
-    let acceptor = if args.secure_port == 0 {
-        None
-    } else {
-        match serving
-            .load()
-            .and_then(|cert| Ok((skiff_client::tls::acceptor(&cert)?, cert.source)))
-        {
-            Ok((acceptor, source)) => {
-                match source {
-                    CertSource::Files => {}
-                    CertSource::Reused(dir) => {
-                        tracing::info!(dir = %dir.display(), "reusing the serving certificate")
-                    }
-                    CertSource::Generated(dir) => tracing::info!(
-                        dir = %dir.display(),
-                        "generated a self-signed serving certificate"
-                    ),
-                    CertSource::InMemory => {
-                        tracing::info!("generated a self-signed serving certificate in memory")
-                    }
-                }
-                Some(acceptor)
-            }
-            Err(err) => {
-                eprintln!("skiff: {err}");
-                return ExitCode::FAILURE;
-            }
-        }
+    let acceptor = match crate::component::serving_acceptor(&serving, args.secure_port) {
+        Ok(acceptor) => acceptor,
+        Err(code) => return code,
     };
     let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
@@ -215,27 +175,13 @@ pub(crate) fn run(args: SchedulerArgs) -> ExitCode {
         let client = skiff_client::config::client(&source).await?;
         let registry = skiff_client::metrics::Registry::default();
         let metrics = skiff_scheduler::metrics::SchedulerMetrics::register(&registry);
-        if let Some(acceptor) = acceptor {
-            let addr = SocketAddr::new(args.bind_address, args.secure_port);
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(skiff_client::Error::Io)?;
-            tracing::info!(%addr, "serving /healthz, /livez, /readyz and /metrics (HTTPS)");
-            let health = skiff_client::serve::Health::default();
-            tokio::spawn(async move {
-                if let Err(err) = skiff_client::serve::serve_tls(
-                    listener,
-                    acceptor,
-                    health,
-                    registry,
-                    shutdown_signal(),
-                )
-                .await
-                {
-                    tracing::error!(error = %err, "health server failed");
-                }
-            });
-        }
+        crate::component::spawn_health_server(
+            args.bind_address,
+            args.secure_port,
+            acceptor,
+            registry,
+        )
+        .await?;
         skiff_scheduler::run(client, config, metrics, shutdown_signal()).await
     });
     match result {

@@ -1,4 +1,5 @@
 //! A `skiff node-sim` process for process tests, killed (by its PID) when dropped.
+#![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

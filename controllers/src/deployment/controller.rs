@@ -1,0 +1,355 @@
+//! The Deployment controller's IO shell: informers on Deployments, ReplicaSets and pods feed a
+//! work queue of Deployment keys; a worker runs [`sync`] over the cache and applies its
+//! actions in order, stopping at the first failure (the key backs off and the next sync
+//! recomputes everything). Every write carries the cached resourceVersion, so a decision taken
+//! on a stale cache fails with a conflict instead of landing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use skiff_client::events::{EventRecorder, EventType, NewEvent};
+use skiff_client::workqueue::WorkQueue;
+
+use super::sync::{Action, sync};
+use crate::Error;
+use crate::pods::{controller_of, selector_matches};
+use crate::replicaset::controller::{applied, reference_to};
+use crate::shell::{Key, QUEUE_MAX, SyncOutcome, api_code, run_workers};
+
+/// What the workers share.
+struct Shell {
+    client: kube::Client,
+    deployments: Store<Deployment>,
+    replica_sets: Store<ReplicaSet>,
+    pods: Store<Pod>,
+    recorder: EventRecorder,
+}
+
+/// Runs the Deployment controller with `workers` concurrent syncs (`--concurrent-deployment-
+/// syncs`) until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    workers: usize,
+    recorder: EventRecorder,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let config = watcher::Config::default;
+    let (d_store, mut d_events, d_task) =
+        skiff_client::informer::reflect(Api::<Deployment>::all(client.clone()), config());
+    let (rs_store, mut rs_events, rs_task) =
+        skiff_client::informer::reflect(Api::<ReplicaSet>::all(client.clone()), config());
+    let (pod_store, mut pod_events, pod_task) =
+        skiff_client::informer::reflect(Api::<Pod>::all(client.clone()), config());
+    let queue: WorkQueue<Key> = WorkQueue::new(QUEUE_MAX);
+    let shell = Arc::new(Shell {
+        client,
+        deployments: d_store.clone(),
+        replica_sets: rs_store.clone(),
+        pods: pod_store.clone(),
+        recorder,
+    });
+    let d_queue = queue.clone();
+    let d_router = async move {
+        while let Some(event) = d_events.recv().await {
+            for d in applied(event) {
+                d_queue.add(Key::of(&d));
+            }
+        }
+    };
+    let rs_queue = queue.clone();
+    let rs_deployments = d_store.clone();
+    let rs_router = async move {
+        while let Some(event) = rs_events.recv().await {
+            for rs in applied(event) {
+                for key in deployments_of_replica_set(&rs, &rs_deployments) {
+                    rs_queue.add(key);
+                }
+            }
+        }
+    };
+    // Pods matter to Recreate only (it waits for the old ones to go): a pod event queues
+    // the Deployment owning the pod's ReplicaSet.
+    let pod_queue = queue.clone();
+    let pod_replica_sets = rs_store.clone();
+    let pod_router = async move {
+        while let Some(event) = pod_events.recv().await {
+            for pod in applied(event) {
+                let Some(owner) = controller_of(&pod.metadata) else {
+                    continue;
+                };
+                let namespace = pod.namespace().unwrap_or_default();
+                let rs = pod_replica_sets.get(&ObjectRef::new(&owner.name).within(&namespace));
+                if let Some(d) = rs.as_deref().and_then(|rs| controller_of(&rs.metadata))
+                    && d.kind == "Deployment"
+                {
+                    pod_queue.add(Key::new(&namespace, &d.name));
+                }
+            }
+        }
+    };
+    let worker_shell = shell.clone();
+    let workers_done = async {
+        let _ = d_store.wait_until_ready().await;
+        let _ = rs_store.wait_until_ready().await;
+        let _ = pod_store.wait_until_ready().await;
+        tracing::info!(
+            workers,
+            "deployment controller: caches synced, starting workers"
+        );
+        run_workers(queue.clone(), workers, move |key| {
+            let shell = worker_shell.clone();
+            async move { shell.sync(&key).await }
+        })
+        .await;
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = d_router => tracing::warn!("deployment informer ended"),
+        _ = rs_router => tracing::warn!("replicaset informer ended"),
+        _ = pod_router => tracing::warn!("pod informer ended"),
+        _ = workers_done => {}
+    }
+    queue.shut_down();
+    d_task.abort();
+    rs_task.abort();
+    pod_task.abort();
+    Ok(())
+}
+
+/// The Deployments a ReplicaSet event concerns: its controller if that is a Deployment, else
+/// (an orphan) those of its namespace whose selector matches it.
+fn deployments_of_replica_set(rs: &ReplicaSet, deployments: &Store<Deployment>) -> Vec<Key> {
+    let namespace = rs.namespace().unwrap_or_default();
+    if let Some(owner) = controller_of(&rs.metadata) {
+        if owner.kind == "Deployment" {
+            return vec![Key::new(&namespace, &owner.name)];
+        }
+        return Vec::new();
+    }
+    let labels = crate::pods::labels(&rs.metadata);
+    deployments
+        .state()
+        .iter()
+        .filter(|d| d.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|d| {
+            d.spec
+                .as_ref()
+                .is_some_and(|spec| selector_matches(&spec.selector, labels))
+        })
+        .map(|d| Key::of(d.as_ref()))
+        .collect()
+}
+
+impl Shell {
+    /// One sync of one Deployment key.
+    async fn sync(&self, key: &Key) -> Result<SyncOutcome, Error> {
+        let Some(deployment) = self
+            .deployments
+            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        else {
+            return Ok(SyncOutcome::Done);
+        };
+        let uid = deployment.uid().unwrap_or_default();
+        let in_namespace = |ns: Option<String>| ns.as_deref() == Some(key.namespace.as_str());
+        let replica_sets: Vec<ReplicaSet> = self
+            .replica_sets
+            .state()
+            .iter()
+            .filter(|rs| in_namespace(rs.namespace()))
+            .filter(|rs| controller_of(&rs.metadata).is_none_or(|owner| owner.uid == uid))
+            .map(|rs| rs.as_ref().clone())
+            .collect();
+        let recreate = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.strategy.as_ref())
+            .and_then(|s| s.type_.as_deref())
+            == Some("Recreate");
+        let pods: Vec<Pod> = if recreate {
+            let owned: Vec<String> = replica_sets.iter().filter_map(|rs| rs.uid()).collect();
+            self.pods
+                .state()
+                .iter()
+                .filter(|pod| in_namespace(pod.namespace()))
+                .filter(|pod| controller_of(&pod.metadata).is_some_and(|o| owned.contains(&o.uid)))
+                .map(|pod| pod.as_ref().clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let result = sync(
+            &deployment,
+            &replica_sets,
+            &pods,
+            skiff_client::now_timestamp(),
+        );
+        // Each write answers with the object's new resourceVersion; later actions of the same
+        // sync on the same object write against it, not against the cache's.
+        let mut written = Written {
+            deployment: deployment.as_ref().clone(),
+            replica_sets: BTreeMap::new(),
+        };
+        for action in result.actions {
+            self.apply(key, &mut written, action).await?;
+        }
+        Ok(result
+            .requeue_after
+            .map_or(SyncOutcome::Done, SyncOutcome::After))
+    }
+
+    async fn apply(&self, key: &Key, written: &mut Written, action: Action) -> Result<(), Error> {
+        let deployment = &written.deployment;
+        let replica_sets = Api::<ReplicaSet>::namespaced(self.client.clone(), &key.namespace);
+        let deployments = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
+        match action {
+            Action::CreateReplicaSet(rs) => {
+                let created = replica_sets.create(&PostParams::default(), &rs).await?;
+                written
+                    .replica_sets
+                    .insert(created.name_any(), created.resource_version());
+            }
+            Action::UpdateReplicaSet(mut rs) => {
+                let name = rs.name_any();
+                if let Some(version) = written.replica_sets.get(&name) {
+                    rs.metadata.resource_version = version.clone();
+                }
+                let updated = replica_sets
+                    .replace(&name, &PostParams::default(), &rs)
+                    .await?;
+                written
+                    .replica_sets
+                    .insert(name, updated.resource_version());
+            }
+            Action::AdoptReplicaSet { name, uid } => {
+                let Some(rs) = self
+                    .replica_sets
+                    .get(&ObjectRef::new(&name).within(&key.namespace))
+                    .filter(|rs| rs.uid().as_deref() == Some(uid.as_str()))
+                else {
+                    return Ok(());
+                };
+                let mut references = rs.owner_references().to_vec();
+                references.extend(crate::pods::controller_reference(
+                    "apps/v1",
+                    "Deployment",
+                    &deployment.metadata,
+                ));
+                let patch = json!({"metadata": {
+                    "ownerReferences": references,
+                    "resourceVersion": rs.resource_version(),
+                }});
+                let adopted = replica_sets
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+                written
+                    .replica_sets
+                    .insert(name, adopted.resource_version());
+            }
+            Action::DeleteReplicaSet {
+                name,
+                uid,
+                resource_version,
+            } => {
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid),
+                        resource_version: Some(resource_version),
+                    }),
+                    ..DeleteParams::default()
+                };
+                match replica_sets.delete(&name, &params).await {
+                    Ok(_) => {}
+                    Err(err) if api_code(&err) == Some(404) => {}
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            Action::SetDeploymentAnnotations(annotations) => {
+                let patch = json!({"metadata": {
+                    "annotations": annotation_patch(deployment.annotations(), &annotations),
+                    "resourceVersion": deployment.resource_version(),
+                }});
+                let patched = deployments
+                    .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+                written.deployment.metadata = patched.metadata;
+            }
+            Action::UpdateStatus(status) => {
+                let mut updated = deployment.clone();
+                updated.status = Some(status);
+                let replaced = deployments
+                    .replace_status(&key.name, &PostParams::default(), &updated)
+                    .await?;
+                written.deployment.metadata = replaced.metadata;
+            }
+            Action::Event {
+                warning,
+                reason,
+                message,
+            } => self.recorder.record(NewEvent {
+                object: reference_to(&written.deployment),
+                type_: if warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason,
+                message,
+                action: String::new(),
+            }),
+        }
+        Ok(())
+    }
+}
+
+/// What this sync wrote so far: the Deployment as last written, and the resourceVersion of
+/// each ReplicaSet it wrote.
+struct Written {
+    deployment: Deployment,
+    replica_sets: BTreeMap<String, Option<String>>,
+}
+
+/// A JSON merge patch turning `current` annotations into exactly `desired`: removed keys are
+/// `null`.
+fn annotation_patch(
+    current: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+) -> Value {
+    let mut patch = serde_json::Map::new();
+    for key in current.keys().filter(|k| !desired.contains_key(*k)) {
+        patch.insert(key.clone(), Value::Null);
+    }
+    for (key, value) in desired {
+        if current.get(key) != Some(value) {
+            patch.insert(key.clone(), Value::String(value.clone()));
+        }
+    }
+    Value::Object(patch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotation_patch_sets_changes_and_nulls_removals() {
+        let current: BTreeMap<String, String> = [("a", "1"), ("b", "2")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let desired: BTreeMap<String, String> = [("a", "1"), ("c", "3")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            annotation_patch(&current, &desired),
+            json!({"b": null, "c": "3"})
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! The controller manager: which controllers run (`--controllers`, kube-controller-manager's
+//! syntax), leader election on the `kube-controller-manager` Lease (controllers start only
+//! once it is held; losing it ends `run` with an error, so the process exits as upstream's
+//! does and a deposed manager writes nothing more), and shutdown.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use skiff_client::events::EventRecorder;
+use skiff_client::leader::{LeaderElectionConfig, LeaderElector};
+use tokio::sync::watch;
+
+use crate::Error;
+
+/// The controllers this manager knows, all on by default.
+pub const CONTROLLERS: &[&str] = &["deployment", "garbagecollector", "replicaset"];
+
+/// What the manager runs with.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// The controllers to run (names from [`CONTROLLERS`]).
+    pub controllers: BTreeSet<&'static str>,
+    /// Leader election (`--leader-elect`); `None` acts at once, alone.
+    pub leader_election: Option<LeaderElectionConfig>,
+    /// `reportingInstance` of Events.
+    pub identity: String,
+    /// `--concurrent-deployment-syncs`.
+    pub concurrent_deployment_syncs: usize,
+    /// `--concurrent-replicaset-syncs`.
+    pub concurrent_replicaset_syncs: usize,
+    /// `--concurrent-gc-syncs`.
+    pub concurrent_gc_syncs: usize,
+}
+
+/// kube-controller-manager's `--controllers`: `*` turns on every controller that is on by
+/// default, `name` turns one on, `-name` turns one off.
+pub fn select_controllers(flags: &[String]) -> Result<BTreeSet<&'static str>, Error> {
+    let mut on = BTreeSet::new();
+    let mut off = BTreeSet::new();
+    let mut star = false;
+    for flag in flags.iter().flat_map(|f| f.split(',')).map(str::trim) {
+        if flag == "*" {
+            star = true;
+            continue;
+        }
+        let (disable, name) = match flag.strip_prefix('-') {
+            Some(name) => (true, name),
+            None => (false, flag),
+        };
+        let Some(known) = CONTROLLERS.iter().find(|c| **c == name) else {
+            return Err(Error::Invalid(format!(
+                "{name:?} is not in the list of known controllers"
+            )));
+        };
+        if disable {
+            off.insert(*known);
+        } else {
+            on.insert(*known);
+        }
+    }
+    if star {
+        on.extend(CONTROLLERS.iter().copied());
+    }
+    Ok(on.difference(&off).copied().collect())
+}
+
+/// Runs the selected controllers until `shutdown` (then `Ok`), or until leadership is lost
+/// or a controller fails (then `Err`).
+pub async fn run(
+    client: kube::Client,
+    config: ManagerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let (leader_tx, mut leader_rx) = watch::channel(config.leader_election.is_none());
+    let mut elector = match config.leader_election.clone() {
+        Some(le) => {
+            let elector = LeaderElector::new(client.clone(), le)?;
+            tokio::spawn(elector.run(leader_tx, stopped())).boxed()
+        }
+        None => futures::future::pending().boxed(),
+    };
+    tokio::pin!(shutdown);
+    // Wait for the Lease.
+    loop {
+        if *leader_rx.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                return Ok(());
+            }
+            result = &mut elector => return elector_ended(result),
+            _ = leader_rx.changed() => {}
+        }
+    }
+    let mut controllers: Vec<BoxFuture<'static, Result<(), Error>>> = Vec::new();
+    for name in &config.controllers {
+        let client = client.clone();
+        let stop = stopped();
+        let recorder =
+            |component: &str| EventRecorder::start(client.clone(), component, &config.identity);
+        let controller = match *name {
+            "deployment" => crate::deployment::controller::run(
+                client.clone(),
+                config.concurrent_deployment_syncs,
+                recorder("deployment-controller"),
+                stop,
+            )
+            .boxed(),
+            "replicaset" => crate::replicaset::controller::run(
+                client.clone(),
+                config.concurrent_replicaset_syncs,
+                recorder("replicaset-controller"),
+                stop,
+            )
+            .boxed(),
+            "garbagecollector" => {
+                crate::garbagecollector::run(client.clone(), config.concurrent_gc_syncs, stop)
+                    .boxed()
+            }
+            other => return Err(Error::Invalid(format!("unknown controller {other}"))),
+        };
+        tracing::info!(controller = %name, "started controller");
+        controllers.push(tokio::spawn(controller).map(flatten_join).boxed());
+    }
+    let any_ended = futures::future::select_all(controllers);
+    let mut elector_finished = false;
+    let outcome = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        result = &mut elector => {
+            elector_finished = true;
+            elector_ended(result)
+        }
+        (result, _, _) = any_ended => match result {
+            Ok(()) => Err(Error::Invalid("a controller stopped unexpectedly".into())),
+            Err(err) => Err(err),
+        },
+    };
+    let _ = stop_tx.send(true);
+    if !elector_finished {
+        // Let the elector release the Lease, briefly.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), elector).await;
+    }
+    outcome
+}
+
+fn flatten_join(joined: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
+    joined.unwrap_or_else(|e| Err(Error::Invalid(format!("controller task: {e}"))))
+}
+
+fn elector_ended(
+    result: Result<Result<(), skiff_client::Error>, tokio::task::JoinError>,
+) -> Result<(), Error> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.into()),
+        Err(join) => Err(Error::Invalid(format!("leader election task: {join}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn select(flags: &[&str]) -> Result<Vec<&'static str>, Error> {
+        let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        select_controllers(&flags).map(|set| set.into_iter().collect())
+    }
+
+    #[test]
+    fn controllers_flag_as_upstream() {
+        assert_eq!(select(&["*"]).unwrap(), CONTROLLERS.to_vec());
+        assert_eq!(
+            select(&["*", "-garbagecollector"]).unwrap(),
+            vec!["deployment", "replicaset"]
+        );
+        assert_eq!(select(&["replicaset"]).unwrap(), vec!["replicaset"]);
+        assert_eq!(
+            select(&["*,-deployment"]).unwrap(),
+            vec!["garbagecollector", "replicaset"]
+        );
+        let err = select(&["nosuch"]).unwrap_err().to_string();
+        assert_eq!(err, "\"nosuch\" is not in the list of known controllers");
+    }
+}
