@@ -9,6 +9,7 @@
 //! - `pods`: pod readiness and availability, controller references (shared by the loops).
 //! - `replicaset`: ReplicaSets keep `spec.replicas` pods (`plan` is the pure part).
 //! - `deployment`: Deployments roll ReplicaSets (`sync` is the pure part).
+//! - `nodeipam`: pod CIDRs for nodes (`--allocate-node-cidrs`).
 //! - `garbagecollector`: dependents whose owners are gone are deleted; orphan and foreground
 //!   deletions are finished.
 
@@ -16,6 +17,7 @@ pub mod deployment;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod manager;
+pub mod nodeipam;
 pub mod pods;
 pub mod replicaset;
 pub mod shell;

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::Error;
 
 /// The controllers this manager knows, all on by default.
-pub const CONTROLLERS: &[&str] = &["deployment", "garbagecollector", "replicaset"];
+pub const CONTROLLERS: &[&str] = &["deployment", "garbagecollector", "nodeipam", "replicaset"];
 
 /// What the manager runs with.
 #[derive(Debug, Clone)]
@@ -32,6 +32,9 @@ pub struct ManagerConfig {
     pub concurrent_replicaset_syncs: usize,
     /// `--concurrent-gc-syncs`.
     pub concurrent_gc_syncs: usize,
+    /// `--allocate-node-cidrs` with `--cluster-cidr` and `--node-cidr-mask-size`: node IPAM
+    /// hands out pod CIDRs (`None`: it does not).
+    pub node_cidrs: Option<(crate::nodeipam::plan::Cidr, u8)>,
 }
 
 /// kube-controller-manager's `--controllers`: `*` turns on every controller that is on by
@@ -124,6 +127,20 @@ pub async fn run(
                 stop,
             )
             .boxed(),
+            "nodeipam" => match config.node_cidrs {
+                Some((cluster_cidr, mask)) => crate::nodeipam::run(
+                    client.clone(),
+                    cluster_cidr,
+                    mask,
+                    recorder("node-ipam-controller"),
+                    stop,
+                )
+                .boxed(),
+                None => {
+                    tracing::info!("node ipam: --allocate-node-cidrs is false, nothing to do");
+                    stop.map(Ok).boxed()
+                }
+            },
             "garbagecollector" => {
                 crate::garbagecollector::run(client.clone(), config.concurrent_gc_syncs, stop)
                     .boxed()
@@ -182,12 +199,12 @@ mod tests {
         assert_eq!(select(&["*"]).unwrap(), CONTROLLERS.to_vec());
         assert_eq!(
             select(&["*", "-garbagecollector"]).unwrap(),
-            vec!["deployment", "replicaset"]
+            vec!["deployment", "nodeipam", "replicaset"]
         );
         assert_eq!(select(&["replicaset"]).unwrap(), vec!["replicaset"]);
         assert_eq!(
             select(&["*,-deployment"]).unwrap(),
-            vec!["garbagecollector", "replicaset"]
+            vec!["garbagecollector", "nodeipam", "replicaset"]
         );
         let err = select(&["nosuch"]).unwrap_err().to_string();
         assert_eq!(err, "\"nosuch\" is not in the list of known controllers");

@@ -49,6 +49,55 @@ pub(crate) struct ControllerManagerArgs {
     /// Garbage-collector workers.
     #[arg(long, default_value_t = 20)]
     concurrent_gc_syncs: usize,
+    /// Allocate and set pod CIDRs for nodes (node IPAM) from --cluster-cidr.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set)]
+    allocate_node_cidrs: bool,
+    /// The CIDR range of pods in the cluster (with --allocate-node-cidrs).
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// How long a node may go without a status update or Lease renewal before it is marked
+    /// unhealthy (Ready Unknown).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
+    /// How long a starting node may stay unresponsive before it is marked unhealthy.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    node_startup_grace_period: Duration,
+    /// How often node health is checked.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    node_monitor_period: Duration,
+    /// Nodes per second whose pods are evicted (tainted NoExecute) in a healthy zone.
+    #[arg(long, default_value_t = 0.1)]
+    node_eviction_rate: f64,
+    /// Nodes per second evicted in a zone that is unhealthy (past --unhealthy-zone-threshold).
+    #[arg(long, default_value_t = 0.01)]
+    secondary_node_eviction_rate: f64,
+    /// A zone with at most this many nodes uses a secondary eviction rate of 0 when unhealthy.
+    #[arg(long, default_value_t = 50)]
+    large_cluster_size_threshold: u32,
+    /// The fraction of not-ready nodes (at least 3) that makes a zone unhealthy.
+    #[arg(long, default_value_t = 0.55)]
+    unhealthy_zone_threshold: f64,
+    /// Terminated pods kept before the oldest are deleted; 0 = never delete them.
+    #[arg(long, default_value_t = 12500)]
+    terminated_pod_gc_threshold: u32,
+    /// Endpoints objects synced at once.
+    #[arg(long, default_value_t = 5)]
+    concurrent_endpoint_syncs: usize,
+    /// Services whose EndpointSlices are synced at once.
+    #[arg(long, default_value_t = 5)]
+    concurrent_service_endpoint_syncs: usize,
+    /// Endpoints in one EndpointSlice at most.
+    #[arg(long, default_value_t = 100)]
+    max_endpoints_per_slice: usize,
+    /// ResourceQuotas synced at once.
+    #[arg(long, default_value_t = 5)]
+    concurrent_resource_quota_syncs: usize,
+    /// How often every quota's usage is recounted in full.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    resource_quota_sync_period: Duration,
     /// Address to serve /healthz, /livez, /readyz and /metrics on (HTTPS).
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: IpAddr,
@@ -94,6 +143,13 @@ pub(crate) fn run(args: ControllerManagerArgs) -> ExitCode {
         eprintln!("skiff: {err}");
         return ExitCode::from(EXIT_USAGE);
     }
+    let node_cidrs = match node_cidrs(&args) {
+        Ok(node_cidrs) => node_cidrs,
+        Err(err) => {
+            eprintln!("skiff: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let serving = ServingCertOptions {
         cert_file: args.tls_cert_file.clone(),
         key_file: args.tls_private_key_file.clone(),
@@ -112,6 +168,7 @@ pub(crate) fn run(args: ControllerManagerArgs) -> ExitCode {
         concurrent_deployment_syncs: args.concurrent_deployment_syncs.max(1),
         concurrent_replicaset_syncs: args.concurrent_replicaset_syncs.max(1),
         concurrent_gc_syncs: args.concurrent_gc_syncs.max(1),
+        node_cidrs,
     };
     let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,
@@ -138,4 +195,21 @@ pub(crate) fn run(args: ControllerManagerArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--allocate-node-cidrs` needs `--cluster-cidr`, and the mask must fit it (checked here so
+/// a bad value stops the start with one line, as kube-controller-manager's validation does).
+fn node_cidrs(
+    args: &ControllerManagerArgs,
+) -> Result<Option<(skiff_controllers::nodeipam::plan::Cidr, u8)>, String> {
+    use skiff_controllers::nodeipam::plan::{Cidr, CidrSet};
+    if !args.allocate_node_cidrs {
+        return Ok(None);
+    }
+    let Some(text) = &args.cluster_cidr else {
+        return Err("--allocate-node-cidrs requires --cluster-cidr".into());
+    };
+    let cidr = Cidr::parse(text).map_err(|e| format!("--cluster-cidr: {e}"))?;
+    CidrSet::new(cidr, args.node_cidr_mask_size)?;
+    Ok(Some((cidr, args.node_cidr_mask_size)))
 }

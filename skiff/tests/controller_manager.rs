@@ -641,3 +641,69 @@ async fn with_two_managers_one_acts_and_a_kill_mid_rollout_hands_over() {
     );
     assert_eq!(pod_images(&client, "app=ha").await, vec!["busybox:2"; 8]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ipam_gives_each_node_a_free_pod_cidr() {
+    // Two simulated nodes hold 10.42.0.0/24 and 10.42.1.0/24 already.
+    let cluster = Cluster::start(2).await;
+    let refused = Command::new(common::skiff_bin())
+        .args(["controller-manager", "--allocate-node-cidrs"])
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr),
+        "skiff: --allocate-node-cidrs requires --cluster-cidr\n"
+    );
+    let manager = cluster.manager(
+        "ipam",
+        &[
+            "--leader-elect=false",
+            "--controllers=nodeipam",
+            "--allocate-node-cidrs",
+            "--cluster-cidr=10.42.0.0/16",
+        ],
+    );
+    for name in ["plain-0", "plain-1", "plain-2"] {
+        let manifest =
+            format!(r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}"}}}}"#);
+        let file = cluster.home.path().join(format!("{name}.json"));
+        std::fs::write(&file, manifest).unwrap();
+        cluster.kubectl_ok(&["create", "-f", file.to_str().unwrap()]);
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
+    let cidrs = wait_for(
+        "every node to have a pod CIDR",
+        Duration::from_secs(20),
+        async || {
+            let list = nodes.list(&ListParams::default()).await.ok()?;
+            let cidrs: Vec<String> = list
+                .items
+                .iter()
+                .map(|n| n.spec.as_ref()?.pod_cidr.clone())
+                .collect::<Option<_>>()?;
+            (cidrs.len() == 5).then_some(cidrs)
+        },
+    )
+    .await;
+    let mut unique = cidrs.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        5,
+        "a pod CIDR was given twice: {cidrs:?}\n{}",
+        manager.log()
+    );
+    assert!(
+        cidrs
+            .iter()
+            .all(|c| c.starts_with("10.42.") && c.ends_with(".0/24")),
+        "{cidrs:?}"
+    );
+    let node = nodes.get("plain-0").await.unwrap();
+    let spec = node.spec.unwrap();
+    assert_eq!(spec.pod_cidrs, Some(vec![spec.pod_cidr.clone().unwrap()]));
+}
