@@ -8,7 +8,7 @@
 //! with the `skiff` under test first on PATH; `cargo run --release -p skiff -- ARGS` execs
 //! that `skiff ARGS` (what it builds; `cargo run` execs its binary too, so `kill %1` stops
 //! the member itself). It uses the README's own fixed ports (2379–2384,
-//! 6443, 6444, 10259): they must be free. Everything the session starts is killed at its end by
+//! 6443, 6444, 10257, 10259): they must be free. Everything the session starts is killed at its end by
 //! process group.
 mod common;
 
@@ -68,7 +68,7 @@ fn every_readme_command_runs_as_written() {
     let blocks = sh_blocks(&readme);
     let run: Vec<&String> = blocks.iter().filter(|(s, _)| !s).map(|(_, b)| b).collect();
     assert!(run.len() >= 3, "too few runnable blocks: {blocks:?}");
-    for port in [2379, 2380, 2381, 2382, 2383, 2384, 6443, 6444, 10259] {
+    for port in [2379, 2380, 2381, 2382, 2383, 2384, 6443, 6444, 10257, 10259] {
         assert!(
             TcpListener::bind(("127.0.0.1", port)).is_ok(),
             "port {port} is in use: the README's commands need it"
