@@ -530,6 +530,30 @@ async fn a_replica_set_under_pod_churn_never_overshoots() {
     })
     .await;
 
+    // Every pod the ReplicaSet ever makes, by uid: exactly one replacement per deletion
+    // means no create was ever doubled (a doubled one would be deleted again as surplus and
+    // might never show in a count sample).
+    let seen = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let seen_in = seen.clone();
+    let watch_pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let watching = tokio::spawn(async move {
+        use futures::StreamExt;
+        let config = kube::runtime::watcher::Config::default().labels("app=churn");
+        let mut events = kube::runtime::watcher(watch_pods, config).boxed();
+        while let Some(event) = events.next().await {
+            if let Ok(
+                kube::runtime::watcher::Event::Apply(pod)
+                | kube::runtime::watcher::Event::InitApply(pod)
+                | kube::runtime::watcher::Event::Delete(pod),
+            ) = event
+            {
+                seen_in
+                    .lock()
+                    .unwrap()
+                    .insert(pod.metadata.uid.unwrap_or_default());
+            }
+        }
+    });
     // 200 deletions, each of a live pod, while the count is sampled.
     let mut deletes = 0;
     let mut max_seen = 0;
@@ -567,13 +591,35 @@ async fn a_replica_set_under_pod_churn_never_overshoots() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(live().await.len(), 10);
-    let created = manager.log();
-    assert!(max_seen <= 10, "{max_seen}\n{created}");
+    let log = manager.log();
+    assert!(max_seen <= 10, "{max_seen}\n{log}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        10 + deletes,
+        "pods made for {deletes} deletions\n{log}"
+    );
+
+    // A jump to 300: hundreds of creates in flight while their watch events lag behind.
+    cluster.kubectl_ok(&["scale", "replicaset/churn", "--replicas=300"]);
+    wait_for("300 pods", Duration::from_secs(60), async || {
+        (live().await.len() == 300).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = manager.log();
+    assert_eq!(live().await.len(), 300, "{log}");
+    watching.abort();
+    let made = seen.lock().unwrap().len();
+    assert_eq!(
+        made,
+        300 + deletes,
+        "pods made for 300 replicas and {deletes} deletions\n{log}"
+    );
     let rs: ReplicaSet = Api::namespaced(client, "default")
         .get("churn")
         .await
         .unwrap();
-    assert_eq!(rs.status.unwrap().replicas, 10);
+    assert_eq!(rs.status.unwrap().replicas, 300);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
