@@ -11,9 +11,11 @@
 //! `secrets`, `configmaps`, `persistentvolumeclaims`, `replicationcontrollers`,
 //! `resourcequotas`) and a pod's `requests.*`/`limits.*` (and bare `cpu`, `memory`,
 //! `ephemeral-storage`). A usage `status.used` does not hold yet is counted from the store
-//! first (the quota controller's job upstream). Not yet: scopes and scope selectors (such
-//! quotas are skipped), giving usage back on delete (the quota controller's recount), and
-//! undoing the charge of a create that fails after admission.
+//! first. The controller manager's `resourcequota` controller recounts `status.used` (usage
+//! given back on delete, a create that failed after it was charged). Pods are counted as
+//! upstream's `PodRequests`/`PodLimits` do (containers' sum or the largest init container,
+//! plus overhead; restartable init containers are not told apart yet). Not yet: enforcing
+//! scopes and scope selectors (such quotas are skipped here; the controller counts them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -63,36 +65,56 @@ pub fn usage_of(resource: &str, group: &str, obj: &Value) -> Usage {
         usage.added.insert(resource.to_string(), one);
     }
     if group.is_empty() && resource == "pods" {
+        // Upstream counts `count/pods` for every pod, the rest only for pods not terminal.
         if matches!(
             obj["status"]["phase"].as_str(),
             Some("Succeeded" | "Failed")
         ) {
-            return Usage::default();
+            return usage;
         }
         usage.added.insert("pods".into(), one);
-        for c in obj["spec"]["containers"].as_array().into_iter().flatten() {
-            for (field, prefix) in [("requests", "requests."), ("limits", "limits.")] {
-                for name in COMPUTE {
-                    let mut keys = vec![format!("{prefix}{name}")];
-                    if field == "requests" {
-                        keys.push(name.to_string());
-                    }
-                    match c["resources"][field][name]
-                        .as_str()
-                        .and_then(quantity::parse)
-                    {
-                        Some(q) => {
-                            for key in keys {
-                                usage.added.entry(key).or_default().0 += q.0;
-                            }
+        for (field, prefix) in [("requests", "requests."), ("limits", "limits.")] {
+            for name in COMPUTE {
+                let mut keys = vec![format!("{prefix}{name}")];
+                if field == "requests" {
+                    keys.push(name.to_string());
+                }
+                match pod_amount(&obj["spec"], field, name) {
+                    Some(q) => {
+                        for key in keys {
+                            usage.added.entry(key).or_default().0 += q.0;
                         }
-                        None => usage.unstated.extend(keys),
                     }
+                    None => usage.unstated.extend(keys),
                 }
             }
         }
     }
     usage
+}
+
+/// A pod's `requests` or `limits` of one resource as upstream's `PodRequests`/`PodLimits`
+/// count it: the containers' sum or the largest init container's, whichever is larger, plus
+/// the pod's `overhead`; `None` if a container does not state it.
+fn pod_amount(spec: &Value, field: &str, name: &str) -> Option<Milli> {
+    let amount = |c: &Value| {
+        c["resources"][field][name]
+            .as_str()
+            .and_then(quantity::parse)
+    };
+    let mut sum = 0i128;
+    for c in spec["containers"].as_array().into_iter().flatten() {
+        sum = sum.saturating_add(amount(c)?.0);
+    }
+    let mut largest_init = 0i128;
+    for c in spec["initContainers"].as_array().into_iter().flatten() {
+        largest_init = largest_init.max(amount(c)?.0);
+    }
+    let overhead = spec["overhead"][name]
+        .as_str()
+        .and_then(quantity::parse)
+        .map_or(0, |q| q.0);
+    Some(Milli(sum.max(largest_init).saturating_add(overhead)))
 }
 
 /// A quota's `hard` (or `used`) as quantities, with whether each was written in binary form.
@@ -328,6 +350,25 @@ mod tests {
             charge(&charged, &usage).unwrap_err(),
             "exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2"
         );
+    }
+
+    #[test]
+    fn init_containers_and_overhead_count_as_upstream_and_terminal_pods_only_as_objects() {
+        let pod = json!({"spec": {
+            "containers": [
+                {"resources": {"requests": {"cpu": "250m"}}},
+                {"resources": {"requests": {"cpu": "250m"}}},
+            ],
+            "initContainers": [{"resources": {"requests": {"cpu": "700m"}}}],
+            "overhead": {"cpu": "50m"},
+        }});
+        let usage = usage_of("pods", "", &pod);
+        assert_eq!(usage.added["requests.cpu"], Milli(750));
+        assert_eq!(usage.added["cpu"], Milli(750));
+        let mut done = pod.clone();
+        done["status"]["phase"] = json!("Succeeded");
+        let usage = usage_of("pods", "", &done);
+        assert_eq!(usage.added.keys().collect::<Vec<_>>(), vec!["count/pods"]);
     }
 
     #[test]
