@@ -9,11 +9,12 @@
 //! the same [`Storage`] and keys, and `ResourceQuota` writes quota status there.
 //!
 //! Plugins: [`namespace_lifecycle`], [`limit_ranger`], [`service_account`],
-//! [`default_toleration_seconds`], [`priority`], [`webhook`] (mutating and validating
+//! [`default_toleration_seconds`], [`priority`], [`default_storage_class`], [`webhook`] (mutating and validating
 //! admission webhooks), [`resource_quota`]. Which run is
 //! `--enable-admission-plugins` / `--disable-admission-plugins` over upstream's default-on set
 //! ([`plugins_from_flags`]; `ResourceQuota` is not on by default yet, see [`Plugin::default_on`]).
 
+pub mod default_storage_class;
 pub mod default_toleration_seconds;
 pub mod limit_ranger;
 pub mod namespace_lifecycle;
@@ -84,6 +85,7 @@ pub enum Plugin {
     ServiceAccount,
     DefaultTolerationSeconds,
     Priority,
+    DefaultStorageClass,
     MutatingAdmissionWebhook,
     ValidatingAdmissionWebhook,
     ResourceQuota,
@@ -91,12 +93,13 @@ pub enum Plugin {
 
 /// Every implemented plugin, in upstream's order (`AllOrderedPlugins`): the chain runs them
 /// in this order whatever order the flags name them in.
-pub const ORDERED_PLUGINS: [Plugin; 8] = [
+pub const ORDERED_PLUGINS: [Plugin; 9] = [
     Plugin::NamespaceLifecycle,
     Plugin::LimitRanger,
     Plugin::ServiceAccount,
     Plugin::DefaultTolerationSeconds,
     Plugin::Priority,
+    Plugin::DefaultStorageClass,
     Plugin::MutatingAdmissionWebhook,
     Plugin::ValidatingAdmissionWebhook,
     Plugin::ResourceQuota,
@@ -112,7 +115,6 @@ pub const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "CertificateSubjectRestriction",
     "ClusterTrustBundleAttest",
     "DefaultIngressClass",
-    "DefaultStorageClass",
     "DenyServiceExternalIPs",
     "EventRateLimit",
     "ExtendedResourceToleration",
@@ -143,6 +145,7 @@ impl Plugin {
             Plugin::ServiceAccount => "ServiceAccount",
             Plugin::DefaultTolerationSeconds => "DefaultTolerationSeconds",
             Plugin::Priority => "Priority",
+            Plugin::DefaultStorageClass => "DefaultStorageClass",
             Plugin::MutatingAdmissionWebhook => "MutatingAdmissionWebhook",
             Plugin::ValidatingAdmissionWebhook => "ValidatingAdmissionWebhook",
             Plugin::ResourceQuota => "ResourceQuota",
@@ -252,6 +255,15 @@ impl Admission {
                 Plugin::Priority if attrs.is_pod(Operation::Create) => {
                     let classes = self.list_cluster("priorityclasses").await?;
                     priority::resolve(obj, &classes).map_err(|why| attrs.forbidden(&why))?;
+                }
+                Plugin::DefaultStorageClass
+                    if attrs.operation == Operation::Create
+                        && attrs.group.is_empty()
+                        && attrs.resource == "persistentvolumeclaims"
+                        && attrs.subresource.is_none() =>
+                {
+                    let classes = self.list_cluster("storageclasses").await?;
+                    default_storage_class::set_default(obj, &classes);
                 }
                 Plugin::MutatingAdmissionWebhook => {
                     self.call_webhooks(webhook::Phase::Mutating, attrs, obj)
@@ -381,7 +393,7 @@ mod tests {
     fn flags_pick_plugins_in_upstream_order() {
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let (defaults, _) = plugins_from_flags(&[], &[]).unwrap();
-        assert_eq!(defaults, ORDERED_PLUGINS[..7]);
+        assert_eq!(defaults, ORDERED_PLUGINS[..8]);
         let (all, _) = plugins_from_flags(&s(&["ResourceQuota"]), &[]).unwrap();
         assert_eq!(all, ORDERED_PLUGINS);
         let (some, warn) =
@@ -393,6 +405,7 @@ mod tests {
                 Plugin::ServiceAccount,
                 Plugin::DefaultTolerationSeconds,
                 Plugin::Priority,
+                Plugin::DefaultStorageClass,
                 Plugin::MutatingAdmissionWebhook,
                 Plugin::ValidatingAdmissionWebhook,
             ]

@@ -102,6 +102,12 @@ pub fn priority_class(obj: &mut Value) {
     set_default_str(obj, "preemptionPolicy", "PreemptLowerPriority");
 }
 
+/// `SetDefaults_StorageClass`: `reclaimPolicy: Delete`, `volumeBindingMode: Immediate`.
+pub fn storage_class(obj: &mut Value) {
+    set_default_str(obj, "reclaimPolicy", "Delete");
+    set_default_str(obj, "volumeBindingMode", "Immediate");
+}
+
 /// `SetDefaults_LimitRangeItem`: a `Container` item's `default` (limit) falls back to `max`,
 /// its `defaultRequest` to `default`, then to `min`, resource by resource.
 pub fn limit_range(obj: &mut Value) {

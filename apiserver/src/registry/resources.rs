@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use k8s_openapi::{ListableResource, NamespaceResourceScope, Resource};
@@ -123,6 +124,7 @@ pub fn registry() -> Vec<ResourceInfo> {
         info::<EndpointSlice>(&[], "endpointslice", Printer::EndpointSlice),
         info::<LimitRange>(&["limits"], "limitrange", Printer::LimitRange),
         info::<PriorityClass>(&["pc"], "priorityclass", Printer::PriorityClass),
+        info::<StorageClass>(&["sc"], "storageclass", Printer::StorageClass),
         info::<MutatingWebhookConfiguration>(
             &[],
             "mutatingwebhookconfiguration",
@@ -310,6 +312,72 @@ pub fn validate_priority_class(obj: &Value) -> Vec<(String, String)> {
     causes
 }
 
+/// The reclaim policies a StorageClass may name (`supportedReclaimPolicy`).
+const STORAGE_CLASS_RECLAIM_POLICIES: [&str; 2] = ["Delete", "Retain"];
+/// The binding modes a StorageClass may name (`supportedVolumeBindingModes`).
+const STORAGE_CLASS_BINDING_MODES: [&str; 2] = ["Immediate", "WaitForFirstConsumer"];
+
+/// `field.NotSupported`'s message: `Unsupported value: "x": supported values: "a", "b"`.
+fn not_supported(value: &str, supported: &[&str]) -> String {
+    let supported: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        "Unsupported value: {value:?}: supported values: {}",
+        supported.join(", ")
+    )
+}
+
+/// `ValidateStorageClass` (after defaulting): a provisioner, and a known reclaim policy and
+/// binding mode.
+pub fn validate_storage_class(obj: &Value) -> Vec<(String, String)> {
+    let mut causes = Vec::new();
+    if obj["provisioner"].as_str().unwrap_or("").is_empty() {
+        causes.push(("provisioner".into(), "Required value".into()));
+    }
+    for (field, supported) in [
+        ("reclaimPolicy", &STORAGE_CLASS_RECLAIM_POLICIES),
+        ("volumeBindingMode", &STORAGE_CLASS_BINDING_MODES),
+    ] {
+        match obj[field].as_str() {
+            Some(value) if supported.contains(&value) => {}
+            Some(value) => causes.push((field.into(), not_supported(value, supported))),
+            None => causes.push((field.into(), "Required value".into())),
+        }
+    }
+    causes
+}
+
+/// `ValidateStorageClassUpdate`: the parameters, provisioner, reclaim policy and binding mode
+/// of a StorageClass never change (upstream's messages).
+pub fn validate_storage_class_update(current: &Value, obj: &Value) -> Vec<(String, String)> {
+    let mut causes = Vec::new();
+    let parameters = |v: &Value| match &v["parameters"] {
+        Value::Object(map) if !map.is_empty() => Some(map.clone()),
+        _ => None,
+    };
+    if parameters(current) != parameters(obj) {
+        causes.push((
+            "parameters".into(),
+            "Forbidden: updates to parameters are forbidden.".into(),
+        ));
+    }
+    for field in ["provisioner", "reclaimPolicy"] {
+        if current[field] != obj[field] {
+            causes.push((
+                field.into(),
+                format!("Forbidden: updates to {field} are forbidden."),
+            ));
+        }
+    }
+    if current["volumeBindingMode"] != obj["volumeBindingMode"] {
+        let value = obj["volumeBindingMode"].as_str().unwrap_or("");
+        causes.push((
+            "volumeBindingMode".into(),
+            format!("Invalid value: {value:?}: field is immutable"),
+        ));
+    }
+    causes
+}
+
 /// Kinds without validation beyond their type.
 pub fn no_validation(_: &Value) -> Vec<(String, String)> {
     Vec::new()
@@ -361,5 +429,66 @@ mod tests {
         assert_eq!(human_duration(150), "2m30s");
         assert_eq!(human_duration(3 * 3600 + 60), "3h1m");
         assert_eq!(human_duration(3 * 86400), "3d");
+    }
+
+    #[test]
+    fn storage_classes_are_served_and_validated() {
+        let reg = registry();
+        let sc = reg.iter().find(|r| r.kind == "StorageClass").unwrap();
+        assert_eq!(
+            (sc.group, sc.version, sc.resource, sc.namespaced),
+            ("storage.k8s.io", "v1", "storageclasses", false)
+        );
+        assert_eq!(sc.short_names, ["sc"]);
+        let mut obj = json!({"metadata": {"name": "fast"}, "provisioner": "skiff.io/local-path"});
+        sc.strategy.defaults(&mut obj);
+        assert_eq!(obj["reclaimPolicy"], "Delete");
+        assert_eq!(obj["volumeBindingMode"], "Immediate");
+        assert!(sc.strategy.validate(&obj).is_empty());
+        let bad = json!({"reclaimPolicy": "Recycle", "volumeBindingMode": "Immediate"});
+        assert_eq!(
+            validate_storage_class(&bad),
+            vec![
+                ("provisioner".to_string(), "Required value".to_string()),
+                (
+                    "reclaimPolicy".to_string(),
+                    "Unsupported value: \"Recycle\": supported values: \"Delete\", \"Retain\""
+                        .to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn storage_class_updates_keep_what_is_immutable() {
+        let current = json!({"provisioner": "a", "parameters": {"k": "v"},
+                             "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"});
+        let mut labelled = current.clone();
+        labelled["metadata"] = json!({"labels": {"x": "y"}});
+        labelled["allowVolumeExpansion"] = json!(true);
+        assert!(validate_storage_class_update(&current, &labelled).is_empty());
+        let mut changed = current.clone();
+        changed["provisioner"] = json!("b");
+        changed["parameters"] = json!({"k": "w"});
+        let causes = validate_storage_class_update(&current, &changed);
+        assert_eq!(
+            causes,
+            vec![
+                (
+                    "parameters".to_string(),
+                    "Forbidden: updates to parameters are forbidden.".to_string()
+                ),
+                (
+                    "provisioner".to_string(),
+                    "Forbidden: updates to provisioner are forbidden.".to_string()
+                ),
+            ]
+        );
+        let mut mode = current.clone();
+        mode["volumeBindingMode"] = json!("WaitForFirstConsumer");
+        assert_eq!(
+            validate_storage_class_update(&current, &mode)[0].1,
+            "Invalid value: \"WaitForFirstConsumer\": field is immutable"
+        );
     }
 }

@@ -86,6 +86,12 @@ pub trait Strategy: Debug + Send + Sync {
         )
     }
 
+    /// An update's own validation (upstream's `ValidateUpdate` beyond `Validate`): `(field,
+    /// message)` causes of a 422 for changes to `current` the kind forbids.
+    fn validate_update(&self, _current: &Value, _obj: &Value) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// An update (or patch) of the main resource: copies from `current` into `obj` what
     /// clients may not change this way (beyond server-set metadata and `status`).
     fn prepare_for_update(&self, _current: &Value, _obj: &mut Value) {}
@@ -234,6 +240,41 @@ impl Strategy for NamespaceStrategy {
     }
 }
 
+/// The StorageClass: a [`KindStrategy`] whose provisioner, parameters, reclaim policy and
+/// binding mode are immutable (`ValidateStorageClassUpdate`).
+#[derive(Debug)]
+pub struct StorageClassStrategy(KindStrategy);
+
+impl Strategy for StorageClassStrategy {
+    fn printer(&self) -> Printer {
+        self.0.printer
+    }
+
+    fn defaults(&self, obj: &mut Value) {
+        self.0.defaults(obj);
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<(String, String)> {
+        self.0.validate(obj)
+    }
+
+    fn validate_update(&self, current: &Value, obj: &Value) -> Vec<(String, String)> {
+        resources::validate_storage_class_update(current, obj)
+    }
+
+    fn subresources(&self) -> &'static [Subresource] {
+        self.0.subresources
+    }
+
+    fn categories(&self) -> &'static [&'static str] {
+        self.0.categories
+    }
+
+    fn field_labels(&self) -> &'static [&'static str] {
+        self.0.field_labels
+    }
+}
+
 const STATUS: &[Subresource] = &[Subresource::Status];
 const STATUS_SCALE: &[Subresource] = &[Subresource::Status, Subresource::Scale];
 const STATUS_BINDING: &[Subresource] = &[Subresource::Status, Subresource::Binding];
@@ -319,6 +360,8 @@ static LIMIT_RANGE: KindStrategy = kind(Printer::LimitRange, defaults::limit_ran
 static WEBHOOK_CONFIGURATION: KindStrategy = kind(Printer::WebhookConfiguration, defaults::webhook_configuration, resources::no_validation, &[], &["api-extensions"], &[]);
 #[rustfmt::skip]
 static PRIORITY_CLASS: KindStrategy = kind(Printer::PriorityClass, defaults::priority_class, resources::validate_priority_class, &[], &[], &[]);
+#[rustfmt::skip]
+static STORAGE_CLASS: StorageClassStrategy = StorageClassStrategy(kind(Printer::StorageClass, defaults::storage_class, resources::validate_storage_class, &[], &[], &[]));
 
 /// The strategy of the kind `printer` prints.
 pub fn of(printer: Printer) -> &'static dyn Strategy {
@@ -341,6 +384,7 @@ pub fn of(printer: Printer) -> &'static dyn Strategy {
         Printer::EndpointSlice => &ENDPOINT_SLICE,
         Printer::LimitRange => &LIMIT_RANGE,
         Printer::PriorityClass => &PRIORITY_CLASS,
+        Printer::StorageClass => &STORAGE_CLASS,
         Printer::WebhookConfiguration => &WEBHOOK_CONFIGURATION,
     }
 }
@@ -372,5 +416,21 @@ mod tests {
         assert!(of(Printer::Pod).has(Subresource::Binding));
         assert!(!of(Printer::ConfigMap).has(Subresource::Status));
         assert_eq!(of(Printer::Service).categories(), ["all"]);
+    }
+
+    #[test]
+    fn storage_classes_refuse_changing_their_provisioner() {
+        let sc = of(Printer::StorageClass);
+        let current = json!({"provisioner": "a", "reclaimPolicy": "Delete",
+                             "volumeBindingMode": "Immediate"});
+        let mut obj = current.clone();
+        assert!(sc.validate_update(&current, &obj).is_empty());
+        obj["provisioner"] = json!("b");
+        assert_eq!(sc.validate_update(&current, &obj).len(), 1);
+        assert!(
+            of(Printer::PriorityClass)
+                .validate_update(&current, &obj)
+                .is_empty()
+        );
     }
 }

@@ -28,6 +28,7 @@ pub enum Printer {
     EndpointSlice,
     LimitRange,
     PriorityClass,
+    StorageClass,
     WebhookConfiguration,
 }
 
@@ -145,6 +146,14 @@ pub fn columns(printer: Printer) -> Vec<Value> {
             column("Global-Default", "boolean", "", 0),
             age,
             s("PreemptionPolicy", 0),
+        ],
+        Printer::StorageClass => vec![
+            name,
+            s("Provisioner", 0),
+            s("ReclaimPolicy", 0),
+            s("VolumeBindingMode", 0),
+            s("AllowVolumeExpansion", 0),
+            age,
         ],
         Printer::EndpointSlice => vec![
             name,
@@ -644,6 +653,37 @@ pub fn cells(printer: Printer, obj: &Value, now: Timestamp) -> Vec<Value> {
             age,
             json!(str_of(&obj["preemptionPolicy"])),
         ],
+        Printer::StorageClass => {
+            let annotations = &obj["metadata"]["annotations"];
+            let is_default = [
+                "storageclass.kubernetes.io/is-default-class",
+                "storageclass.beta.kubernetes.io/is-default-class",
+            ]
+            .iter()
+            .any(|key| annotations[*key].as_str() == Some("true"));
+            let name = if is_default {
+                json!(format!("{} (default)", str_of(&obj["metadata"]["name"])))
+            } else {
+                name
+            };
+            let or = |v: &Value, default: &str| match v.as_str() {
+                Some(s) if !s.is_empty() => s.to_string(),
+                _ => default.to_string(),
+            };
+            vec![
+                name,
+                json!(str_of(&obj["provisioner"])),
+                json!(or(&obj["reclaimPolicy"], "Delete")),
+                json!(or(&obj["volumeBindingMode"], "Immediate")),
+                json!(
+                    obj["allowVolumeExpansion"]
+                        .as_bool()
+                        .unwrap_or(false)
+                        .to_string()
+                ),
+                age,
+            ]
+        }
     }
 }
 
@@ -675,4 +715,57 @@ pub fn table(
     }
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata,
            "columnDefinitions": columns(printer), "rows": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_classes_print_as_kubectl_shows_them() {
+        let names: Vec<Value> = columns(Printer::StorageClass)
+            .iter()
+            .map(|c| c["name"].clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Provisioner",
+                "ReclaimPolicy",
+                "VolumeBindingMode",
+                "AllowVolumeExpansion",
+                "Age"
+            ]
+        );
+        let now = Timestamp::UNIX_EPOCH;
+        let default = json!({"metadata": {"name": "local-path", "annotations":
+            {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "skiff.io/local-path", "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer"});
+        let row = cells(Printer::StorageClass, &default, now);
+        assert_eq!(row[0], "local-path (default)");
+        assert_eq!(
+            row[1..5],
+            [
+                json!("skiff.io/local-path"),
+                json!("Delete"),
+                json!("WaitForFirstConsumer"),
+                json!("false")
+            ]
+        );
+        let plain = json!({"metadata": {"name": "manual"}, "provisioner": "none",
+                           "allowVolumeExpansion": true});
+        let row = cells(Printer::StorageClass, &plain, now);
+        assert_eq!(
+            row[..5],
+            [
+                json!("manual"),
+                json!("none"),
+                json!("Delete"),
+                json!("Immediate"),
+                json!("true")
+            ]
+        );
+    }
 }

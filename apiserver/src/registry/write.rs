@@ -216,6 +216,10 @@ impl Registry {
             }
         }
         info.strategy.prepare_for_update(current, &mut obj);
+        let causes = info.strategy.validate_update(current, &obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(info.kind, info.group, name, &causes));
+        }
         if info.strategy.has(Subresource::Status) && !status_only {
             obj["status"] = current["status"].clone();
             if obj["status"].is_null()
