@@ -6,6 +6,8 @@
 //! - `filters`, `spread`, `interpod`, `scores` (with `scores_interpod`, `scores_spread`,
 //!   `image_locality`): the plugins, pure functions of (pod, node info);
 //!   `pod_filters`: one pod's filters with their pre-pass state.
+//! - `volume_binding`: VolumeBinding's PreFilter, Filter and PreBind over claims, volumes and
+//!   classes.
 //! - `preemption`, `nominator`: DefaultPreemption's PostFilter and nominated pods' reservations.
 //! - `explain`: the FailedScheduling message in kube-scheduler's wording.
 //! - `queue`: active / backoff / unschedulable.
@@ -31,6 +33,7 @@ pub mod scores;
 pub mod scores_interpod;
 pub mod scores_spread;
 pub mod spread;
+pub mod volume_binding;
 pub mod why;
 
 #[cfg(test)]

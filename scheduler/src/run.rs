@@ -108,6 +108,8 @@ struct Scheduler {
     nodes_seen: Option<BTreeSet<String>>,
     pods_synced: bool,
     nodes_synced: bool,
+    /// What VolumeBinding reads.
+    volume_stores: informers::VolumeStores,
 }
 
 /// Runs the scheduler until `shutdown` resolves (`Ok`) or the Lease is lost (`Err`).
@@ -129,6 +131,7 @@ pub async fn run(
         None => None,
     };
     let (watches, watch_tasks) = informers::start_watches(&client);
+    let volume_stores = watches.volume_stores.clone();
     let (bind_tx, bind_rx) = mpsc::channel(BIND_CONCURRENCY_MAX);
     let (status_tx, status_rx) = mpsc::channel(STATUS_QUEUE_MAX);
     let (evict_tx, evict_rx) = mpsc::channel(PREEMPTIONS_IN_FLIGHT_MAX);
@@ -154,6 +157,7 @@ pub async fn run(
         nodes_seen: None,
         pods_synced: false,
         nodes_synced: false,
+        volume_stores,
         client,
         config,
     };
@@ -229,6 +233,7 @@ impl Scheduler {
                 Some(event) = inputs.watches.nodes.recv() => self.on_node_event(event),
                 Some(event) = inputs.watches.namespaces.recv() => self.on_namespace_event(event),
                 Some(event) = inputs.watches.selectors.recv() => self.on_selector_event(event),
+                Some(()) = inputs.watches.volume_changes.recv() => self.on_volume_change(),
                 Some(result) = inputs.binds.recv() => self.on_bind_result(result),
                 Some(done) = inputs.evictions.recv() => self.on_eviction_done(done),
                 _ = tokio::time::sleep_until(wake) => {}

@@ -2,7 +2,10 @@
 //! then from where the last cycle stopped, until enough feasible nodes are found), the feasible
 //! ones scored, the winner *assumed* in the cache and a binding task started. A pod no node
 //! fits goes through the PostFilter (preemption), gets its FailedScheduling event and
-//! condition, and is parked (or backed off) until an event may help it.
+//! condition, and is parked (or backed off) until an event may help it. A pod with
+//! PersistentVolumeClaims also goes through VolumeBinding: its PreFilter before the nodes,
+//! its Filter per node, and its PreBind (the claims learn the node and are waited for) in the
+//! binding task, before `pods/binding`.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -20,6 +23,7 @@ use crate::nominator::nominated_node_name;
 use crate::pod_filters::PodFilters;
 use crate::preemption::{self, Decision, PreemptionInput};
 use crate::scores::{ScoreContext, score_nodes, select_host};
+use crate::volume_binding::{self, VolumeView};
 
 impl Scheduler {
     pub(super) fn schedule_one(&mut self, popped: crate::queue::Popped) {
@@ -36,9 +40,41 @@ impl Scheduler {
             self.next_start_node % total
         };
         let filters = PodFilters::new(&pod, &nodes, &self.cache.namespaces);
+        // VolumeBinding reads claims, volumes and classes only for pods with claims.
+        let volume_objects = (!volume_binding::claim_names(&pod).is_empty()).then(|| {
+            (
+                copy_all(&self.volume_stores.claims),
+                copy_all(&self.volume_stores.volumes),
+                copy_all(&self.volume_stores.classes),
+            )
+        });
+        let volume_view = volume_objects
+            .as_ref()
+            .map(|(claims, volumes, classes)| VolumeView {
+                claims,
+                volumes,
+                classes,
+            });
+        let pod_volumes = match volume_view
+            .as_ref()
+            .map(|v| volume_binding::pre_filter(&pod, v))
+        {
+            Some(Err(refused)) => {
+                // PreFilter refused: every node is out for the same reason.
+                let unfit = vec![refused; total.max(1)];
+                self.unschedulable(key, pod, total, unfit, None, started);
+                return;
+            }
+            Some(Ok(found)) if !found.is_empty() => Some(found),
+            _ => None,
+        };
         // Nodes are seen with the pods nominated there of at least this pod's priority.
         let check = |node: &crate::node_info::NodeInfo| {
-            filters.check(&self.nominator.with_nominated(node, &key, priority))
+            filters.check(&self.nominator.with_nominated(node, &key, priority))?;
+            match (&pod_volumes, &volume_view) {
+                (Some(found), Some(view)) => volume_binding::filter(found, view, &pod, node),
+                _ => Ok(()),
+            }
         };
         let mut feasible = Vec::new();
         let mut statuses: std::collections::BTreeMap<String, Unfit> = Default::default();
@@ -117,9 +153,22 @@ impl Scheduler {
         let is_leader = self.is_leader.clone();
         let pod_ref = object_ref(&pod);
         let (attempts, first_seen) = (popped.attempts, popped.first_seen);
+        let delayed_claims = pod_volumes.map(|found| found.delayed).unwrap_or_default();
+        let client = self.client.clone();
         tokio::spawn(async move {
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
             let outcome = if !*is_leader.borrow() {
                 BindOutcome::Failed("not the leader".into())
+            } else if let Err(why) = volume_binding::pre_bind(
+                client,
+                namespace,
+                &delayed_claims,
+                &node,
+                volume_binding::BIND_TIMEOUT,
+            )
+            .await
+            {
+                BindOutcome::Failed(why)
             } else {
                 bind(&api, &pod, &node).await
             };
@@ -209,6 +258,14 @@ impl Scheduler {
             });
         }
     }
+}
+
+/// Every object of a reflector cache, copied out.
+fn copy_all<K>(store: &kube::runtime::reflector::Store<K>) -> Vec<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.state().iter().map(|o| o.as_ref().clone()).collect()
 }
 
 /// Upstream's `minFeasibleNodesToFind`.

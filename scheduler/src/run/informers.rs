@@ -4,15 +4,21 @@
 //! Services, ReplicationControllers, ReplicaSets and StatefulSets, whose selectors the cache
 //! keeps. Each watch is a `skiff_client::informer` with a bounded channel. Scheduling waits
 //! for the Pod and Node lists only: the selectors feed a score, and a kind the API server does
-//! not serve is left unwatched (the default spread then ignores it).
+//! not serve is left unwatched (the default spread then ignores it). VolumeBinding reads
+//! PersistentVolumeClaims, PersistentVolumes and StorageClasses from reflector caches; any
+//! change to them wakes the pods it refused.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::serde::de::DeserializeOwned;
 use kube::api::ListParams;
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
 use skiff_client::informer::INFORMER_QUEUE_MAX;
@@ -41,6 +47,36 @@ pub(super) struct Watches {
     pub(super) nodes: mpsc::Receiver<watcher::Event<Node>>,
     pub(super) namespaces: mpsc::Receiver<watcher::Event<Namespace>>,
     pub(super) selectors: mpsc::Receiver<SelectorEvent>,
+    /// A claim, volume or class changed (coalesced: one signal may stand for many).
+    pub(super) volume_changes: mpsc::Receiver<()>,
+    /// What VolumeBinding reads.
+    pub(super) volume_stores: VolumeStores,
+}
+
+/// The caches VolumeBinding reads.
+#[derive(Clone)]
+pub(super) struct VolumeStores {
+    pub(super) claims: Store<PersistentVolumeClaim>,
+    pub(super) volumes: Store<PersistentVolume>,
+    pub(super) classes: Store<StorageClass>,
+}
+
+/// Reflects one kind VolumeBinding reads; each event becomes a (coalesced) change signal.
+fn reflect_volumes<K>(
+    api: Api<K>,
+    changes: mpsc::Sender<()>,
+) -> (Store<K>, JoinHandle<()>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + DeserializeOwned + 'static,
+{
+    let (store, mut rx, task) = skiff_client::informer::reflect(api, watcher::Config::default());
+    let forward = tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Full: a signal is already waiting, which covers this one.
+            let _ = changes.try_send(());
+        }
+    });
+    (store, task, forward)
 }
 
 /// The watch tasks; dropping this stops them.
@@ -65,7 +101,24 @@ pub(super) fn start_watches(client: &kube::Client) -> (Watches, WatchTasks) {
         watcher::Config::default(),
     );
     let (tx, selectors) = mpsc::channel(INFORMER_QUEUE_MAX);
+    let (changes, volume_changes) = mpsc::channel(1);
+    let (claims, claims_task, claims_forward) = reflect_volumes(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        changes.clone(),
+    );
+    let (volumes, volumes_task, volumes_forward) = reflect_volumes(
+        Api::<PersistentVolume>::all(client.clone()),
+        changes.clone(),
+    );
+    let (classes, classes_task, classes_forward) =
+        reflect_volumes(Api::<StorageClass>::all(client.clone()), changes);
     let tasks = vec![
+        claims_task,
+        claims_forward,
+        volumes_task,
+        volumes_forward,
+        classes_task,
+        classes_forward,
         namespaces_task,
         pods_task,
         nodes_task,
@@ -87,6 +140,12 @@ pub(super) fn start_watches(client: &kube::Client) -> (Watches, WatchTasks) {
         nodes,
         namespaces,
         selectors,
+        volume_changes,
+        volume_stores: VolumeStores {
+            claims,
+            volumes,
+            classes,
+        },
     };
     (watches, WatchTasks(tasks))
 }
@@ -271,6 +330,12 @@ impl Scheduler {
                     .remove_node(node.metadata.name.as_deref().unwrap_or(""));
             }
         }
+    }
+
+    /// A claim, volume or class changed: pods VolumeBinding refused may fit now.
+    pub(super) fn on_volume_change(&mut self) {
+        self.queue
+            .move_rejected_by(&[crate::volume_binding::PLUGIN], Instant::now());
     }
 
     /// A Service or controller changed: only the selectors change (they feed a score; no pod
