@@ -14,6 +14,7 @@
 pub mod apiserver;
 pub mod chart;
 pub mod compare;
+pub mod controllers;
 pub mod failover;
 pub mod kube_api;
 pub mod procfs;

@@ -163,6 +163,54 @@ enum BenchCommand {
     /// --objects pods, and watch fan-out (write sent → event received at each of --watchers
     /// watches); run with and without the watch cache for a before/after.
     Apiserver(ApiserverBenchArgs),
+    /// The controller manager against a running control plane and simulated nodes: a
+    /// Deployment of --replicas pods becomes available, rolls out a new image and is deleted;
+    /// seconds per phase and CPU per pod of each component (see README "Benchmarks").
+    Controllers(ControllersBenchArgs),
+}
+
+/// `skiff bench controllers` flags.
+#[derive(Args)]
+struct ControllersBenchArgs {
+    /// Kubeconfig of the API server (else KUBECONFIG, else in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Replicas of the Deployment (the nodes must hold them plus the 25 % surge).
+    #[arg(long, default_value_t = 1_000)]
+    replicas: usize,
+    /// Namespace of the Deployment (created if missing).
+    #[arg(long, default_value = "bench-controllers")]
+    namespace: String,
+    /// Wait (up to a minute) for at least this many Ready nodes before the run.
+    #[arg(long, default_value_t = 1)]
+    min_nodes: usize,
+    /// Longest wait for each phase, e.g. `10m`.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Leave the Deployment and its pods in place (no cleanup phase).
+    #[arg(long)]
+    keep: bool,
+    /// Client endpoints of the store members (CPU per pod of the store when they are local).
+    #[arg(long, value_delimiter = ',')]
+    store_endpoints: Vec<String>,
+    /// The scheduler's secure port (CPU per pod of the scheduler when it is local).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:10259")]
+    scheduler_endpoints: Vec<String>,
+    /// The controller manager's secure port (its CPU per pod when it is local).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:10257")]
+    controller_manager_endpoints: Vec<String>,
+    /// PID of `skiff node-sim` (it listens on no port; without it, its CPU is not reported).
+    #[arg(long)]
+    node_sim_pid: Option<u32>,
+    /// Write <out>/<name>.md, .json and .png.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// File stem of the outputs.
+    #[arg(long, default_value = "controllers")]
+    name: String,
+    /// A note for the report header.
+    #[arg(long)]
+    label: Option<String>,
 }
 
 /// `skiff bench apiserver` flags.
@@ -285,6 +333,7 @@ impl BenchArgs {
             BenchCommand::LeaseKeepalive => Workload::LeaseKeepalive,
             BenchCommand::Scheduler(args) => return run_scheduler_bench(args, self.json),
             BenchCommand::Apiserver(args) => return run_apiserver_bench(args, self.json),
+            BenchCommand::Controllers(args) => return run_controllers_bench(args, self.json),
             BenchCommand::Failover {
                 kills,
                 out,
@@ -394,6 +443,36 @@ fn run_scheduler_bench(args: SchedulerBenchArgs, json: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }))
+}
+
+fn run_controllers_bench(args: ControllersBenchArgs, json: bool) -> ExitCode {
+    let config = skiff_bench::controllers::ControllersBenchConfig {
+        kubeconfig: args.kubeconfig,
+        replicas: args.replicas,
+        namespace: args.namespace,
+        min_nodes: args.min_nodes,
+        timeout: args.timeout,
+        keep: args.keep,
+        store_endpoints: args.store_endpoints,
+        scheduler_endpoints: args.scheduler_endpoints,
+        controller_manager_endpoints: args.controller_manager_endpoints,
+        node_sim_pid: args.node_sim_pid,
+        out_dir: args.out,
+        name: args.name,
+        label: args.label,
+        command_line: Some(skiff_bench::compare::current_command_line()),
+    };
+    exit_code(
+        skiff_bench::controllers::run_blocking(config).map(|report| {
+            print!("{}", skiff_bench::controllers::render(&report, json));
+            if report.completed() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("skiff: not every phase completed within --timeout");
+                ExitCode::FAILURE
+            }
+        }),
+    )
 }
 
 fn run_apiserver_bench(args: ApiserverBenchArgs, json: bool) -> ExitCode {

@@ -1,13 +1,15 @@
 //! CI smoke of `skiff bench`: a short put run against one real member must finish, print a
 //! parsable JSON last line, succeed on every request and attribute server CPU to the
 //! member; `skiff bench scheduler` against a real API server and scheduler binds every pod
-//! of two profiles and removes what it created, and `skiff bench apiserver` lists and fans
-//! writes out to every watcher. No timing thresholds: CI machines are shared.
+//! of two profiles and removes what it created, `skiff bench apiserver` lists and fans
+//! writes out to every watcher, and `skiff bench controllers` against a real controller
+//! manager, scheduler and simulated nodes completes every phase and deletes its Deployment.
+//! No timing thresholds: CI machines are shared.
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use apiserver::{ApiHome, Backend};
 use common::{Cluster, skiff_bin};
@@ -225,4 +227,179 @@ fn bench_apiserver_lists_and_fans_writes_out_to_every_watcher() {
     let (code, pods) = api.admin(&[], "/api/v1/namespaces/bench-apiserver/pods");
     assert_eq!(code, 200, "{pods}");
     assert_eq!(pods["items"].as_array().map(Vec::len), Some(0), "{pods}");
+}
+
+/// A component process of a test (scheduler, controller manager), killed (by its PID) on drop.
+struct Component {
+    child: Child,
+    log_path: std::path::PathBuf,
+}
+
+impl Component {
+    /// `skiff <args> --kubeconfig <kubeconfig>`, logging to `<dir>/<name>.log`.
+    fn start(
+        dir: &std::path::Path,
+        name: &str,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+    ) -> Component {
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).expect("log");
+        let child = Command::new(skiff_bin())
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn skiff {name}: {e}"));
+        Component { child, log_path }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn bench_controllers_completes_every_phase_and_deletes_its_deployment() {
+    let store = Backend::skiff();
+    let home = ApiHome::new();
+    let api = home.start(&store.endpoints(), &[]);
+    let kubeconfig = home.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    // Started here rather than with common/node_sim.rs: the benchmark is given its PID.
+    let nodes = Component::start(
+        home.path(),
+        "node-sim",
+        &kubeconfig,
+        &["node-sim", "--nodes", "5", "--pod-cidr", "10.32.0.0/14"],
+    );
+    let (scheduler_port, manager_port) = (
+        common::free_port().to_string(),
+        common::free_port().to_string(),
+    );
+    let scheduler = Component::start(
+        home.path(),
+        "scheduler",
+        &kubeconfig,
+        &[
+            "scheduler",
+            "--leader-elect=false",
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            &scheduler_port,
+        ],
+    );
+    let manager = Component::start(
+        home.path(),
+        "controller-manager",
+        &kubeconfig,
+        &[
+            "controller-manager",
+            "--leader-elect=false",
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            &manager_port,
+        ],
+    );
+    let node_sim_pid = nodes.child.id().to_string();
+    let outcome = Command::new(skiff_bin())
+        .args(["bench", "controllers", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args([
+            "--replicas",
+            "50",
+            "--min-nodes",
+            "5",
+            "--timeout",
+            "3m",
+            "--json",
+        ])
+        .args([
+            "--scheduler-endpoints",
+            &format!("127.0.0.1:{scheduler_port}"),
+        ])
+        .args([
+            "--controller-manager-endpoints",
+            &format!("127.0.0.1:{manager_port}"),
+        ])
+        .args([
+            "--store-endpoints",
+            &store.endpoints().replace("http://", ""),
+        ])
+        .args(["--node-sim-pid", &node_sim_pid])
+        .output()
+        .expect("run skiff bench controllers");
+    let stdout = String::from_utf8_lossy(&outcome.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&outcome.stderr).to_string();
+    assert!(
+        outcome.status.success(),
+        "bench controllers failed: {stderr}\n{stdout}\ncontroller-manager: {}\nscheduler: {}\nnode-sim: {}",
+        manager.log(),
+        scheduler.log(),
+        nodes.log()
+    );
+    // The figures, for whoever reads the test's output.
+    eprintln!("{stdout}");
+    let last = stdout.lines().last().expect("some output");
+    let report: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"));
+    assert_eq!(report["completed"], true, "{report}");
+    assert_eq!(report["replicas"], 50, "{report}");
+    assert_eq!(report["nodes"], 5, "{report}");
+    let phases = report["phases"].as_array().expect("phases");
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["create", "rolling update", "cleanup"], "{report}");
+    for phase in phases {
+        assert_eq!(phase["completed"], true, "{phase}");
+        assert!(phase["seconds"].as_f64().unwrap() >= 0.0, "{phase}");
+        assert!(phase["pods_per_sec"].as_f64().unwrap() >= 0.0, "{phase}");
+        // Every component runs here: each is charged CPU (node-sim through its PID).
+        for component in [
+            "apiserver",
+            "store",
+            "scheduler",
+            "controller-manager",
+            "node-sim",
+        ] {
+            let ms = phase["cpu_ms_per_pod"][component].as_f64();
+            assert!(ms.is_some_and(|ms| ms >= 0.0), "{component}: {phase}");
+        }
+    }
+    for phase in &phases[..2] {
+        assert_eq!(phase["available"], 50, "{phase}");
+        assert_eq!(phase["updated"], 50, "{phase}");
+    }
+    assert_eq!(phases[2]["pods"], 0, "{report}");
+    assert!(
+        stdout.contains("create: 50 of 50 replicas available"),
+        "{stdout}"
+    );
+    // Nothing is left behind: no Deployment, ReplicaSet or pod in the namespace.
+    for path in [
+        "/apis/apps/v1/namespaces/bench-controllers/deployments",
+        "/apis/apps/v1/namespaces/bench-controllers/replicasets",
+        "/api/v1/namespaces/bench-controllers/pods",
+    ] {
+        let (code, list) = api.admin(&[], path);
+        assert_eq!(code, 200, "{path}: {list}");
+        assert_eq!(
+            list["items"].as_array().map(Vec::len),
+            Some(0),
+            "{path}: {list}"
+        );
+    }
 }
