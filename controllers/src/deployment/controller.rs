@@ -11,17 +11,15 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use skiff_client::events::{EventRecorder, EventType, NewEvent};
-use skiff_client::workqueue::WorkQueue;
 
 use super::sync::{Action, sync};
 use crate::Error;
 use crate::pods::{controller_of, selector_matches};
-use crate::replicaset::controller::{applied, reference_to};
-use crate::shell::{Key, QUEUE_MAX, SyncOutcome, api_code, run_workers};
+use crate::replicaset::controller::reference_to;
+use crate::shell::{Key, Plumbing, SyncOutcome, api_code};
 
 /// What the workers share.
 struct Shell {
@@ -40,87 +38,43 @@ pub async fn run(
     recorder: EventRecorder,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let config = watcher::Config::default;
-    let (d_store, mut d_events, d_task) =
-        skiff_client::informer::reflect(Api::<Deployment>::all(client.clone()), config());
-    let (rs_store, mut rs_events, rs_task) =
-        skiff_client::informer::reflect(Api::<ReplicaSet>::all(client.clone()), config());
-    let (pod_store, mut pod_events, pod_task) =
-        skiff_client::informer::reflect(Api::<Pod>::all(client.clone()), config());
-    let queue: WorkQueue<Key> = WorkQueue::new(QUEUE_MAX);
-    let shell = Arc::new(Shell {
-        client,
-        deployments: d_store.clone(),
-        replica_sets: rs_store.clone(),
-        pods: pod_store.clone(),
-        recorder,
+    let mut plumbing = Plumbing::new("deployment");
+    let d_store =
+        plumbing.informer_of(Api::<Deployment>::all(client.clone()), |d| vec![Key::of(d)]);
+    let deployments = d_store.clone();
+    let rs_store = plumbing.informer_of(Api::<ReplicaSet>::all(client.clone()), move |rs| {
+        deployments_of_replica_set(rs, &deployments)
     });
-    let d_queue = queue.clone();
-    let d_router = async move {
-        while let Some(event) = d_events.recv().await {
-            for d in applied(event) {
-                d_queue.add(Key::of(&d));
-            }
-        }
-    };
-    let rs_queue = queue.clone();
-    let rs_deployments = d_store.clone();
-    let rs_router = async move {
-        while let Some(event) = rs_events.recv().await {
-            for rs in applied(event) {
-                for key in deployments_of_replica_set(&rs, &rs_deployments) {
-                    rs_queue.add(key);
-                }
-            }
-        }
-    };
     // Pods matter to Recreate only (it waits for the old ones to go): a pod event queues
     // the Deployment owning the pod's ReplicaSet.
-    let pod_queue = queue.clone();
-    let pod_replica_sets = rs_store.clone();
-    let pod_router = async move {
-        while let Some(event) = pod_events.recv().await {
-            for pod in applied(event) {
-                let Some(owner) = controller_of(&pod.metadata) else {
-                    continue;
-                };
-                let namespace = pod.namespace().unwrap_or_default();
-                let rs = pod_replica_sets.get(&ObjectRef::new(&owner.name).within(&namespace));
-                if let Some(d) = rs.as_deref().and_then(|rs| controller_of(&rs.metadata))
-                    && d.kind == "Deployment"
-                {
-                    pod_queue.add(Key::new(&namespace, &d.name));
-                }
-            }
-        }
+    let replica_sets = rs_store.clone();
+    let pod_store = plumbing.informer_of(Api::<Pod>::all(client.clone()), move |pod| {
+        deployment_of_pod(pod, &replica_sets).into_iter().collect()
+    });
+    let shell = Arc::new(Shell {
+        client,
+        deployments: d_store,
+        replica_sets: rs_store,
+        pods: pod_store,
+        recorder,
+    });
+    let sync = move |key: Key| {
+        let shell = shell.clone();
+        async move { shell.sync(&key).await }
     };
-    let worker_shell = shell.clone();
-    let workers_done = async {
-        let _ = d_store.wait_until_ready().await;
-        let _ = rs_store.wait_until_ready().await;
-        let _ = pod_store.wait_until_ready().await;
-        tracing::info!(
-            workers,
-            "deployment controller: caches synced, starting workers"
-        );
-        run_workers(queue.clone(), workers, move |key| {
-            let shell = worker_shell.clone();
-            async move { shell.sync(&key).await }
-        })
+    plumbing
+        .run(workers, sync, |_| {}, std::future::pending(), shutdown)
         .await;
-    };
-    tokio::select! {
-        _ = shutdown => {}
-        _ = d_router => tracing::warn!("deployment informer ended"),
-        _ = rs_router => tracing::warn!("replicaset informer ended"),
-        _ = pod_router => tracing::warn!("pod informer ended"),
-        _ = workers_done => {}
-    }
-    queue.shut_down();
-    d_task.abort();
-    rs_task.abort();
-    pod_task.abort();
     Ok(())
+}
+
+/// The Deployment owning the ReplicaSet that controls `pod`, if any.
+fn deployment_of_pod(pod: &Pod, replica_sets: &Store<ReplicaSet>) -> Option<Key> {
+    let owner = controller_of(&pod.metadata)?;
+    let namespace = pod.namespace().unwrap_or_default();
+    let rs = replica_sets.get(&ObjectRef::new(&owner.name).within(&namespace))?;
+    let d = controller_of(&rs.metadata)?;
+    (d.kind == "Deployment").then(|| Key::new(&namespace, &d.name))
 }
 
 /// The Deployments a ReplicaSet event concerns: its controller if that is a Deployment, else

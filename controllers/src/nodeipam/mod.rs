@@ -12,15 +12,12 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use skiff_client::events::{EventRecorder, EventType, NewEvent};
-use skiff_client::workqueue::WorkQueue;
 
 use crate::Error;
-use crate::replicaset::controller::applied;
-use crate::shell::{Key, QUEUE_MAX, SyncOutcome, run_workers};
+use crate::shell::{Key, Plumbing, SyncOutcome};
 use plan::{Cidr, CidrSet};
 
 /// The allocator's state: the subnets and which node holds which.
@@ -46,11 +43,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let set = CidrSet::new(cluster_cidr, node_cidr_mask_size).map_err(Error::Invalid)?;
-    let (store, mut events, task) = skiff_client::informer::reflect(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let queue: WorkQueue<Key> = WorkQueue::new(QUEUE_MAX);
+    let mut plumbing = Plumbing::new("nodeipam");
+    let store = plumbing.informer_of(Api::<Node>::all(client.clone()), |node| {
+        vec![Key::new("", &node.name_any())]
+    });
     let shell = Arc::new(Shell {
         client,
         nodes: store.clone(),
@@ -60,38 +56,24 @@ pub async fn run(
         }),
         recorder,
     });
-    let router_queue = queue.clone();
-    let router = async move {
-        while let Some(event) = events.recv().await {
-            for node in applied(event) {
-                router_queue.add(Key::new("", &node.name_any()));
-            }
-        }
-    };
-    let worker_shell = shell.clone();
-    let workers = async {
-        let _ = store.wait_until_ready().await;
-        // Occupy what nodes hold before handing anything out.
+    let started_shell = shell.clone();
+    // Occupy what nodes hold (the synced cache) before handing anything out.
+    let started = move |_: &_| {
         for node in store.state() {
-            worker_shell.occupy(&node);
+            started_shell.occupy(&node);
         }
         tracing::info!(
-            in_use = worker_shell.lock().set.in_use(),
-            "node ipam: caches synced, occupied the subnets nodes hold"
+            in_use = started_shell.lock().set.in_use(),
+            "node ipam: occupied the subnets nodes hold"
         );
-        run_workers(queue.clone(), 1, move |key| {
-            let shell = worker_shell.clone();
-            async move { shell.sync(&key.name).await }
-        })
-        .await;
     };
-    tokio::select! {
-        _ = shutdown => {}
-        _ = router => tracing::warn!("node informer ended"),
-        _ = workers => {}
-    }
-    queue.shut_down();
-    task.abort();
+    let sync = move |key: Key| {
+        let shell = shell.clone();
+        async move { shell.sync(&key.name).await }
+    };
+    plumbing
+        .run(1, sync, started, std::future::pending(), shutdown)
+        .await;
     Ok(())
 }
 

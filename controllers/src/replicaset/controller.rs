@@ -10,24 +10,23 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use skiff_client::events::{EventRecorder, EventType, NewEvent};
-use skiff_client::workqueue::WorkQueue;
 
 use super::plan::{self, Plan};
 use crate::Error;
 use crate::expectations::{Expectations, PodId};
 use crate::pods::{controller_of, selector_matches};
-use crate::shell::{Key, QUEUE_MAX, SyncOutcome, api_code, run_workers};
+pub(crate) use crate::shell::applied;
+use crate::shell::{Key, Plumbing, SyncOutcome, api_code, error_message, message_of};
 
 /// What the workers share.
 struct Shell {
     client: kube::Client,
     replica_sets: Store<ReplicaSet>,
     pods: Store<Pod>,
-    expectations: Expectations<Key>,
+    expectations: Arc<Expectations<Key>>,
     recorder: EventRecorder,
 }
 
@@ -39,82 +38,36 @@ pub async fn run(
     recorder: EventRecorder,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let (rs_store, mut rs_events, rs_task) = skiff_client::informer::reflect(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let (pod_store, mut pod_events, pod_task) = skiff_client::informer::reflect(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let queue: WorkQueue<Key> = WorkQueue::new(QUEUE_MAX);
+    let mut plumbing = Plumbing::new("replicaset");
+    let rs_store = plumbing.informer_of(Api::<ReplicaSet>::all(client.clone()), |rs| {
+        vec![Key::of(rs)]
+    });
+    let expectations = Arc::new(Expectations::default());
+    let (seen, owners) = (expectations.clone(), rs_store.clone());
+    let pod_store = plumbing.informer_of(Api::<Pod>::all(client.clone()), move |pod| {
+        let keys = owners_of(pod, &owners);
+        if let Some(uid) = pod.metadata.uid.as_deref() {
+            for key in &keys {
+                seen.observed(key, uid);
+            }
+        }
+        keys
+    });
     let shell = Arc::new(Shell {
         client,
-        replica_sets: rs_store.clone(),
-        pods: pod_store.clone(),
-        expectations: Expectations::default(),
+        replica_sets: rs_store,
+        pods: pod_store,
+        expectations,
         recorder,
     });
-    let rs_queue = queue.clone();
-    let rs_router = async move {
-        while let Some(event) = rs_events.recv().await {
-            for rs in applied(event) {
-                rs_queue.add(Key::of(&rs));
-            }
-        }
+    let sync = move |key: Key| {
+        let shell = shell.clone();
+        async move { shell.sync(&key).await }
     };
-    let pod_queue = queue.clone();
-    let pod_rs_store = rs_store.clone();
-    let pod_expectations = shell.clone();
-    let pod_router = async move {
-        while let Some(event) = pod_events.recv().await {
-            for pod in applied(event) {
-                for key in owners_of(&pod, &pod_rs_store) {
-                    if let Some(uid) = pod.metadata.uid.as_deref() {
-                        pod_expectations.expectations.observed(&key, uid);
-                    }
-                    pod_queue.add(key);
-                }
-            }
-        }
-    };
-    let worker_shell = shell.clone();
-    let workers_done = async {
-        // Upstream's WaitForCacheSync: no decision on a partial view.
-        let _ = rs_store.wait_until_ready().await;
-        let _ = pod_store.wait_until_ready().await;
-        tracing::info!(
-            workers,
-            "replicaset controller: caches synced, starting workers"
-        );
-        run_workers(queue.clone(), workers, move |key| {
-            let shell = worker_shell.clone();
-            async move { shell.sync(&key).await }
-        })
+    plumbing
+        .run(workers, sync, |_| {}, std::future::pending(), shutdown)
         .await;
-    };
-    tokio::select! {
-        _ = shutdown => {}
-        _ = rs_router => tracing::warn!("replicaset informer ended"),
-        _ = pod_router => tracing::warn!("pod informer ended"),
-        _ = workers_done => {}
-    }
-    queue.shut_down();
-    rs_task.abort();
-    pod_task.abort();
     Ok(())
-}
-
-/// The objects an informer event touched (deleted ones included: their owner must look again).
-pub(crate) fn applied<K>(event: watcher::Event<K>) -> Vec<K> {
-    match event {
-        watcher::Event::Apply(obj)
-        | watcher::Event::InitApply(obj)
-        | watcher::Event::Delete(obj) => {
-            vec![obj]
-        }
-        watcher::Event::Init | watcher::Event::InitDone => Vec::new(),
-    }
 }
 
 /// The ReplicaSets a pod event concerns: its controller if that is a ReplicaSet, else (an
@@ -175,7 +128,7 @@ impl Shell {
         let failure = self.apply(key, &rs, &plan).await;
         let status = plan::with_failure(
             plan.status.clone(),
-            failure.as_ref().map(|(reason, e)| (*reason, e.to_string())),
+            failure.as_ref().map(|(reason, e)| (*reason, message_of(e))),
             skiff_client::now_timestamp(),
         );
         if plan::status_differs(rs.status.as_ref(), &status) {
@@ -242,7 +195,7 @@ impl Shell {
                                 rs,
                                 EventType::Warning,
                                 "FailedCreate",
-                                format!("Error creating: {err}"),
+                                format!("Error creating: {}", error_message(&err)),
                             );
                             failed.get_or_insert(err);
                         }
@@ -295,7 +248,7 @@ impl Shell {
                         rs,
                         EventType::Warning,
                         "FailedDelete",
-                        format!("Error deleting: {err}"),
+                        format!("Error deleting: {}", error_message(&err)),
                     );
                     failed.get_or_insert(err);
                 }
