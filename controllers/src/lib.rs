@@ -14,13 +14,20 @@
 //!   deletions are finished.
 
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod manager;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod pods;
+pub mod podgc;
 pub mod replicaset;
+pub mod resourcequota;
+pub mod serviceaccount;
 pub mod shell;
+pub mod volume;
 
 /// Errors of the controller manager.
 #[derive(Debug, thiserror::Error)]

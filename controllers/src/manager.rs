@@ -15,7 +15,19 @@ use tokio::sync::watch;
 use crate::Error;
 
 /// The controllers this manager knows, all on by default.
-pub const CONTROLLERS: &[&str] = &["deployment", "garbagecollector", "nodeipam", "replicaset"];
+pub const CONTROLLERS: &[&str] = &[
+    "deployment",
+    "endpoint",
+    "endpointslice",
+    "garbagecollector",
+    "nodeipam",
+    "nodelifecycle",
+    "persistentvolume-binder",
+    "podgc",
+    "replicaset",
+    "resourcequota",
+    "serviceaccount",
+];
 
 /// What the manager runs with.
 #[derive(Debug, Clone)]
@@ -35,7 +47,27 @@ pub struct ManagerConfig {
     /// `--allocate-node-cidrs` with `--cluster-cidr` and `--node-cidr-mask-size`: node IPAM
     /// hands out pod CIDRs (`None`: it does not).
     pub node_cidrs: Option<(crate::nodeipam::plan::Cidr, u8)>,
+    /// The node lifecycle controller's grace periods and eviction rates.
+    pub node_lifecycle: crate::nodelifecycle::NodeLifecycleSettings,
+    /// `--terminated-pod-gc-threshold` (0 = keep every terminated pod).
+    pub terminated_pod_gc_threshold: u32,
+    /// `--concurrent-endpoint-syncs`.
+    pub concurrent_endpoint_syncs: usize,
+    /// `--concurrent-service-endpoint-syncs` (EndpointSlices).
+    pub concurrent_service_endpoint_syncs: usize,
+    /// `--max-endpoints-per-slice`.
+    pub max_endpoints_per_slice: usize,
+    /// `--concurrent-resource-quota-syncs`.
+    pub concurrent_resource_quota_syncs: usize,
+    /// `--resource-quota-sync-period`.
+    pub resource_quota_sync_period: std::time::Duration,
 }
+
+/// PersistentVolume and claim syncs at once (upstream runs one worker for each; claims of
+/// different namespaces need not wait for each other).
+const VOLUME_WORKERS: usize = 4;
+/// Namespaces whose `default` ServiceAccount is checked at once.
+const SERVICE_ACCOUNT_WORKERS: usize = 2;
 
 /// kube-controller-manager's `--controllers`: `*` turns on every controller that is on by
 /// default, `name` turns one on, `-name` turns one off.
@@ -141,6 +173,48 @@ pub async fn run(
                     stop.map(Ok).boxed()
                 }
             },
+            "endpoint" => crate::endpoints::run(
+                client.clone(),
+                config.concurrent_endpoint_syncs,
+                recorder("endpoint-controller"),
+                stop,
+            )
+            .boxed(),
+            "endpointslice" => crate::endpointslice::run(
+                client.clone(),
+                config.concurrent_service_endpoint_syncs,
+                config.max_endpoints_per_slice,
+                recorder("endpointslice-controller"),
+                stop,
+            )
+            .boxed(),
+            "nodelifecycle" => crate::nodelifecycle::run(
+                client.clone(),
+                config.node_lifecycle.clone(),
+                recorder("node-controller"),
+                stop,
+            )
+            .boxed(),
+            "persistentvolume-binder" => crate::volume::run(
+                client.clone(),
+                VOLUME_WORKERS,
+                recorder("persistentvolume-controller"),
+                stop,
+            )
+            .boxed(),
+            "podgc" => {
+                crate::podgc::run(client.clone(), config.terminated_pod_gc_threshold, stop).boxed()
+            }
+            "resourcequota" => crate::resourcequota::run(
+                client.clone(),
+                config.concurrent_resource_quota_syncs,
+                config.resource_quota_sync_period,
+                stop,
+            )
+            .boxed(),
+            "serviceaccount" => {
+                crate::serviceaccount::run(client.clone(), SERVICE_ACCOUNT_WORKERS, stop).boxed()
+            }
             "garbagecollector" => {
                 crate::garbagecollector::run(client.clone(), config.concurrent_gc_syncs, stop)
                     .boxed()
@@ -197,14 +271,16 @@ mod tests {
     #[test]
     fn controllers_flag_as_upstream() {
         assert_eq!(select(&["*"]).unwrap(), CONTROLLERS.to_vec());
-        assert_eq!(
-            select(&["*", "-garbagecollector"]).unwrap(),
-            vec!["deployment", "nodeipam", "replicaset"]
-        );
+        let all_but_gc: Vec<&str> = CONTROLLERS
+            .iter()
+            .copied()
+            .filter(|c| *c != "garbagecollector")
+            .collect();
+        assert_eq!(select(&["*", "-garbagecollector"]).unwrap(), all_but_gc);
         assert_eq!(select(&["replicaset"]).unwrap(), vec!["replicaset"]);
         assert_eq!(
-            select(&["*,-deployment"]).unwrap(),
-            vec!["garbagecollector", "nodeipam", "replicaset"]
+            select(&["deployment,replicaset,-deployment"]).unwrap(),
+            vec!["replicaset"]
         );
         let err = select(&["nosuch"]).unwrap_err().to_string();
         assert_eq!(err, "\"nosuch\" is not in the list of known controllers");

@@ -19,7 +19,9 @@ pub(crate) struct ControllerManagerArgs {
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Controllers to run: `*` for all on by default, `name` to add one, `-name` to drop one
-    /// (known: deployment, garbagecollector, replicaset).
+    /// (known: deployment, endpoint, endpointslice, garbagecollector, nodeipam,
+    /// nodelifecycle, persistentvolume-binder, podgc, replicaset, resourcequota,
+    /// serviceaccount).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
     /// Elect a leader through a Lease before acting (run several for availability).
@@ -169,6 +171,21 @@ pub(crate) fn run(args: ControllerManagerArgs) -> ExitCode {
         concurrent_replicaset_syncs: args.concurrent_replicaset_syncs.max(1),
         concurrent_gc_syncs: args.concurrent_gc_syncs.max(1),
         node_cidrs,
+        node_lifecycle: skiff_controllers::nodelifecycle::NodeLifecycleSettings {
+            node_monitor_grace_period: args.node_monitor_grace_period,
+            node_startup_grace_period: args.node_startup_grace_period,
+            node_monitor_period: args.node_monitor_period,
+            node_eviction_rate: args.node_eviction_rate,
+            secondary_node_eviction_rate: args.secondary_node_eviction_rate,
+            large_cluster_size_threshold: args.large_cluster_size_threshold,
+            unhealthy_zone_threshold: args.unhealthy_zone_threshold,
+        },
+        terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+        concurrent_endpoint_syncs: args.concurrent_endpoint_syncs.max(1),
+        concurrent_service_endpoint_syncs: args.concurrent_service_endpoint_syncs.max(1),
+        max_endpoints_per_slice: args.max_endpoints_per_slice.clamp(1, 1000),
+        concurrent_resource_quota_syncs: args.concurrent_resource_quota_syncs.max(1),
+        resource_quota_sync_period: args.resource_quota_sync_period,
     };
     let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,

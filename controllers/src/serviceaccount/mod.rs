@@ -1,0 +1,144 @@
+//! The ServiceAccount controller (kube-controller-manager's `serviceaccount`): every active
+//! namespace holds a ServiceAccount `default`, created when the namespace appears and again
+//! whenever it is deleted ([`plan`] decides).
+//!
+//! The IO shell: informers on namespaces and service accounts feed a work queue of namespace
+//! names (a namespace added or updated; an ensured service account deleted). A create the
+//! API server refuses because the namespace is being terminated, or that finds the account
+//! already there, is done; any other failure is retried after a back-off.
+
+pub mod plan;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::PostParams;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use skiff_client::workqueue::WorkQueue;
+
+use crate::Error;
+use crate::shell::{Key, QUEUE_MAX, SyncOutcome, api_code, run_workers};
+
+/// What the workers share.
+struct Shell {
+    client: kube::Client,
+    namespaces: Store<Namespace>,
+    service_accounts: Store<ServiceAccount>,
+}
+
+/// The queue key of a namespace (a cluster-scoped object: its name only).
+fn namespace_key(namespace: &str) -> Key {
+    Key::new("", namespace)
+}
+
+/// Runs the ServiceAccount controller with `workers` concurrent syncs until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    workers: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let (namespace_store, mut namespace_events, namespace_task) = skiff_client::informer::reflect(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (account_store, mut account_events, account_task) = skiff_client::informer::reflect(
+        Api::<ServiceAccount>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let queue: WorkQueue<Key> = WorkQueue::new(QUEUE_MAX);
+    let shell = Arc::new(Shell {
+        client,
+        namespaces: namespace_store.clone(),
+        service_accounts: account_store.clone(),
+    });
+    let namespace_queue = queue.clone();
+    let namespace_router = async move {
+        while let Some(event) = namespace_events.recv().await {
+            match event {
+                watcher::Event::Apply(namespace) | watcher::Event::InitApply(namespace) => {
+                    namespace_queue.add(namespace_key(&namespace.name_any()));
+                }
+                watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => {}
+            }
+        }
+    };
+    let account_queue = queue.clone();
+    let account_router = async move {
+        while let Some(event) = account_events.recv().await {
+            match event {
+                watcher::Event::Delete(account)
+                    if plan::ENSURED_SERVICE_ACCOUNTS.contains(&account.name_any().as_str()) =>
+                {
+                    if let Some(namespace) = account.namespace() {
+                        account_queue.add(namespace_key(&namespace));
+                    }
+                }
+                // A relist may have hidden deletions: look at every namespace again.
+                watcher::Event::InitDone => {
+                    for namespace in namespace_store.state() {
+                        account_queue.add(namespace_key(&namespace.name_any()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    let worker_shell = shell.clone();
+    let workers_done = async {
+        let _ = shell.namespaces.wait_until_ready().await;
+        let _ = shell.service_accounts.wait_until_ready().await;
+        tracing::info!(
+            workers,
+            "serviceaccount controller: caches synced, starting workers"
+        );
+        run_workers(queue.clone(), workers, move |key| {
+            let shell = worker_shell.clone();
+            async move { shell.sync(&key.name).await }
+        })
+        .await;
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = namespace_router => tracing::warn!("namespace informer ended"),
+        _ = account_router => tracing::warn!("serviceaccount informer ended"),
+        _ = workers_done => {}
+    }
+    queue.shut_down();
+    namespace_task.abort();
+    account_task.abort();
+    Ok(())
+}
+
+impl Shell {
+    /// One sync of one namespace: create the ensured service accounts it lacks.
+    async fn sync(&self, namespace_name: &str) -> Result<SyncOutcome, Error> {
+        let Some(namespace) = self.namespaces.get(&ObjectRef::new(namespace_name)) else {
+            return Ok(SyncOutcome::Done);
+        };
+        let existing: BTreeSet<String> = self
+            .service_accounts
+            .state()
+            .iter()
+            .filter(|account| account.namespace().as_deref() == Some(namespace_name))
+            .map(|account| account.name_any())
+            .collect();
+        let accounts = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace_name);
+        for name in plan::missing_service_accounts(&namespace, &existing) {
+            let account = plan::service_account(namespace_name, &name);
+            match accounts.create(&PostParams::default(), &account).await {
+                Ok(_) => {
+                    tracing::info!(namespace = namespace_name, name, "created service account");
+                }
+                // Created meanwhile (our cache lags our own create).
+                Err(err) if api_code(&err) == Some(409) => {}
+                Err(kube::Error::Api(status))
+                    if plan::refused_for_termination(status.code, &status.message) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(SyncOutcome::Done)
+    }
+}
