@@ -498,6 +498,48 @@ async fn deployments_roll_out_roll_back_pause_resume_restart_and_scale() {
     let describe = cluster.kubectl_ok(&["describe", "deployment", "web"]);
     assert!(describe.contains("ScalingReplicaSet"), "{describe}");
     assert!(describe.contains("NewReplicaSetAvailable"), "{describe}");
+
+    // Orphan: the Deployment goes, its ReplicaSets and pods stay without their owner.
+    cluster.kubectl_ok(&["delete", "deployment", "web", "--cascade=orphan"]);
+    let orphans = wait_for(
+        "orphaned ReplicaSets",
+        Duration::from_secs(30),
+        async || {
+            let list = replica_sets.list(&ListParams::default()).await.ok()?;
+            let gone = Api::<Deployment>::namespaced(client.clone(), "default")
+                .get_opt("web")
+                .await
+                .ok()?
+                .is_none();
+            let orphaned = list.items.iter().all(|rs| {
+                rs.metadata
+                    .owner_references
+                    .as_ref()
+                    .is_none_or(|r| r.is_empty())
+            });
+            (gone && orphaned && !list.items.is_empty()).then_some(list.items.len())
+        },
+    )
+    .await;
+    assert_eq!(orphans, after, "every ReplicaSet stays");
+    assert_eq!(
+        pod_images(&client, "app=web").await.len(),
+        8,
+        "the pods stay"
+    );
+    // Background (kubectl's default) on the ReplicaSets: the garbage collector takes the pods.
+    cluster.kubectl_ok(&["delete", "replicasets", "--all"]);
+    wait_for(
+        "the pods to be collected",
+        Duration::from_secs(30),
+        async || {
+            pod_images(&client, "app=web")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
     drop(manager);
 }
 
