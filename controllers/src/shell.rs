@@ -231,8 +231,8 @@ impl Plumbing {
     }
 
     /// Runs until `shutdown`: once every cache has synced, the [`Plumbing::before_workers`]
-    /// steps, then `started` (first keys, leftovers), then `workers` workers over `sync` beside `beside` (resyncs, timers; may be
-    /// `std::future::pending()`).
+    /// steps, then `started` (first keys, leftovers), then `workers` workers over `sync`
+    /// beside `beside` (resyncs, timers; may be `std::future::pending()`).
     pub async fn run<F, Fut>(
         self,
         workers: usize,

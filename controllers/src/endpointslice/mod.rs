@@ -136,7 +136,10 @@ pub async fn run(
     });
     let services = service_store.clone();
     let every_service = move |queue: &WorkQueue<Key>| {
-        tracing::info!(max_endpoints_per_slice, "endpointslice controller: syncing every Service");
+        tracing::info!(
+            max_endpoints_per_slice,
+            "endpointslice controller: syncing every Service"
+        );
         for service in services.state() {
             queue.add(Key::of(service.as_ref()));
         }

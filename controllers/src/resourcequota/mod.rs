@@ -31,14 +31,13 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use skiff_client::workqueue::WorkQueue;
-use tokio::sync::mpsc;
 
 use self::plan::{Observed, quota_measures};
 use self::usage::{
     GroupResource, Measured, ResourceAmounts, claim_usage, pod_usage, service_usage,
 };
 use crate::Error;
-use crate::shell::{Key, QUEUE_MAX, SyncOutcome, api_code, run_workers};
+use crate::shell::{Key, Plumbing, SyncOutcome, api_code, resync_every};
 
 /// Objects asked for per page when a kind without an informer is counted.
 const COUNT_PAGE_SIZE: u32 = 500;
@@ -66,158 +65,84 @@ pub async fn run(
     resync_period: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let (quota_store, mut quota_events, quota_task) = skiff_client::informer::reflect(
+    let mut plumbing = Plumbing::new("resourcequota");
+    // The spec each quota had when last seen: status-only updates (ours, the admission's
+    // charges) do not queue a recount.
+    let mut specs: HashMap<Key, Option<ResourceQuotaSpec>> = HashMap::new();
+    let quota_store = plumbing.informer(
         Api::<ResourceQuota>::all(client.clone()),
-        watcher::Config::default(),
+        move |event, queue| match event {
+            watcher::Event::Apply(quota) | watcher::Event::InitApply(quota) => {
+                let key = Key::of(&quota);
+                let spec_changed = specs.get(&key) != Some(&quota.spec);
+                if spec_changed || status_incomplete(&quota) {
+                    queue.add(key.clone());
+                }
+                specs.insert(key, quota.spec.clone());
+            }
+            watcher::Event::Delete(quota) => {
+                specs.remove(&Key::of(&quota));
+            }
+            watcher::Event::Init => specs.clear(),
+            watcher::Event::InitDone => {}
+        },
     );
-    let (pod_store, pod_events, pod_task) = skiff_client::informer::reflect(
+    let pod_store = plumbing.informer(
         Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
+        route_changes(quota_store.clone(), Measured::Pods, |pod: &Pod| {
+            pod_usage(pod, skiff_client::now_timestamp())
+        }),
     );
-    let (service_store, service_events, service_task) = skiff_client::informer::reflect(
+    let service_store = plumbing.informer(
         Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
+        route_changes(quota_store.clone(), Measured::Services, service_usage),
     );
-    let (config_map_store, config_map_events, config_map_task) = skiff_client::informer::reflect(
+    let config_map_store = plumbing.informer(
         Api::<ConfigMap>::all(client.clone()),
-        watcher::Config::default(),
+        route_changes(
+            quota_store.clone(),
+            Measured::Objects(GroupResource::core("configmaps")),
+            |_: &ConfigMap| ResourceAmounts::new(),
+        ),
     );
-    let (secret_store, secret_events, secret_task) = skiff_client::informer::reflect(
+    let secret_store = plumbing.informer(
         Api::<Secret>::all(client.clone()),
-        watcher::Config::default(),
+        route_changes(
+            quota_store.clone(),
+            Measured::Objects(GroupResource::core("secrets")),
+            |_: &Secret| ResourceAmounts::new(),
+        ),
     );
-    let (claim_store, claim_events, claim_task) = skiff_client::informer::reflect(
+    let claim_store = plumbing.informer(
         Api::<PersistentVolumeClaim>::all(client.clone()),
-        watcher::Config::default(),
+        route_changes(
+            quota_store.clone(),
+            Measured::PersistentVolumeClaims,
+            claim_usage,
+        ),
     );
-    let tasks = [
-        quota_task,
-        pod_task,
-        service_task,
-        config_map_task,
-        secret_task,
-        claim_task,
-    ];
-    let queue: WorkQueue<Key> = WorkQueue::new(QUEUE_MAX);
     let shell = Arc::new(Shell {
         client,
         quotas: quota_store.clone(),
-        pods: pod_store.clone(),
-        services: service_store.clone(),
-        config_maps: config_map_store.clone(),
-        secrets: secret_store.clone(),
-        claims: claim_store.clone(),
+        pods: pod_store,
+        services: service_store,
+        config_maps: config_map_store,
+        secrets: secret_store,
+        claims: claim_store,
         discovered: Mutex::new(HashMap::new()),
     });
-
-    let quota_queue = queue.clone();
-    let quota_router = async move {
-        // The spec each quota had when last seen: status-only updates (ours, the
-        // admission's charges) do not queue a recount.
-        let mut specs: HashMap<Key, Option<ResourceQuotaSpec>> = HashMap::new();
-        while let Some(event) = quota_events.recv().await {
-            match event {
-                watcher::Event::Apply(quota) | watcher::Event::InitApply(quota) => {
-                    let key = Key::of(&quota);
-                    let spec_changed = specs.get(&key) != Some(&quota.spec);
-                    if spec_changed || status_incomplete(&quota) {
-                        quota_queue.add(key.clone());
-                    }
-                    specs.insert(key, quota.spec.clone());
-                }
-                watcher::Event::Delete(quota) => {
-                    specs.remove(&Key::of(&quota));
-                }
-                watcher::Event::Init => specs.clear(),
-                watcher::Event::InitDone => {}
-            }
-        }
-    };
-    let pod_router = route_changes(
-        pod_events,
-        quota_store.clone(),
-        queue.clone(),
-        Measured::Pods,
-        |pod: &Pod| pod_usage(pod, skiff_client::now_timestamp()),
-    );
-    let service_router = route_changes(
-        service_events,
-        quota_store.clone(),
-        queue.clone(),
-        Measured::Services,
-        service_usage,
-    );
-    let claim_router = route_changes(
-        claim_events,
-        quota_store.clone(),
-        queue.clone(),
-        Measured::PersistentVolumeClaims,
-        claim_usage,
-    );
-    let config_map_router = route_changes(
-        config_map_events,
-        quota_store.clone(),
-        queue.clone(),
-        Measured::Objects(GroupResource::core("configmaps")),
-        |_: &ConfigMap| ResourceAmounts::new(),
-    );
-    let secret_router = route_changes(
-        secret_events,
-        quota_store.clone(),
-        queue.clone(),
-        Measured::Objects(GroupResource::core("secrets")),
-        |_: &Secret| ResourceAmounts::new(),
-    );
-    let resync_queue = queue.clone();
-    let resync_quotas = quota_store.clone();
+    let queue = plumbing.queue();
     let resync = async move {
         if resync_period.is_zero() {
             return futures::future::pending().await;
         }
-        let mut every =
-            tokio::time::interval_at(tokio::time::Instant::now() + resync_period, resync_period);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            for quota in resync_quotas.state() {
-                resync_queue.add(Key::of(quota.as_ref()));
-            }
-        }
+        resync_every(resync_period, quota_store, queue).await;
     };
-    let worker_shell = shell.clone();
-    let workers_done = async {
-        // Upstream's WaitForCacheSync: no recount on a partial view.
-        let _ = quota_store.wait_until_ready().await;
-        let _ = pod_store.wait_until_ready().await;
-        let _ = service_store.wait_until_ready().await;
-        let _ = config_map_store.wait_until_ready().await;
-        let _ = secret_store.wait_until_ready().await;
-        let _ = claim_store.wait_until_ready().await;
-        tracing::info!(
-            workers,
-            "resourcequota controller: caches synced, starting workers"
-        );
-        run_workers(queue.clone(), workers, move |key| {
-            let shell = worker_shell.clone();
-            async move { shell.sync(&key).await }
-        })
-        .await;
+    let sync = move |key: Key| {
+        let shell = shell.clone();
+        async move { shell.sync(&key).await }
     };
-    tokio::select! {
-        _ = shutdown => {}
-        _ = quota_router => tracing::warn!("resourcequota informer ended"),
-        _ = pod_router => tracing::warn!("pod informer ended"),
-        _ = service_router => tracing::warn!("service informer ended"),
-        _ = claim_router => tracing::warn!("persistentvolumeclaim informer ended"),
-        _ = config_map_router => tracing::warn!("configmap informer ended"),
-        _ = secret_router => tracing::warn!("secret informer ended"),
-        _ = resync => {}
-        _ = workers_done => {}
-    }
-    queue.shut_down();
-    for task in tasks {
-        task.abort();
-    }
+    plumbing.run(workers, sync, |_| {}, resync, shutdown).await;
     Ok(())
 }
 
@@ -259,38 +184,35 @@ fn queue_quotas(
 /// or an update that changes the object's usage, queues the namespace's quotas that measure
 /// `measured`; additions do not (the admission charged them). After a relist, whose gap may
 /// hide deletions, every quota measuring the kind is queued.
-async fn route_changes<K>(
-    mut events: mpsc::Receiver<watcher::Event<K>>,
+fn route_changes<K>(
     quotas: Store<ResourceQuota>,
-    queue: WorkQueue<Key>,
     measured: Measured,
-    usage_of: impl Fn(&K) -> ResourceAmounts,
-) where
+    usage_of: impl Fn(&K) -> ResourceAmounts + Send + 'static,
+) -> impl FnMut(watcher::Event<K>, &WorkQueue<Key>) + Send + 'static
+where
     K: Resource + ResourceExt,
 {
     // The usage each object had when last seen.
     let mut last_usage: HashMap<Key, ResourceAmounts> = HashMap::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            watcher::Event::Init => last_usage.clear(),
-            watcher::Event::InitApply(obj) => {
-                last_usage.insert(Key::of(&obj), usage_of(&obj));
+    move |event, queue| match event {
+        watcher::Event::Init => last_usage.clear(),
+        watcher::Event::InitApply(obj) => {
+            last_usage.insert(Key::of(&obj), usage_of(&obj));
+        }
+        watcher::Event::InitDone => queue_quotas(&quotas, queue, None, &measured),
+        watcher::Event::Apply(obj) => {
+            let usage = usage_of(&obj);
+            let key = Key::of(&obj);
+            let changed = last_usage.get(&key).is_some_and(|last| *last != usage);
+            if changed {
+                queue_quotas(&quotas, queue, Some(&key.namespace), &measured);
             }
-            watcher::Event::InitDone => queue_quotas(&quotas, &queue, None, &measured),
-            watcher::Event::Apply(obj) => {
-                let usage = usage_of(&obj);
-                let key = Key::of(&obj);
-                let changed = last_usage.get(&key).is_some_and(|last| *last != usage);
-                if changed {
-                    queue_quotas(&quotas, &queue, Some(&key.namespace), &measured);
-                }
-                last_usage.insert(key, usage);
-            }
-            watcher::Event::Delete(obj) => {
-                let key = Key::of(&obj);
-                last_usage.remove(&key);
-                queue_quotas(&quotas, &queue, Some(&key.namespace), &measured);
-            }
+            last_usage.insert(key, usage);
+        }
+        watcher::Event::Delete(obj) => {
+            let key = Key::of(&obj);
+            last_usage.remove(&key);
+            queue_quotas(&quotas, queue, Some(&key.namespace), &measured);
         }
     }
 }

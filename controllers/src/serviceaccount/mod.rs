@@ -17,10 +17,9 @@ use kube::api::PostParams;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use skiff_client::workqueue::WorkQueue;
 
 use crate::Error;
-use crate::shell::{Key, QUEUE_MAX, SyncOutcome, api_code, run_workers};
+use crate::shell::{Key, Plumbing, SyncOutcome, api_code};
 
 /// What the workers share.
 struct Shell {
@@ -40,75 +39,48 @@ pub async fn run(
     workers: usize,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let (namespace_store, mut namespace_events, namespace_task) = skiff_client::informer::reflect(
+    let mut plumbing = Plumbing::new("serviceaccount");
+    let namespace_store = plumbing.informer(
         Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
+        |event, queue| match event {
+            watcher::Event::Apply(namespace) | watcher::Event::InitApply(namespace) => {
+                queue.add(namespace_key(&namespace.name_any()));
+            }
+            watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => {}
+        },
     );
-    let (account_store, mut account_events, account_task) = skiff_client::informer::reflect(
+    let namespaces = namespace_store.clone();
+    let account_store = plumbing.informer(
         Api::<ServiceAccount>::all(client.clone()),
-        watcher::Config::default(),
+        move |event, queue| match event {
+            watcher::Event::Delete(account)
+                if plan::ENSURED_SERVICE_ACCOUNTS.contains(&account.name_any().as_str()) =>
+            {
+                if let Some(namespace) = account.namespace() {
+                    queue.add(namespace_key(&namespace));
+                }
+            }
+            // A relist may have hidden deletions: look at every namespace again.
+            watcher::Event::InitDone => {
+                for namespace in namespaces.state() {
+                    queue.add(namespace_key(&namespace.name_any()));
+                }
+            }
+            _ => {}
+        },
     );
-    let queue: WorkQueue<Key> = WorkQueue::new(QUEUE_MAX);
     let shell = Arc::new(Shell {
         client,
-        namespaces: namespace_store.clone(),
-        service_accounts: account_store.clone(),
+        namespaces: namespace_store,
+        service_accounts: account_store,
     });
-    let namespace_queue = queue.clone();
-    let namespace_router = async move {
-        while let Some(event) = namespace_events.recv().await {
-            match event {
-                watcher::Event::Apply(namespace) | watcher::Event::InitApply(namespace) => {
-                    namespace_queue.add(namespace_key(&namespace.name_any()));
-                }
-                watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => {}
-            }
-        }
+    let sync = move |key: Key| {
+        let shell = shell.clone();
+        async move { shell.sync(&key.name).await }
     };
-    let account_queue = queue.clone();
-    let account_router = async move {
-        while let Some(event) = account_events.recv().await {
-            match event {
-                watcher::Event::Delete(account)
-                    if plan::ENSURED_SERVICE_ACCOUNTS.contains(&account.name_any().as_str()) =>
-                {
-                    if let Some(namespace) = account.namespace() {
-                        account_queue.add(namespace_key(&namespace));
-                    }
-                }
-                // A relist may have hidden deletions: look at every namespace again.
-                watcher::Event::InitDone => {
-                    for namespace in namespace_store.state() {
-                        account_queue.add(namespace_key(&namespace.name_any()));
-                    }
-                }
-                _ => {}
-            }
-        }
-    };
-    let worker_shell = shell.clone();
-    let workers_done = async {
-        let _ = shell.namespaces.wait_until_ready().await;
-        let _ = shell.service_accounts.wait_until_ready().await;
-        tracing::info!(
-            workers,
-            "serviceaccount controller: caches synced, starting workers"
-        );
-        run_workers(queue.clone(), workers, move |key| {
-            let shell = worker_shell.clone();
-            async move { shell.sync(&key.name).await }
-        })
+    plumbing
+        .run(workers, sync, |_| {}, std::future::pending(), shutdown)
         .await;
-    };
-    tokio::select! {
-        _ = shutdown => {}
-        _ = namespace_router => tracing::warn!("namespace informer ended"),
-        _ = account_router => tracing::warn!("serviceaccount informer ended"),
-        _ = workers_done => {}
-    }
-    queue.shut_down();
-    namespace_task.abort();
-    account_task.abort();
     Ok(())
 }
 

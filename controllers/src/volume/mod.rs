@@ -25,14 +25,13 @@ use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use skiff_client::events::{EventRecorder, EventType, NewEvent};
 use skiff_client::workqueue::WorkQueue;
 
 use crate::Error;
-use crate::replicaset::controller::{applied, reference_to};
-use crate::shell::{Key, QUEUE_MAX, SyncOutcome, api_code, run_workers};
+use crate::replicaset::controller::reference_to;
+use crate::shell::{Key, Plumbing, SyncOutcome, api_code, resync_every};
 use plan::{ClaimSync, VolumeThen};
 
 /// How often every claim and volume is synced again (upstream's default
@@ -65,128 +64,86 @@ pub async fn run(
     recorder: EventRecorder,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), crate::Error> {
-    let (volume_store, mut volume_events, volume_task) = skiff_client::informer::reflect(
-        Api::<PersistentVolume>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let (claim_store, mut claim_events, claim_task) = skiff_client::informer::reflect(
+    let mut plumbing = Plumbing::new("persistentvolume-binder");
+    let volume_store =
+        plumbing.informer_of(Api::<PersistentVolume>::all(client.clone()), |volume| {
+            let mut keys = vec![volume_key(&volume.name_any())];
+            if let Some(r) = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
+                && let (Some(ns), Some(name)) = (&r.namespace, &r.name)
+            {
+                keys.push(Key::new(ns, name));
+            }
+            keys
+        });
+    let claim_volumes = volume_store.clone();
+    let claim_store = plumbing.informer_of(
         Api::<PersistentVolumeClaim>::all(client.clone()),
-        watcher::Config::default(),
+        move |claim| {
+            let mut keys = vec![Key::of(claim)];
+            // A deleted claim releases its volume.
+            let bound = claim.spec.as_ref().and_then(|s| s.volume_name.clone());
+            if let Some(name) = bound.filter(|n| !n.is_empty()) {
+                keys.push(volume_key(&name));
+            }
+            let uid = claim.uid();
+            for volume in claim_volumes.state() {
+                let r = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+                if r.is_some_and(|r| r.uid.is_some() && r.uid == uid) {
+                    keys.push(volume_key(&volume.name_any()));
+                }
+            }
+            keys
+        },
     );
-    let (class_store, mut class_events, class_task) = skiff_client::informer::reflect(
-        Api::<StorageClass>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let (node_store, mut node_events, node_task) = skiff_client::informer::reflect(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let queue: WorkQueue<Key> = WorkQueue::new(QUEUE_MAX);
+    let class_claims = claim_store.clone();
+    let class_store =
+        plumbing.informer_of(Api::<StorageClass>::all(client.clone()), move |class| {
+            let name = class.name_any();
+            class_claims
+                .state()
+                .iter()
+                .filter(|claim| binder::claim_class(claim) == name)
+                .map(|claim| Key::of(claim.as_ref()))
+                .collect()
+        });
+    // Node labels only refine a selected node's matching; the resync picks changes up.
+    let node_store = plumbing.informer(Api::<Node>::all(client.clone()), |_, _| {});
     let shell = Arc::new(Shell {
         client,
         volumes: volume_store.clone(),
         claims: claim_store.clone(),
-        classes: class_store.clone(),
-        nodes: node_store.clone(),
-        queue: queue.clone(),
+        classes: class_store,
+        nodes: node_store,
+        queue: plumbing.queue(),
         recorder,
     });
-    let volume_queue = queue.clone();
-    let volume_router = async move {
-        while let Some(event) = volume_events.recv().await {
-            for volume in applied(event) {
-                volume_queue.add(volume_key(&volume.name_any()));
-                if let Some(r) = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
-                    && let (Some(ns), Some(name)) = (&r.namespace, &r.name)
-                {
-                    volume_queue.add(Key::new(ns, name));
-                }
-            }
+    let class_shell = shell.clone();
+    plumbing.before_workers(async move { class_shell.ensure_default_class().await });
+    // Everything is synced once at start, then every RESYNC_PERIOD.
+    let (all_volumes, all_claims) = (volume_store.clone(), claim_store.clone());
+    let everything = move |queue: &WorkQueue<Key>| {
+        for volume in all_volumes.state() {
+            queue.add(volume_key(&volume.name_any()));
+        }
+        for claim in all_claims.state() {
+            queue.add(Key::of(claim.as_ref()));
         }
     };
-    let claim_queue = queue.clone();
-    let claim_volumes = volume_store.clone();
-    let claim_router = async move {
-        while let Some(event) = claim_events.recv().await {
-            for claim in applied(event) {
-                claim_queue.add(Key::of(&claim));
-                // A deleted claim releases its volume.
-                let bound = claim.spec.as_ref().and_then(|s| s.volume_name.clone());
-                if let Some(name) = bound.filter(|n| !n.is_empty()) {
-                    claim_queue.add(volume_key(&name));
-                }
-                let uid = claim.uid();
-                for volume in claim_volumes.state() {
-                    let r = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
-                    if r.is_some_and(|r| r.uid.is_some() && r.uid == uid) {
-                        claim_queue.add(volume_key(&volume.name_any()));
-                    }
-                }
-            }
-        }
-    };
-    let class_queue = queue.clone();
-    let class_claims = claim_store.clone();
-    let class_router = async move {
-        while let Some(event) = class_events.recv().await {
-            for class in applied(event) {
-                let name = class.name_any();
-                for claim in class_claims.state() {
-                    if binder::claim_class(&claim) == name {
-                        class_queue.add(Key::of(claim.as_ref()));
-                    }
-                }
-            }
-        }
-    };
-    // Node labels only refine a selected node's matching; the resync picks changes up.
-    let node_router = async move { while node_events.recv().await.is_some() {} };
-    let resync_shell = shell.clone();
+    let (volume_queue, claim_queue) = (plumbing.queue(), plumbing.queue());
     let resync = async move {
-        let _ = resync_shell.volumes.wait_until_ready().await;
-        let _ = resync_shell.claims.wait_until_ready().await;
-        let mut tick = tokio::time::interval(RESYNC_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            for volume in resync_shell.volumes.state() {
-                resync_shell.queue.add(volume_key(&volume.name_any()));
-            }
-            for claim in resync_shell.claims.state() {
-                resync_shell.queue.add(Key::of(claim.as_ref()));
-            }
-        }
-    };
-    let worker_shell = shell.clone();
-    let workers_done = async {
-        let _ = volume_store.wait_until_ready().await;
-        let _ = claim_store.wait_until_ready().await;
-        let _ = class_store.wait_until_ready().await;
-        let _ = node_store.wait_until_ready().await;
-        worker_shell.ensure_default_class().await;
-        tracing::info!(
-            workers,
-            "persistentvolume-binder: caches synced, starting workers"
-        );
-        run_workers(queue.clone(), workers, move |key| {
-            let shell = worker_shell.clone();
-            async move { shell.sync(&key).await }
-        })
+        futures::future::join(
+            resync_every(RESYNC_PERIOD, volume_store, volume_queue),
+            resync_every(RESYNC_PERIOD, claim_store, claim_queue),
+        )
         .await;
     };
-    tokio::select! {
-        _ = shutdown => {}
-        _ = volume_router => tracing::warn!("persistentvolume informer ended"),
-        _ = claim_router => tracing::warn!("persistentvolumeclaim informer ended"),
-        _ = class_router => tracing::warn!("storageclass informer ended"),
-        _ = node_router => tracing::warn!("node informer ended"),
-        _ = resync => {}
-        _ = workers_done => {}
-    }
-    queue.shut_down();
-    for task in [volume_task, claim_task, class_task, node_task] {
-        task.abort();
-    }
+    let sync = move |key: Key| {
+        let shell = shell.clone();
+        async move { shell.sync(&key).await }
+    };
+    plumbing
+        .run(workers, sync, everything, resync, shutdown)
+        .await;
     Ok(())
 }
 
