@@ -119,6 +119,29 @@ where
     while set.join_next().await.is_some() {}
 }
 
+/// What an informer can watch: a typed Kubernetes object (kube-runtime's reflector bounds).
+pub trait Watchable:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + serde::de::DeserializeOwned
+    + 'static
+{
+}
+
+impl<K> Watchable for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + serde::de::DeserializeOwned
+        + 'static
+{
+}
+
 /// A controller's plumbing, written once: informers whose events a router turns into keys of
 /// one work queue, the caches every sync reads (waited for before the first sync, as
 /// upstream's `WaitForCacheSync`), workers, optional loops beside them (resyncs, timers), and
@@ -154,14 +177,7 @@ impl Plumbing {
     /// it concerns); returns its cache.
     pub fn informer<K, R>(&mut self, api: kube::Api<K>, route: R) -> Store<K>
     where
-        K: kube::Resource
-            + Clone
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + serde::de::DeserializeOwned
-            + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        K: Watchable,
         R: FnMut(watcher::Event<K>, &WorkQueue<Key>) + Send + 'static,
     {
         self.informer_with(api, watcher::Config::default(), route)
@@ -175,14 +191,7 @@ impl Plumbing {
         mut route: R,
     ) -> Store<K>
     where
-        K: kube::Resource
-            + Clone
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + serde::de::DeserializeOwned
-            + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        K: Watchable,
         R: FnMut(watcher::Event<K>, &WorkQueue<Key>) + Send + 'static,
     {
         let (store, mut events, task) = skiff_client::informer::reflect(api, config);
@@ -192,7 +201,7 @@ impl Plumbing {
             while let Some(event) = events.recv().await {
                 route(event, &queue);
             }
-            tracing::warn!(controller = name, kind = %K::kind(&K::DynamicType::default()), "informer ended");
+            tracing::warn!(controller = name, kind = %K::kind(&()), "informer ended");
         }));
         let ready = store.clone();
         self.ready.push(Box::pin(async move {
@@ -205,14 +214,7 @@ impl Plumbing {
     /// An informer whose applied and deleted objects each queue the keys `keys_of` names.
     pub fn informer_of<K, F>(&mut self, api: kube::Api<K>, keys_of: F) -> Store<K>
     where
-        K: kube::Resource
-            + Clone
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + serde::de::DeserializeOwned
-            + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        K: Watchable,
         F: Fn(&K) -> Vec<Key> + Send + 'static,
     {
         self.informer(api, move |event, queue| {
