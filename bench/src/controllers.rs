@@ -48,6 +48,9 @@ pub const NODE_WAIT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest wait for a watch's initial list.
 const WATCH_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deployment versions buffered between the watch and the phase that reads them; a slow
+/// reader slows the watch (back-pressure), it never grows a queue.
+const DEPLOYMENT_EVENTS_MAX: usize = 4096;
 
 /// Everything one `skiff bench controllers` run needs.
 #[derive(Debug, Clone)]
@@ -255,8 +258,8 @@ type Seen = (Instant, Deployment);
 async fn watch_deployment(
     deployments: Api<Deployment>,
     run_id: &str,
-) -> Result<(tokio::task::JoinHandle<()>, mpsc::UnboundedReceiver<Seen>), Error> {
-    let (tx, rx) = mpsc::unbounded_channel();
+) -> Result<(tokio::task::JoinHandle<()>, mpsc::Receiver<Seen>), Error> {
+    let (tx, rx) = mpsc::channel(DEPLOYMENT_EVENTS_MAX);
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
     let config = watcher::Config::default().labels(&objects::run_selector(run_id));
     let mut stream = watcher(deployments, config).default_backoff().boxed();
@@ -265,7 +268,7 @@ async fn watch_deployment(
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) => {
-                    if tx.send((Instant::now(), d)).is_err() {
+                    if tx.send((Instant::now(), d)).await.is_err() {
                         return;
                     }
                 }
@@ -409,7 +412,7 @@ struct Waited {
 /// answers (done, progress position). The timeline starts with `initial` (the counts before
 /// the request) and has a point for every change after it.
 async fn wait_phase(
-    seen: &mut mpsc::UnboundedReceiver<Seen>,
+    seen: &mut mpsc::Receiver<Seen>,
     start: Instant,
     timeout: Duration,
     generation: i64,
