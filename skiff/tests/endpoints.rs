@@ -14,170 +14,25 @@
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
+#[path = "common/control_plane.rs"]
+mod control_plane;
 #[path = "common/node_sim.rs"]
 mod node_sim;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use apiserver::{ApiHome, ApiServer, Backend};
+use control_plane::{Cluster, Proc, wait_for};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
-use node_sim::NodeSim;
+use kube::{Api, Client};
 use serde_json::{Value, json};
 
 /// The controllers under test and those the scenario needs.
 const CONTROLLERS: &str = "endpoint,endpointslice,deployment,replicaset,garbagecollector";
 /// How long any one convergence may take.
 const CONVERGE: Duration = Duration::from_secs(60);
-
-/// A `skiff controller-manager` process, killed (by its PID) on drop.
-struct ManagerProc {
-    child: Child,
-    log_path: PathBuf,
-}
-
-impl ManagerProc {
-    fn start(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> ManagerProc {
-        let log_path = dir.join("controller-manager.log");
-        let log = std::fs::File::create(&log_path).expect("log");
-        let child = Command::new(common::skiff_bin())
-            .arg("controller-manager")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--secure-port", "0"])
-            .args(extra)
-            .env("SKIFF_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn skiff controller-manager");
-        ManagerProc { child, log_path }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for ManagerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `skiff scheduler` process (no leader election), killed on drop.
-struct SchedulerProc(Child);
-
-impl SchedulerProc {
-    fn start(dir: &Path, kubeconfig: &Path) -> SchedulerProc {
-        let log = std::fs::File::create(dir.join("scheduler.log")).expect("log");
-        let child = Command::new(common::skiff_bin())
-            .arg("scheduler")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--secure-port", "0", "--leader-elect=false"])
-            .env("SKIFF_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn skiff scheduler");
-        SchedulerProc(child)
-    }
-}
-
-impl Drop for SchedulerProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A control plane for one test: store, API server, scheduler, simulated nodes.
-struct Cluster {
-    _store: Backend,
-    home: ApiHome,
-    api: ApiServer,
-    kubeconfig: PathBuf,
-    client: Client,
-    _scheduler: SchedulerProc,
-    _nodes: NodeSim,
-}
-
-impl Cluster {
-    async fn start(nodes: usize) -> Cluster {
-        let store = Backend::skiff();
-        let home = ApiHome::new();
-        let api = home.start(&store.endpoints(), &[]);
-        let kubeconfig = home.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig);
-        let config = Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&kubeconfig).expect("read kubeconfig"),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .expect("kube config");
-        let client = Client::try_from(config).expect("kube client");
-        let nodes_arg = nodes.to_string();
-        let sim = NodeSim::start(
-            home.path(),
-            &kubeconfig,
-            &[OsStr::new("--nodes"), OsStr::new(&nodes_arg)],
-        );
-        let scheduler = SchedulerProc::start(home.path(), &kubeconfig);
-        Cluster {
-            _store: store,
-            home,
-            api,
-            kubeconfig,
-            client,
-            _scheduler: scheduler,
-            _nodes: sim,
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        self.api.kubectl(&self.kubeconfig, args)
-    }
-
-    /// kubectl that must succeed; its stdout.
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn manager(&self, extra: &[&str]) -> ManagerProc {
-        ManagerProc::start(self.home.path(), &self.kubeconfig, extra)
-    }
-}
-
-async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// What an Endpoints object says, flattened: ready and not-ready pod names with IPs, ports.
 #[derive(Debug, Default, PartialEq)]
@@ -340,10 +195,15 @@ async fn set_status(pods: &Api<Pod>, name: &str, ip: &str, ready: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_and_slices_follow_pods_readiness_deletion_scale_and_service_deletion() {
     let cluster = Cluster::start(2).await;
-    let manager = cluster.manager(&[
-        "--leader-elect=false",
-        &format!("--controllers={CONTROLLERS}"),
-    ]);
+    let manager = Proc::manager(
+        cluster.home.path(),
+        &cluster.kubeconfig,
+        "controller-manager",
+        &[
+            "--leader-elect=false",
+            &format!("--controllers={CONTROLLERS}"),
+        ],
+    );
     let client = cluster.client.clone();
 
     // An exposed Deployment: its three pods, ready, on 8080, in both.

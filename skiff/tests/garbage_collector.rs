@@ -11,51 +11,31 @@
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
+#[path = "common/control_plane.rs"]
+mod control_plane;
+#[path = "common/node_sim.rs"]
+mod node_sim;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use apiserver::{ApiHome, ApiServer, Backend};
+use control_plane::Proc;
 use serde_json::{Value, json};
 
 /// How long the collector may take to act on a change.
 const GC_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A `skiff controller-manager` running only the garbage collector, killed on drop.
-struct ControllerManager {
-    child: Child,
-    log_path: PathBuf,
-}
-
-impl ControllerManager {
-    fn start(dir: &Path, kubeconfig: &Path) -> ControllerManager {
-        let log_path = dir.join("controller-manager.log");
-        let log = std::fs::File::create(&log_path).expect("log");
-        let child = Command::new(common::skiff_bin())
-            .arg("controller-manager")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--leader-elect=false", "--controllers", "garbagecollector"])
-            .args(["--secure-port", "0"])
-            .env("SKIFF_LOG", "info,skiff_controllers=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn skiff controller-manager");
-        ControllerManager { child, log_path }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for ControllerManager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `skiff controller-manager` running only the garbage collector.
+fn collector(dir: &Path, kubeconfig: &Path) -> Proc {
+    Proc::manager_logging(
+        dir,
+        kubeconfig,
+        "controller-manager",
+        "info,skiff_controllers=debug",
+        &["--leader-elect=false", "--controllers", "garbagecollector"],
+    )
 }
 
 /// kubectl against one API server as the admin.
@@ -70,13 +50,7 @@ impl Kubectl<'_> {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        control_plane::kubectl_ok(self.api, &self.kubeconfig, args, String::new)
     }
 
     /// The ConfigMap `name` in `gc`, or `None` if it is not found.
@@ -278,7 +252,7 @@ fn the_garbage_collector_cascades_kubectl_deletes() {
         kubeconfig: kubeconfig.clone(),
     };
     kubectl.ok(&["create", "namespace", "gc"]);
-    let cm = ControllerManager::start(home.path(), &kubeconfig);
+    let cm = collector(home.path(), &kubeconfig);
     let log = || cm.log();
     let gone = |name: &str| kubectl.configmap(name).is_none();
 
@@ -414,7 +388,7 @@ fn the_garbage_collector_cascades_kubectl_deletes() {
     let owner = kubectl.create("down-owner", &[], &[]);
     kubectl.create("down-dep", &[("down-owner", &owner)], &[]);
     kubectl.ok(&["delete", "configmap", "down-owner", "-n", "gc"]);
-    let cm = ControllerManager::start(home.path(), &kubeconfig);
+    let cm = collector(home.path(), &kubeconfig);
     wait_for(
         "a dependent orphaned while the collector was down is collected",
         GC_TIMEOUT,

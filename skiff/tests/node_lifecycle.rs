@@ -10,21 +10,20 @@
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
+#[path = "common/control_plane.rs"]
+mod control_plane;
 #[path = "common/node_sim.rs"]
 mod node_sim;
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use apiserver::{ApiHome, ApiServer, Backend};
+use control_plane::{Cluster, Proc, poll_until};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
-use node_sim::NodeSim;
+use kube::{Api, Client};
 
 /// The grace period the manager runs with. node-sim renews Leases every 10 s, so the grace
 /// must exceed that with room for a late renewal (upstream asks for several renewals).
@@ -33,157 +32,31 @@ const GRACE: Duration = Duration::from_secs(20);
 const TOLERATION_SECONDS: i64 = 5;
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
-/// A `skiff controller-manager` process, killed (by its PID) on drop.
-struct ManagerProc {
-    child: Child,
-    log_path: PathBuf,
+/// How often [`wait_for`] checks.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Store, API server, `nodes` simulated nodes that stop renewing those named in the returned
+/// stop file, and a scheduler.
+async fn start_cluster(nodes: usize) -> (Cluster, PathBuf) {
+    let mut cluster = Cluster::api_only(&[]).await;
+    let stop_file = cluster.home.path().join("stopped-nodes");
+    std::fs::write(&stop_file, "").expect("stop file");
+    cluster.start_nodes(
+        nodes,
+        &[OsStr::new("--stop-renewing-file"), stop_file.as_os_str()],
+    );
+    cluster.start_scheduler();
+    (cluster, stop_file)
 }
 
-impl ManagerProc {
-    fn start(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> ManagerProc {
-        let log_path = dir.join("controller-manager.log");
-        let log = std::fs::File::create(&log_path).expect("log");
-        let child = Command::new(common::skiff_bin())
-            .arg("controller-manager")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--secure-port", "0"])
-            .args(extra)
-            .env("SKIFF_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn skiff controller-manager");
-        ManagerProc { child, log_path }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for ManagerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `skiff scheduler` process (no leader election), killed on drop.
-struct SchedulerProc(Child);
-
-impl SchedulerProc {
-    fn start(dir: &Path, kubeconfig: &Path) -> SchedulerProc {
-        let log = std::fs::File::create(dir.join("scheduler.log")).expect("log");
-        let child = Command::new(common::skiff_bin())
-            .arg("scheduler")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--secure-port", "0", "--leader-elect=false"])
-            .env("SKIFF_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn skiff scheduler");
-        SchedulerProc(child)
-    }
-}
-
-impl Drop for SchedulerProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Store, API server, scheduler and simulated nodes with a stop file.
-struct Cluster {
-    _store: Backend,
-    home: ApiHome,
-    api: ApiServer,
-    kubeconfig: PathBuf,
-    client: Client,
-    stop_file: PathBuf,
-    _scheduler: SchedulerProc,
-    nodes: NodeSim,
-}
-
-impl Cluster {
-    async fn start(nodes: usize) -> Cluster {
-        let store = Backend::skiff();
-        let home = ApiHome::new();
-        let api = home.start(&store.endpoints(), &[]);
-        let kubeconfig = home.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig);
-        let config = Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&kubeconfig).expect("read kubeconfig"),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .expect("kube config");
-        let client = Client::try_from(config).expect("kube client");
-        let stop_file = home.path().join("stopped-nodes");
-        std::fs::write(&stop_file, "").expect("stop file");
-        let nodes_arg = nodes.to_string();
-        let sim = NodeSim::start(
-            home.path(),
-            &kubeconfig,
-            &[
-                OsStr::new("--nodes"),
-                OsStr::new(&nodes_arg),
-                OsStr::new("--stop-renewing-file"),
-                stop_file.as_os_str(),
-            ],
-        );
-        let scheduler = SchedulerProc::start(home.path(), &kubeconfig);
-        Cluster {
-            _store: store,
-            home,
-            api,
-            kubeconfig,
-            client,
-            stop_file,
-            _scheduler: scheduler,
-            nodes: sim,
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        self.api.kubectl(&self.kubeconfig, args)
-    }
-
-    /// kubectl that must succeed (else the test fails with `diagnostics`); its stdout.
-    fn kubectl_ok(&self, args: &[&str], diagnostics: impl Fn() -> String) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            diagnostics()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
+/// [`poll_until`] every [`POLL`], failing with `diagnostics`.
 async fn wait_for<T>(
     what: &str,
     timeout: Duration,
     diagnostics: impl Fn() -> String,
-    mut check: impl AsyncFnMut() -> Option<T>,
+    check: impl AsyncFnMut() -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}\n{}",
-            diagnostics()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    poll_until(what, timeout, POLL, diagnostics, check).await
 }
 
 fn ready_status(node: &Node) -> Option<(String, Option<String>)> {
@@ -222,11 +95,12 @@ async fn events(client: &Client, reason: &str) -> Vec<Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_is_tainted_its_pods_evicted_and_collected_once_the_node_is_gone() {
-    let cluster = Cluster::start(3).await;
+    let (cluster, stop_file) = start_cluster(3).await;
     let grace = format!("--node-monitor-grace-period={}s", GRACE.as_secs());
-    let manager = ManagerProc::start(
+    let manager = Proc::manager(
         cluster.home.path(),
         &cluster.kubeconfig,
+        "controller-manager",
         &[
             "--leader-elect=false",
             "--controllers=nodelifecycle,podgc,deployment,replicaset",
@@ -239,7 +113,7 @@ async fn a_silent_node_is_tainted_its_pods_evicted_and_collected_once_the_node_i
         format!(
             "--- controller-manager log (tail) ---\n{}\n--- node-sim log (tail) ---\n{}",
             tail(&manager.log(), 60),
-            tail(&cluster.nodes.log(), 20)
+            tail(&cluster.node_sim().log(), 20)
         )
     };
     let nodes: Api<Node> = Api::all(client.clone());
@@ -255,7 +129,7 @@ async fn a_silent_node_is_tainted_its_pods_evicted_and_collected_once_the_node_i
     .await;
 
     // A Deployment of 6 whose pods tolerate `unreachable` for 5 s.
-    cluster.kubectl_ok(
+    cluster.kubectl_ok_with(
         &[
             "create",
             "deployment",
@@ -270,11 +144,11 @@ async fn a_silent_node_is_tainted_its_pods_evicted_and_collected_once_the_node_i
         "tolerationSeconds": TOLERATION_SECONDS,
     }]}}}})
     .to_string();
-    cluster.kubectl_ok(
+    cluster.kubectl_ok_with(
         &["patch", "deployment/web", "--type=merge", "-p", &toleration],
         diag,
     );
-    cluster.kubectl_ok(
+    cluster.kubectl_ok_with(
         &["rollout", "status", "deployment/web", "--timeout=90s"],
         diag,
     );
@@ -335,7 +209,7 @@ async fn a_silent_node_is_tainted_its_pods_evicted_and_collected_once_the_node_i
     assert_eq!(victim_pod_names.len(), victim_pods);
 
     // The node falls silent.
-    std::fs::write(&cluster.stop_file, format!("{victim}\n")).unwrap();
+    std::fs::write(&stop_file, format!("{victim}\n")).unwrap();
     let stopped_at = Instant::now();
     wait_for(
         "the silent node to go Ready=Unknown",

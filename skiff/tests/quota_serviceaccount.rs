@@ -9,142 +9,36 @@
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
+#[path = "common/control_plane.rs"]
+mod control_plane;
 #[path = "common/node_sim.rs"]
 mod node_sim;
 
-use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use apiserver::{ApiHome, ApiServer, Backend};
+use control_plane::Cluster;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event, Pod, ResourceQuota, ServiceAccount};
 use kube::api::ListParams;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
-use node_sim::NodeSim;
+use kube::{Api, Client};
 
 /// How long a controller may take to act on a change.
 const ACT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A `skiff` child process killed (by its PID) on drop, with its log file.
-struct Proc {
-    child: Child,
-    log_path: PathBuf,
-}
-
-impl Proc {
-    fn start(dir: &Path, kubeconfig: &Path, name: &str, args: &[&str]) -> Proc {
-        let log_path = dir.join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).expect("log");
-        let child = Command::new(common::skiff_bin())
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .env("SKIFF_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn skiff");
-        Proc { child, log_path }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A control plane for one test: store, API server with quota admission, scheduler,
-/// simulated nodes and the controller manager under test.
-struct Cluster {
-    _store: Backend,
-    _home: ApiHome,
-    api: ApiServer,
-    kubeconfig: PathBuf,
-    client: Client,
-    _scheduler: Proc,
-    _nodes: NodeSim,
-    manager: Proc,
+/// A control plane for one test: store, API server with quota admission, simulated nodes,
+/// scheduler and the controller manager under test.
+async fn start_cluster(nodes: usize) -> Cluster {
+    let mut cluster = Cluster::api_only(&["--enable-admission-plugins=ResourceQuota"]).await;
+    cluster.start_nodes(nodes, &[]);
+    cluster.start_scheduler();
+    cluster.start_manager(&[
+        "--leader-elect=false",
+        "--controllers=resourcequota,serviceaccount,replicaset,deployment",
+    ]);
+    cluster
 }
 
 impl Cluster {
-    async fn start(nodes: usize) -> Cluster {
-        let store = Backend::skiff();
-        let home = ApiHome::new();
-        let api = home.start(
-            &store.endpoints(),
-            &["--enable-admission-plugins=ResourceQuota"],
-        );
-        let kubeconfig = home.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig);
-        let config = Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&kubeconfig).expect("read kubeconfig"),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .expect("kube config");
-        let client = Client::try_from(config).expect("kube client");
-        let nodes_arg = nodes.to_string();
-        let sim = NodeSim::start(
-            home.path(),
-            &kubeconfig,
-            &[OsStr::new("--nodes"), OsStr::new(&nodes_arg)],
-        );
-        let scheduler = Proc::start(
-            home.path(),
-            &kubeconfig,
-            "scheduler",
-            &["scheduler", "--secure-port", "0", "--leader-elect=false"],
-        );
-        let manager = Proc::start(
-            home.path(),
-            &kubeconfig,
-            "controller-manager",
-            &[
-                "controller-manager",
-                "--leader-elect=false",
-                "--secure-port",
-                "0",
-                "--controllers=resourcequota,serviceaccount,replicaset,deployment",
-            ],
-        );
-        Cluster {
-            _store: store,
-            _home: home,
-            api,
-            kubeconfig,
-            client,
-            _scheduler: scheduler,
-            _nodes: sim,
-            manager,
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        self.api.kubectl(&self.kubeconfig, args)
-    }
-
-    /// kubectl that must succeed; its stdout.
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}{}\ncontroller-manager log:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.manager.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// `status.used[resource]` of quota `name` in `namespace`, if set.
     async fn quota_used(&self, namespace: &str, name: &str, resource: &str) -> Option<String> {
         let quota = Api::<ResourceQuota>::namespaced(self.client.clone(), namespace)
@@ -156,10 +50,9 @@ impl Cluster {
 
     /// Waits until quota `name`'s `status.used[resource]` is `want`.
     async fn wait_quota_used(&self, namespace: &str, name: &str, resource: &str, want: &str) {
-        wait_for(
+        self.wait_for(
             &format!("{namespace}/{name} status.used.{resource} = {want}"),
             ACT_TIMEOUT,
-            &self.manager,
             async || {
                 (self.quota_used(namespace, name, resource).await.as_deref() == Some(want))
                     .then_some(())
@@ -181,26 +74,6 @@ impl Cluster {
     }
 }
 
-async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    manager: &Proc,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\ncontroller-manager log:\n{}",
-            manager.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The uid of ServiceAccount `default` in `namespace`, if it exists.
 async fn default_account_uid(client: &Client, namespace: &str) -> Option<String> {
     Api::<ServiceAccount>::namespaced(client.clone(), namespace)
@@ -213,32 +86,30 @@ async fn default_account_uid(client: &Client, namespace: &str) -> Option<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_service_accounts_and_quota_usage_are_kept() {
-    let cluster = Cluster::start(2).await;
+    let cluster = start_cluster(2).await;
     let client = cluster.client.clone();
 
     // (a) A new namespace gets `default`; deleted, it comes back.
     cluster.kubectl_ok(&["create", "namespace", "team"]);
-    let first_uid = wait_for(
-        "serviceaccount team/default",
-        ACT_TIMEOUT,
-        &cluster.manager,
-        async || default_account_uid(&client, "team").await,
-    )
-    .await;
+    let first_uid = cluster
+        .wait_for("serviceaccount team/default", ACT_TIMEOUT, async || {
+            default_account_uid(&client, "team").await
+        })
+        .await;
     let shown = cluster.kubectl_ok(&["get", "sa", "default", "-n", "team"]);
     assert!(shown.contains("default"), "{shown}");
     cluster.kubectl_ok(&["delete", "sa", "default", "-n", "team"]);
-    wait_for(
-        "serviceaccount team/default recreated",
-        ACT_TIMEOUT,
-        &cluster.manager,
-        async || {
-            default_account_uid(&client, "team")
-                .await
-                .filter(|uid| *uid != first_uid)
-        },
-    )
-    .await;
+    cluster
+        .wait_for(
+            "serviceaccount team/default recreated",
+            ACT_TIMEOUT,
+            async || {
+                default_account_uid(&client, "team")
+                    .await
+                    .filter(|uid| *uid != first_uid)
+            },
+        )
+        .await;
 
     // (b) A quota of two pods: the controller fills in its status.
     cluster.kubectl_ok(&["create", "quota", "q", "--hard=pods=2", "-n", "team"]);
@@ -303,11 +174,8 @@ async fn default_service_accounts_and_quota_usage_are_kept() {
     ]);
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "team");
     let events: Api<Event> = Api::namespaced(client.clone(), "team");
-    let failure = wait_for(
-        "the ReplicaSet's quota refusal",
-        ACT_TIMEOUT,
-        &cluster.manager,
-        async || {
+    let failure = cluster
+        .wait_for("the ReplicaSet's quota refusal", ACT_TIMEOUT, async || {
             let condition = replica_sets
                 .list(&ListParams::default())
                 .await
@@ -332,9 +200,8 @@ async fn default_service_accounts_and_quota_usage_are_kept() {
                 .find(|e| e.reason.as_deref() == Some("FailedCreate"))
                 .and_then(|e| e.message.filter(|m| m.contains("exceeded quota")));
             condition.or(event)
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(
         failure.contains(
             "is forbidden: exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2"
@@ -346,13 +213,11 @@ async fn default_service_accounts_and_quota_usage_are_kept() {
         !failure.contains("ApiError") && !failure.contains("Status {"),
         "{failure}"
     );
-    wait_for(
-        "two pods of the Deployment",
-        ACT_TIMEOUT,
-        &cluster.manager,
-        async || (cluster.live_pods("team").await.len() == 2).then_some(()),
-    )
-    .await;
+    cluster
+        .wait_for("two pods of the Deployment", ACT_TIMEOUT, async || {
+            (cluster.live_pods("team").await.len() == 2).then_some(())
+        })
+        .await;
     // It stays there while the ReplicaSet keeps trying.
     let watch_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < watch_until {

@@ -10,6 +10,8 @@
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
+#[path = "common/control_plane.rs"]
+mod control_plane;
 #[path = "common/node_sim.rs"]
 mod node_sim;
 
@@ -21,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apiserver::{ApiHome, ApiServer, Backend};
+use control_plane::{kube_client, wait_for};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -31,9 +34,8 @@ use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use node_sim::NodeSim;
 
 /// A `skiff scheduler` process, killed on drop.
@@ -109,11 +111,7 @@ fn curl(url: &str) -> (u16, String) {
 
 async fn client(api: &ApiServer, path: &Path) -> Client {
     api.write_kubeconfig(path);
-    let kubeconfig = Kubeconfig::read_from(path).expect("read kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kube config");
-    Client::try_from(config).expect("kube client")
+    kube_client(path).await
 }
 
 fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
@@ -230,21 +228,6 @@ fn spread_pod(name: &str) -> Pod {
         ..Default::default()
     });
     p
-}
-
-async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn node_of(pods: &Api<Pod>, name: &str, timeout: Duration) -> String {

@@ -7,16 +7,20 @@
 #[path = "common/apiserver.rs"]
 mod apiserver;
 mod common;
+#[path = "common/control_plane.rs"]
+mod control_plane;
+#[path = "common/node_sim.rs"]
+mod node_sim;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use apiserver::{ApiHome, Backend};
+use control_plane::kube_client;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use serde_json::{Value, json};
 
 /// A `skiff scheduler` process (no leader election, no metrics port), killed on drop.
@@ -57,14 +61,8 @@ async fn fixture() -> Fixture {
     let api = home.start(&store.endpoints(), &[]);
     let kubeconfig = home.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
-    let config = Config::from_custom_kubeconfig(
-        Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .expect("kube config");
     Fixture {
-        client: Client::try_from(config).expect("client"),
+        client: kube_client(&kubeconfig).await,
         home,
         _store: store,
         _api: api,
