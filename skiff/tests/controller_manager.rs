@@ -3,8 +3,9 @@
 //! `kubectl create deployment` becomes N/N available, `kubectl set image` rolls out within
 //! maxSurge and maxUnavailable (sampled all along), `kubectl rollout status/history/undo/
 //! pause/resume/restart` and a scale mid-rollout work unchanged; a ReplicaSet under a churn of
-//! pod deletions never runs more pods than it wants; with two managers exactly one acts, and
-//! a kill -9 of it mid-rollout hands over and the rollout completes within maxSurge.
+//! pod deletions never runs more pods than it wants; with two managers (on two API servers
+//! over a three-member store) exactly one acts, and a kill -9 of it mid-rollout hands over
+//! and the rollout completes within maxSurge.
 
 #[path = "common/apiserver.rs"]
 mod apiserver;
@@ -518,14 +519,24 @@ async fn a_replica_set_under_pod_churn_never_overshoots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_managers_one_acts_and_a_kill_mid_rollout_hands_over() {
-    let cluster = Cluster::start(3).await;
+    // The HA shape: a three-member store, two API servers, each manager on its own.
+    let three_members = apiserver::Backend::Skiff(common::Cluster::start(3));
+    let mut cluster = Cluster::api_only_on(three_members, &[]).await;
+    cluster.start_nodes(3, &[]);
+    cluster.start_scheduler();
+    let (_second_api, second_kubeconfig) = cluster.another_api_server();
     let le = [
         "--leader-elect-lease-duration=4s",
         "--leader-elect-renew-deadline=3s",
         "--leader-elect-retry-period=500ms",
     ];
     let mut a = cluster.manager("a", &le);
-    let mut b = cluster.manager("b", &le);
+    let mut b = Proc::manager(
+        cluster.home.path(),
+        &second_kubeconfig,
+        "controller-manager-b",
+        &le,
+    );
     let client = cluster.client.clone();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
     let holder = wait_for("a Lease holder", Duration::from_secs(20), async || {

@@ -141,7 +141,11 @@ impl Cluster {
 
     /// Store and API server (with `apiserver_flags`), kubeconfig and client; nothing else.
     pub async fn api_only(apiserver_flags: &[&str]) -> Cluster {
-        let store = Backend::skiff();
+        Cluster::api_only_on(Backend::skiff(), apiserver_flags).await
+    }
+
+    /// Like [`Cluster::api_only`] on a given store (e.g. three members).
+    pub async fn api_only_on(store: Backend, apiserver_flags: &[&str]) -> Cluster {
         let home = ApiHome::new();
         let api = home.start(&store.endpoints(), apiserver_flags);
         let kubeconfig = home.path().join("kubeconfig");
@@ -157,6 +161,15 @@ impl Cluster {
             nodes: None,
             manager: None,
         }
+    }
+
+    /// One more API server on the same store, and its admin kubeconfig
+    /// (`<home>/kubeconfig-<port>`).
+    pub fn another_api_server(&self) -> (ApiServer, PathBuf) {
+        let api = self.home.start(&self.store.endpoints(), &[]);
+        let kubeconfig = self.home.path().join(format!("kubeconfig-{}", api.port));
+        api.write_kubeconfig(&kubeconfig);
+        (api, kubeconfig)
     }
 
     /// `skiff node-sim --nodes <nodes> <extra>`.
