@@ -12,6 +12,10 @@ use skiff_client::workqueue::WorkQueue;
 
 use crate::Error;
 
+/// How often the ReplicaSet and Deployment controllers look at every object again, whatever
+/// their informers said (a full resync heals a missed event).
+pub const RESYNC_PERIOD: Duration = Duration::from_secs(300);
+
 /// Keys a controller's work queue holds at most (objects of its kind waiting for a sync).
 pub const QUEUE_MAX: usize = 100_000;
 

@@ -19,7 +19,7 @@ use super::sync::{Action, sync};
 use crate::Error;
 use crate::pods::{controller_of, selector_matches};
 use crate::replicaset::controller::reference_to;
-use crate::shell::{Key, Plumbing, SyncOutcome, api_code};
+use crate::shell::{Key, Plumbing, RESYNC_PERIOD, SyncOutcome, api_code, resync_every};
 
 /// What the workers share.
 struct Shell {
@@ -51,6 +51,7 @@ pub async fn run(
     let pod_store = plumbing.informer_of(Api::<Pod>::all(client.clone()), move |pod| {
         deployment_of_pod(pod, &replica_sets).into_iter().collect()
     });
+    let resync = resync_every(RESYNC_PERIOD, d_store.clone(), plumbing.queue());
     let shell = Arc::new(Shell {
         client,
         deployments: d_store,
@@ -62,9 +63,7 @@ pub async fn run(
         let shell = shell.clone();
         async move { shell.sync(&key).await }
     };
-    plumbing
-        .run(workers, sync, |_| {}, std::future::pending(), shutdown)
-        .await;
+    plumbing.run(workers, sync, |_| {}, resync, shutdown).await;
     Ok(())
 }
 

@@ -19,7 +19,9 @@ use crate::Error;
 use crate::expectations::{Expectations, PodId};
 use crate::pods::{controller_of, selector_matches};
 pub(crate) use crate::shell::applied;
-use crate::shell::{Key, Plumbing, SyncOutcome, api_code, error_message, message_of};
+use crate::shell::{
+    Key, Plumbing, RESYNC_PERIOD, SyncOutcome, api_code, error_message, message_of, resync_every,
+};
 
 /// What the workers share.
 struct Shell {
@@ -53,6 +55,7 @@ pub async fn run(
         }
         keys
     });
+    let resync = resync_every(RESYNC_PERIOD, rs_store.clone(), plumbing.queue());
     let shell = Arc::new(Shell {
         client,
         replica_sets: rs_store,
@@ -64,9 +67,7 @@ pub async fn run(
         let shell = shell.clone();
         async move { shell.sync(&key).await }
     };
-    plumbing
-        .run(workers, sync, |_| {}, std::future::pending(), shutdown)
-        .await;
+    plumbing.run(workers, sync, |_| {}, resync, shutdown).await;
     Ok(())
 }
 
