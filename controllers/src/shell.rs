@@ -315,3 +315,31 @@ where
         }
     }
 }
+
+/// The owners an event on a dependent concerns (upstream's `getPodReplicaSets` shape): its
+/// controller if that is a `kind` whose apiVersion starts with `api_version_prefix`, else —
+/// an orphan an owner may adopt — every cached owner of its namespace whose selector (as
+/// `selector` reads it) matches the dependent's labels.
+pub fn owners_to_queue<K: Watchable>(
+    dependent: &kube::api::ObjectMeta,
+    kind: &str,
+    api_version_prefix: &str,
+    owners: &Store<K>,
+    selector: impl Fn(&K) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+) -> Vec<Key> {
+    let namespace = dependent.namespace.clone().unwrap_or_default();
+    if let Some(owner) = crate::pods::controller_of(dependent) {
+        if owner.kind == kind && owner.api_version.starts_with(api_version_prefix) {
+            return vec![Key::new(&namespace, &owner.name)];
+        }
+        return Vec::new();
+    }
+    let labels = crate::pods::labels(dependent);
+    owners
+        .state()
+        .iter()
+        .filter(|owner| owner.meta().namespace.as_deref() == Some(namespace.as_str()))
+        .filter(|owner| selector(owner).is_some_and(|s| crate::pods::selector_matches(s, labels)))
+        .map(|owner| Key::of(owner.as_ref()))
+        .collect()
+}

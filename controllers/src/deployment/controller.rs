@@ -17,9 +17,11 @@ use skiff_client::events::{EventRecorder, EventType, NewEvent};
 
 use super::sync::{Action, sync};
 use crate::Error;
-use crate::pods::{controller_of, selector_matches};
+use crate::pods::controller_of;
 use crate::replicaset::controller::reference_to;
-use crate::shell::{Key, Plumbing, RESYNC_PERIOD, SyncOutcome, api_code, resync_every};
+use crate::shell::{
+    Key, Plumbing, RESYNC_PERIOD, SyncOutcome, api_code, owners_to_queue, resync_every,
+};
 
 /// What the workers share.
 struct Shell {
@@ -79,25 +81,9 @@ fn deployment_of_pod(pod: &Pod, replica_sets: &Store<ReplicaSet>) -> Option<Key>
 /// The Deployments a ReplicaSet event concerns: its controller if that is a Deployment, else
 /// (an orphan) those of its namespace whose selector matches it.
 fn deployments_of_replica_set(rs: &ReplicaSet, deployments: &Store<Deployment>) -> Vec<Key> {
-    let namespace = rs.namespace().unwrap_or_default();
-    if let Some(owner) = controller_of(&rs.metadata) {
-        if owner.kind == "Deployment" {
-            return vec![Key::new(&namespace, &owner.name)];
-        }
-        return Vec::new();
-    }
-    let labels = crate::pods::labels(&rs.metadata);
-    deployments
-        .state()
-        .iter()
-        .filter(|d| d.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|d| {
-            d.spec
-                .as_ref()
-                .is_some_and(|spec| selector_matches(&spec.selector, labels))
-        })
-        .map(|d| Key::of(d.as_ref()))
-        .collect()
+    owners_to_queue(&rs.metadata, "Deployment", "", deployments, |d| {
+        d.spec.as_ref().map(|spec| &spec.selector)
+    })
 }
 
 impl Shell {

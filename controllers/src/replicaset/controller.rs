@@ -17,10 +17,11 @@ use skiff_client::events::{EventRecorder, EventType, NewEvent};
 use super::plan::{self, Plan};
 use crate::Error;
 use crate::expectations::{Expectations, PodId};
-use crate::pods::{controller_of, selector_matches};
+use crate::pods::controller_of;
 pub(crate) use crate::shell::applied;
 use crate::shell::{
-    Key, Plumbing, RESYNC_PERIOD, SyncOutcome, api_code, error_message, message_of, resync_every,
+    Key, Plumbing, RESYNC_PERIOD, SyncOutcome, api_code, error_message, message_of,
+    owners_to_queue, resync_every,
 };
 
 /// What the workers share.
@@ -74,25 +75,9 @@ pub async fn run(
 /// The ReplicaSets a pod event concerns: its controller if that is a ReplicaSet, else (an
 /// orphan) every ReplicaSet of its namespace whose selector matches it, which may adopt it.
 fn owners_of(pod: &Pod, replica_sets: &Store<ReplicaSet>) -> Vec<Key> {
-    let namespace = pod.namespace().unwrap_or_default();
-    if let Some(owner) = controller_of(&pod.metadata) {
-        if owner.kind == "ReplicaSet" && owner.api_version.starts_with("apps/") {
-            return vec![Key::new(&namespace, &owner.name)];
-        }
-        return Vec::new();
-    }
-    let labels = crate::pods::labels(&pod.metadata);
-    replica_sets
-        .state()
-        .iter()
-        .filter(|rs| rs.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|rs| {
-            rs.spec
-                .as_ref()
-                .is_some_and(|spec| selector_matches(&spec.selector, labels))
-        })
-        .map(|rs| Key::of(rs.as_ref()))
-        .collect()
+    owners_to_queue(&pod.metadata, "ReplicaSet", "apps/", replica_sets, |rs| {
+        rs.spec.as_ref().map(|spec| &spec.selector)
+    })
 }
 
 impl Shell {
