@@ -7,6 +7,7 @@
 //! - `leader`: leader election on a coordination.k8s.io/v1 Lease, client-go's algorithm and defaults.
 //! - `events`: a core/v1 Event recorder deduplicating repeats with `count`, like client-go's.
 //! - `metrics`: a small Prometheus text-format registry.
+//! - `quantity`: resource quantities (`100m`, `128Mi`) in milli-units.
 //! - `serve`: `/healthz`, `/livez`, `/readyz` and `/metrics` over HTTPS or plain HTTP.
 //! - `workqueue`: client-go's rate-limited, deduplicating work queue for controllers.
 //! - `tls`: a secure port's serving certificate: given files, or self-signed (in `--cert-dir` or
@@ -17,6 +18,7 @@ pub mod events;
 pub mod informer;
 pub mod leader;
 pub mod metrics;
+pub mod quantity;
 pub mod serve;
 pub mod tls;
 pub mod workqueue;
