@@ -3,6 +3,7 @@
 //! `orphan`/`foregroundDeletion` finalizer, `Background` deletes it at once), finalizers hold a
 //! deletion (the object gets a `deletionTimestamp`), the strategy may refuse one or cascade it.
 
+use k8s_openapi::jiff::SignedDuration;
 use serde::Deserialize;
 
 use super::*;
@@ -44,6 +45,8 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
     /// `dryRun: [All]`.
     pub dry_run: bool,
+    /// `gracePeriodSeconds`.
+    pub grace_period_seconds: Option<i64>,
 }
 
 /// `DeleteOptions` as they arrive on the wire.
@@ -54,6 +57,7 @@ struct WireOptions {
     propagation_policy: Option<String>,
     preconditions: Option<WirePreconditions>,
     dry_run: Option<Vec<String>>,
+    grace_period_seconds: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -87,11 +91,20 @@ impl DeleteOptions {
                     ))
                 })?),
             };
+            let grace_period_seconds = match query.get("gracePeriodSeconds") {
+                None => None,
+                Some(v) => Some(v.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "strconv.ParseInt: parsing {v:?}: invalid syntax"
+                    ))
+                })?),
+            };
             WireOptions {
                 orphan_dependents,
                 propagation_policy: query.get("propagationPolicy").cloned(),
                 preconditions: None,
                 dry_run: query.get("dryRun").map(|v| vec![v.clone()]),
+                grace_period_seconds,
             }
         } else {
             serde_json::from_slice(body)
@@ -151,6 +164,7 @@ impl DeleteOptions {
             uid: preconditions.uid,
             resource_version: preconditions.resource_version,
             dry_run: !dry_run.is_empty() || is_dry_run(query),
+            grace_period_seconds: wire.grace_period_seconds,
         })
     }
 }
@@ -326,6 +340,15 @@ impl Registry {
         if deleting && info.strategy.contains_namespaced() {
             return Ok((obj, false));
         }
+        if let Some(grace) = info
+            .strategy
+            .grace_period(&obj, options.grace_period_seconds)
+            && grace > 0
+        {
+            return self
+                .delete_gracefully(info, stored, obj, grace, options)
+                .await;
+        }
         let current: Vec<String> = obj["metadata"]["finalizers"]
             .as_array()
             .map(|f| {
@@ -380,6 +403,48 @@ impl Registry {
             .await
             .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
         Ok((obj, true))
+    }
+
+    /// Marks an object for deletion in `grace` seconds (kube-apiserver's `BeforeDelete` for
+    /// graceful kinds): `deletionTimestamp` = now + grace, `deletionGracePeriodSeconds` =
+    /// grace. A second delete may only shorten the period; a longer one changes nothing.
+    async fn delete_gracefully(
+        &self,
+        info: &ResourceInfo,
+        stored: &Stored,
+        obj: Value,
+        grace: i64,
+        options: &DeleteOptions,
+    ) -> Result<(Value, bool), ApiError> {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let deleting = obj["metadata"]["deletionTimestamp"].is_string();
+        let current = obj["metadata"]["deletionGracePeriodSeconds"].as_i64();
+        if deleting && current.is_some_and(|c| c <= grace) {
+            return Ok((obj, false));
+        }
+        let mut marked = obj.clone();
+        if !deleting
+            && let Some(generation) = marked["metadata"]["generation"].as_i64()
+            && generation > 0
+        {
+            marked["metadata"]["generation"] = json!(generation + 1);
+        }
+        let at = resources::now()
+            .saturating_add(SignedDuration::from_secs(grace))
+            .unwrap_or_else(|_| resources::now());
+        marked["metadata"]["deletionTimestamp"] =
+            json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        if options.dry_run {
+            return Ok((marked, false));
+        }
+        let revision = self
+            .storage
+            .update(&stored.key, Self::encode(&marked), stored.revision)
+            .await
+            .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
+        marked["metadata"]["resourceVersion"] = json!(revision.to_string());
+        Ok((marked, false))
     }
 
     /// `DELETE` on a collection: deletes every object the selectors match; one that changes

@@ -101,6 +101,14 @@ pub trait Strategy: Debug + Send + Sync {
         Ok(())
     }
 
+    /// Graceful deletion (upstream's `CheckGracefulDelete`): the grace period in seconds a
+    /// delete of `obj` asking for `requested` (`gracePeriodSeconds`) gives it; `None` for
+    /// kinds deleted at once. A positive period only marks the object (`deletionTimestamp` =
+    /// now + period); its owner (the kubelet) deletes it for good with period 0.
+    fn grace_period(&self, _obj: &Value, _requested: Option<i64>) -> Option<i64> {
+        None
+    }
+
     /// Whether a deletion must wait (finalizers): the object only gets a
     /// `deletionTimestamp`.
     fn holds_deletion(&self, obj: &Value) -> bool {
@@ -240,6 +248,57 @@ impl Strategy for NamespaceStrategy {
     }
 }
 
+/// The Pod: a [`KindStrategy`] with graceful deletion (the pod strategy's
+/// `CheckGracefulDelete`): the requested period, else `spec.terminationGracePeriodSeconds`;
+/// 0 for a pod no node runs (unscheduled) or one that finished (Succeeded, Failed); a
+/// negative period counts as 1.
+#[derive(Debug)]
+pub struct PodStrategy(KindStrategy);
+
+impl Strategy for PodStrategy {
+    fn printer(&self) -> Printer {
+        self.0.printer
+    }
+
+    fn defaults(&self, obj: &mut Value) {
+        self.0.defaults(obj);
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<(String, String)> {
+        self.0.validate(obj)
+    }
+
+    fn subresources(&self) -> &'static [Subresource] {
+        self.0.subresources
+    }
+
+    fn categories(&self) -> &'static [&'static str] {
+        self.0.categories
+    }
+
+    fn field_labels(&self) -> &'static [&'static str] {
+        self.0.field_labels
+    }
+
+    fn grace_period(&self, obj: &Value, requested: Option<i64>) -> Option<i64> {
+        let spec = obj["spec"]["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(30);
+        let mut period = requested.unwrap_or(spec);
+        let scheduled = obj["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty());
+        let finished = matches!(
+            obj["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        );
+        if !scheduled || finished {
+            period = 0;
+        }
+        Some(if period < 0 { 1 } else { period })
+    }
+}
+
 /// The StorageClass: a [`KindStrategy`] whose provisioner, parameters, reclaim policy and
 /// binding mode are immutable (`ValidateStorageClassUpdate`).
 #[derive(Debug)]
@@ -331,7 +390,7 @@ static SECRET: KindStrategy = kind(Printer::Secret, defaults::secret, resources:
 #[rustfmt::skip]
 static SERVICE: KindStrategy = kind(Printer::Service, defaults::service, resources::validate_service, STATUS, ALL, &[]);
 #[rustfmt::skip]
-static POD: KindStrategy = kind(Printer::Pod, defaults::pod, resources::validate_pod, STATUS_BINDING, ALL, POD_FIELDS);
+static POD: PodStrategy = PodStrategy(kind(Printer::Pod, defaults::pod, resources::validate_pod, STATUS_BINDING, ALL, POD_FIELDS));
 #[rustfmt::skip]
 static DEPLOYMENT: KindStrategy = kind(Printer::Deployment, defaults::deployment, resources::validate_workload, STATUS_SCALE, ALL, &[]);
 #[rustfmt::skip]

@@ -532,3 +532,80 @@ async fn deletecollection_passes_the_options_to_every_object() {
         "the finalizer still holds it"
     );
 }
+
+/// Stores a pod `name` in `ns`, bound to `node` (or not), in `phase`.
+async fn put_pod<'r>(r: &'r Registry, name: &str, node: Option<&str>, phase: &str) -> Target<'r> {
+    let info = r.find("", "v1", "pods").expect("pods are served");
+    let mut obj = json!({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+                         "spec": {"terminationGracePeriodSeconds": 30, "containers": [{"name": "c", "image": "i"}]},
+                         "status": {"phase": phase}});
+    if let Some(node) = node {
+        obj["spec"]["nodeName"] = json!(node);
+    }
+    let key = r.key(info, Some("ns"), name);
+    r.storage
+        .create(&key, Registry::encode(&obj))
+        .await
+        .expect("create");
+    Target {
+        info,
+        namespace: Some("ns".into()),
+        name: Some(name.into()),
+        subresource: None,
+    }
+}
+
+async fn stored_pod(r: &Registry, name: &str) -> Option<Value> {
+    let info = r.find("", "v1", "pods").expect("pods are served");
+    let found = r
+        .storage
+        .get(&r.key(info, Some("ns"), name))
+        .await
+        .expect("get")?;
+    Some(serde_json::from_slice(&found.value).expect("JSON"))
+}
+
+#[tokio::test]
+async fn pods_on_a_node_are_deleted_gracefully_and_only_the_kubelet_removes_them() {
+    let r = registry();
+    let none = HashMap::new();
+    let t = put_pod(&r, "bound", Some("n1"), "Running").await;
+    // Default: the spec's 30 s; the pod stays, marked.
+    r.delete(&t, &none, &Bytes::new()).await.expect("delete");
+    let pod = stored_pod(&r, "bound").await.expect("still there");
+    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], json!(30));
+    assert!(pod["metadata"]["deletionTimestamp"].is_string());
+    // A longer period changes nothing; a shorter one shortens it.
+    let q = |s: &str| HashMap::from([("gracePeriodSeconds".to_string(), s.to_string())]);
+    r.delete(&t, &q("60"), &Bytes::new()).await.expect("delete");
+    assert_eq!(
+        stored_pod(&r, "bound").await.unwrap()["metadata"]["deletionGracePeriodSeconds"],
+        json!(30)
+    );
+    r.delete(
+        &t,
+        &none,
+        &Bytes::from_static(b"{\"gracePeriodSeconds\":5}"),
+    )
+    .await
+    .expect("delete");
+    assert_eq!(
+        stored_pod(&r, "bound").await.unwrap()["metadata"]["deletionGracePeriodSeconds"],
+        json!(5)
+    );
+    // The kubelet's confirmation (grace 0) removes it.
+    r.delete(&t, &q("0"), &Bytes::new()).await.expect("delete");
+    assert!(stored_pod(&r, "bound").await.is_none());
+    // Unscheduled and finished pods go at once.
+    let t = put_pod(&r, "pending", None, "Pending").await;
+    r.delete(&t, &none, &Bytes::new()).await.expect("delete");
+    assert!(stored_pod(&r, "pending").await.is_none());
+    let t = put_pod(&r, "done", Some("n1"), "Succeeded").await;
+    r.delete(&t, &none, &Bytes::new()).await.expect("delete");
+    assert!(stored_pod(&r, "done").await.is_none());
+    // A bad query value is a 400.
+    let t = put_pod(&r, "bad", Some("n1"), "Running").await;
+    let err = r.delete(&t, &q("soon"), &Bytes::new()).await.unwrap_err();
+    assert_eq!(err.code, 400);
+}
