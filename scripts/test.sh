@@ -16,6 +16,15 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 # As root, skiff/tests/pre_vote.rs cuts a member off with an iptables rule on loopback.
 if [[ $(id -u) -eq 0 ]] && ! command -v iptables >/dev/null 2>&1; then need+=(iptables); fi
+# The node agent's tests run real containers: runc, the CNI plugins, a static busybox turned
+# into an OCI image (umoci), pushed (skopeo) to a local docker-registry; iproute2 for netns.
+command -v runc >/dev/null 2>&1 || need+=(runc)
+[[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
+[[ -x /usr/bin/busybox ]] && ! ldd /usr/bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
+command -v umoci >/dev/null 2>&1 || need+=(umoci)
+command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if ((${#need[@]})); then
   sudo=""
   [[ $(id -u) -ne 0 ]] && sudo=sudo

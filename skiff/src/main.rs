@@ -7,6 +7,7 @@ mod cli;
 mod component;
 mod controller_manager;
 mod logging;
+mod node_agent;
 mod node_sim;
 mod pki;
 mod scheduler;
@@ -59,6 +60,12 @@ enum Command {
     /// Simulate kubelets (kwok-style): register Nodes, renew their Leases, run their pods'
     /// status lifecycle, without containers.
     NodeSim(node_sim::NodeSimArgs),
+    /// Run the node agent (kubelet's job): the pods bound to this node, with runc, CNI
+    /// networking and OCI images; kubelet's flags.
+    NodeAgent(node_agent::NodeAgentArgs),
+    /// The node agent's image store offline: import (air-gapped nodes), list, rm.
+    #[command(subcommand)]
+    Images(node_agent::ImagesCommand),
 }
 
 fn main() -> ExitCode {
@@ -99,5 +106,7 @@ fn main() -> ExitCode {
         Command::WhyPending(args) => scheduler::why_pending(args),
         Command::Pki(command) => command.run(),
         Command::NodeSim(args) => node_sim::run(args),
+        Command::NodeAgent(args) => node_agent::run(args),
+        Command::Images(command) => command.run(),
     }
 }

@@ -1,0 +1,742 @@
+//! `skiff node-agent` as a real process with real runc, CNI plugins and a local registry, under
+//! `skiff store` + `skiff apiserver` + `skiff scheduler` + `skiff controller-manager`:
+//! a Deployment of busybox httpd pods becomes Running and Ready (readiness httpGet), a pod
+//! reaches another pod's IP, a crashing container shows CrashLoopBackOff with a growing
+//! back-off, an over-limit one `OOMKilled`, a liveness failure restarts a container, a
+//! configMap volume follows its ConfigMap, hostPort answers, deletions honour the grace
+//! period, a missing image shows ErrImagePull then ImagePullBackOff with the registry's words,
+//! a missing command shows runc's message; after a kill -9 of the agent running containers
+//! are re-adopted (same PID) and one that exited meanwhile is restarted with its exit code
+//! kept; an imported image runs with `imagePullPolicy: Never`.
+
+#[path = "common/apiserver.rs"]
+mod apiserver;
+mod common;
+#[path = "common/control_plane.rs"]
+mod control_plane;
+#[path = "common/node_agent.rs"]
+mod node_agent;
+#[path = "common/node_sim.rs"]
+mod node_sim;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use control_plane::Cluster;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use node_agent::{Agent, Registry};
+
+/// A pod from its JSON manifest.
+fn pod_from(json: &str) -> Pod {
+    serde_json::from_str(json).expect("pod JSON")
+}
+
+fn status_of<'a>(pod: &'a Pod, container: &str) -> Option<&'a ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|s| s.name == container)
+}
+
+fn waiting_reason(pod: &Pod, container: &str) -> Option<String> {
+    status_of(pod, container)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .clone()
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn phase(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+struct Env {
+    cluster: Cluster,
+    registry: Registry,
+    agent: Agent,
+    pods: Api<Pod>,
+}
+
+impl Env {
+    async fn start(subnet: u8) -> Env {
+        let registry = Registry::start(&["1.36"]);
+        let mut cluster = Cluster::api_only(&[]).await;
+        cluster.start_scheduler();
+        cluster.start_manager(&["--controllers", "deployment,replicaset,garbagecollector"]);
+        let mirror = format!("docker.io=http://{}", registry.host());
+        let agent = Agent::start(
+            &cluster.kubeconfig,
+            "worker-1",
+            subnet,
+            &[
+                "--insecure-registry",
+                &registry.host(),
+                "--registry-mirror",
+                &mirror,
+                "--crash-loop-backoff-initial",
+                "1s",
+                "--crash-loop-backoff-max",
+                "8s",
+            ],
+        );
+        let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+        let env = Env {
+            cluster,
+            registry,
+            agent,
+            pods,
+        };
+        env.wait("the node Ready", Duration::from_secs(60), async || {
+            let node = env.cluster.kubectl(&[
+                "get",
+                "node",
+                "worker-1",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            (String::from_utf8_lossy(&node.stdout) == "True").then_some(())
+        })
+        .await;
+        env
+    }
+
+    fn diagnostics(&self) -> String {
+        let pods = self.cluster.kubectl(&["get", "pods", "-o", "wide"]);
+        format!(
+            "pods:\n{}\nagent log (tail):\n{}\n{}",
+            String::from_utf8_lossy(&pods.stdout),
+            self.agent.log_tail(60),
+            self.cluster.diagnostics()
+        )
+    }
+
+    async fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl AsyncFnMut() -> Option<T>,
+    ) -> T {
+        control_plane::poll_until(
+            what,
+            timeout,
+            Duration::from_millis(250),
+            || self.diagnostics(),
+            check,
+        )
+        .await
+    }
+
+    async fn create(&self, json: &str) -> Pod {
+        let pod = pod_from(json);
+        self.pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod")
+    }
+
+    async fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Pod) -> bool,
+    ) -> Pod {
+        let what = format!("pod {name}: {what}");
+        self.wait(&what, timeout, async || {
+            let pod = self.pods.get_opt(name).await.ok().flatten()?;
+            check(&pod).then_some(pod)
+        })
+        .await
+    }
+
+    async fn delete_all_and_wait(&self) {
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "deployment", "--all", "--wait=false"]);
+        let _ = self.cluster.kubectl(&[
+            "delete",
+            "pods",
+            "--all",
+            "--grace-period=1",
+            "--wait=false",
+        ]);
+        self.wait("every pod gone", Duration::from_secs(60), async || {
+            let list = self.pods.list(&ListParams::default()).await.ok()?;
+            list.items.is_empty().then_some(())
+        })
+        .await;
+    }
+}
+
+fn busybox_pod(name: &str, command: &str, extra_spec: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},
+           "spec":{{"terminationGracePeriodSeconds":3{extra_spec},
+             "containers":[{{"name":"main","image":"busybox:1.36","command":["sh","-c",{command:?}]}}]}}}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_run_restart_probe_and_network_for_real() {
+    let env = Env::start(91).await;
+
+    // A Deployment of three busybox httpd pods, Ready through an httpGet readiness probe.
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{
+                    "name": "httpd", "image": "busybox:1.36",
+                    "command": ["sh", "-c", "echo hello-from-$(hostname) > /www/index.html; exec httpd -f -p 8080 -h /www"],
+                    "ports": [{"containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/index.html", "port": 8080}, "periodSeconds": 1}
+                }]}
+            }
+        }
+    }))
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(env.cluster.client.clone(), "default");
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+    let started = Instant::now();
+    let web = env
+        .wait(
+            "3/3 web pods Running and Ready",
+            Duration::from_secs(120),
+            async || {
+                let list = env
+                    .pods
+                    .list(&ListParams::default().labels("app=web"))
+                    .await
+                    .ok()?;
+                let ready: Vec<Pod> = list
+                    .items
+                    .into_iter()
+                    .filter(|p| phase(p) == "Running" && is_ready(p))
+                    .collect();
+                (ready.len() == 3).then_some(ready)
+            },
+        )
+        .await;
+    println!("3/3 Ready after {:.1}s", started.elapsed().as_secs_f64());
+    let ips: Vec<String> = web
+        .iter()
+        .map(|p| p.status.as_ref().unwrap().pod_ip.clone().unwrap())
+        .collect();
+    for ip in &ips {
+        assert!(
+            ip.starts_with("10.91.77."),
+            "pod IP {ip} from the node's pod CIDR"
+        );
+    }
+    let status = status_of(&web[0], "httpd").unwrap();
+    assert!(
+        status
+            .container_id
+            .as_deref()
+            .unwrap()
+            .starts_with("runc://")
+    );
+    assert!(
+        status.image_id.contains("@sha256:"),
+        "imageID {}",
+        status.image_id
+    );
+    // The node reaches a pod.
+    let body = Command::new("curl")
+        .args([
+            "-sf",
+            "--max-time",
+            "5",
+            &format!("http://{}:8080/index.html", ips[0]),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&body.stdout).starts_with("hello-from-web-"),
+        "{body:?}"
+    );
+
+    // One pod reaches another pod's IP.
+    env.create(&busybox_pod(
+        "client",
+        &format!("wget -qO- http://{}:8080/index.html", ips[1]),
+        r#","restartPolicy":"Never""#,
+    ))
+    .await;
+    let client = env
+        .wait_pod("client", "Succeeded", Duration::from_secs(60), |p| {
+            phase(p) == "Succeeded" || phase(p) == "Failed"
+        })
+        .await;
+    assert_eq!(phase(&client), "Succeeded", "{}", env.diagnostics());
+    let uid = client.metadata.uid.clone().unwrap();
+    assert!(
+        env.agent
+            .container_log("default", "client", &uid, "main", 0)
+            .starts_with("hello-from-web-")
+    );
+
+    // A crashing container: CrashLoopBackOff with a growing back-off and the exit code kept.
+    env.create(&busybox_pod("crasher", "echo boom; exit 3", ""))
+        .await;
+    let crasher = env
+        .wait_pod("crasher", "3 restarts", Duration::from_secs(60), |p| {
+            status_of(p, "main").is_some_and(|s| s.restart_count >= 3)
+        })
+        .await;
+    let crash = env
+        .wait_pod(
+            "crasher",
+            "CrashLoopBackOff",
+            Duration::from_secs(30),
+            |p| waiting_reason(p, "main").as_deref() == Some("CrashLoopBackOff"),
+        )
+        .await;
+    let s = status_of(&crash, "main").unwrap();
+    let message = s
+        .state
+        .as_ref()
+        .unwrap()
+        .waiting
+        .as_ref()
+        .unwrap()
+        .message
+        .clone()
+        .unwrap();
+    assert!(
+        message.starts_with("back-off ")
+            && message.contains("restarting failed container=main pod=crasher_default"),
+        "{message}"
+    );
+    let last = s.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
+    let uid = crasher.metadata.uid.clone().unwrap();
+    assert_eq!(
+        env.agent
+            .container_log("default", "crasher", &uid, "main", 0),
+        "boom",
+        "log of the first attempt"
+    );
+    // The delays grow: 1 s, 2 s, 4 s between attempts (read off the attempts' start times).
+    let starts: Vec<std::time::SystemTime> = (0..4)
+        .filter_map(|n| {
+            let path = env
+                .agent
+                .logs
+                .join(format!("default_crasher_{uid}"))
+                .join("main")
+                .join(format!("{n}.log"));
+            std::fs::metadata(path).ok()?.created().ok()
+        })
+        .collect();
+    assert!(starts.len() >= 3, "attempt logs {starts:?}");
+    let gaps: Vec<f64> = starts
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).unwrap_or_default().as_secs_f64())
+        .collect();
+    println!("crash loop gaps: {gaps:?}");
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0] * 1.4),
+        "back-off grows: {gaps:?}"
+    );
+
+    // Over its memory limit: OOMKilled.
+    env.create(
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"hog"},"spec":{"restartPolicy":"Never",
+            "containers":[{"name":"main","image":"busybox:1.36","command":["sh","-c","head -c 200m /dev/zero | tail"],
+            "resources":{"limits":{"memory":"16Mi"}}}]}}"#,
+    )
+    .await;
+    let hog = env
+        .wait_pod("hog", "Failed", Duration::from_secs(60), |p| {
+            phase(p) == "Failed"
+        })
+        .await;
+    let t = status_of(&hog, "main")
+        .unwrap()
+        .state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .clone()
+        .unwrap();
+    assert_eq!((t.reason.as_deref(), t.exit_code), (Some("OOMKilled"), 137));
+
+    // A liveness failure restarts the container.
+    env.create(
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"unhealthy"},"spec":{"terminationGracePeriodSeconds":1,
+            "containers":[{"name":"main","image":"busybox:1.36","command":["sh","-c","touch /tmp/alive; sleep 3; rm /tmp/alive; sleep 1000"],
+            "livenessProbe":{"exec":{"command":["test","-f","/tmp/alive"]},"periodSeconds":1,"failureThreshold":2}}]}}"#,
+    )
+    .await;
+    env.wait_pod(
+        "unhealthy",
+        "restarted by liveness",
+        Duration::from_secs(60),
+        |p| status_of(p, "main").is_some_and(|s| s.restart_count >= 1),
+    )
+    .await;
+
+    // A configMap volume follows its ConfigMap.
+    let cms: Api<ConfigMap> = Api::namespaced(env.cluster.client.clone(), "default");
+    let cm: ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "conf"}, "data": {"greeting": "first"}}),
+    )
+    .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let watcher = env
+        .create(
+            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"reader"},"spec":{"terminationGracePeriodSeconds":1,
+                "volumes":[{"name":"conf","configMap":{"name":"conf"}}],
+                "containers":[{"name":"main","image":"busybox:1.36","command":["sh","-c","while true; do cat /conf/greeting; echo; sleep 1; done"],
+                "volumeMounts":[{"name":"conf","mountPath":"/conf"}]}]}}"#,
+        )
+        .await;
+    let uid = watcher.metadata.uid.clone().unwrap();
+    env.wait(
+        "the reader sees 'first'",
+        Duration::from_secs(60),
+        async || {
+            env.agent
+                .container_log("default", "reader", &uid, "main", 0)
+                .contains("first")
+                .then_some(())
+        },
+    )
+    .await;
+    cms.patch(
+        "conf",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"greeting": "second"}})),
+    )
+    .await
+    .unwrap();
+    env.wait(
+        "the reader sees 'second'",
+        Duration::from_secs(90),
+        async || {
+            env.agent
+                .container_log("default", "reader", &uid, "main", 0)
+                .contains("second")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // hostPort answers on the node's address.
+    env.create(
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"hostport"},"spec":{"terminationGracePeriodSeconds":1,
+            "containers":[{"name":"main","image":"busybox:1.36","command":["sh","-c","echo via-hostport > /www/index.html; exec httpd -f -p 8080 -h /www"],
+            "ports":[{"containerPort":8080,"hostPort":18091}]}]}}"#,
+    )
+    .await;
+    env.wait_pod("hostport", "Running", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    })
+    .await;
+    let url = format!("http://{}:18091/index.html", env.agent.node_ip);
+    env.wait("hostPort answers", Duration::from_secs(20), async || {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "2", &url])
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout).trim() == "via-hostport").then_some(())
+    })
+    .await;
+
+    // A missing image: ErrImagePull, then ImagePullBackOff, with the registry's words.
+    let missing = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"noimage"}},"spec":{{"containers":[{{"name":"main","image":"{}/library/nosuch:1"}}]}}}}"#,
+        env.registry.host()
+    );
+    env.create(&missing).await;
+    let pulled = env
+        .wait_pod("noimage", "ErrImagePull", Duration::from_secs(30), |p| {
+            matches!(
+                waiting_reason(p, "main").as_deref(),
+                Some("ErrImagePull") | Some("ImagePullBackOff")
+            )
+        })
+        .await;
+    let message = status_of(&pulled, "main")
+        .unwrap()
+        .state
+        .as_ref()
+        .unwrap()
+        .waiting
+        .as_ref()
+        .unwrap()
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(message.contains("nosuch"), "{message}");
+    assert!(
+        message.to_lowercase().contains("unknown") || message.to_lowercase().contains("not found"),
+        "{message}"
+    );
+    env.wait_pod(
+        "noimage",
+        "ImagePullBackOff",
+        Duration::from_secs(30),
+        |p| waiting_reason(p, "main").as_deref() == Some("ImagePullBackOff"),
+    )
+    .await;
+
+    // A command that does not exist: runc's message, exit 128.
+    env.create(
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"nocommand"},"spec":{"restartPolicy":"Never",
+            "containers":[{"name":"main","image":"busybox:1.36","command":["/no/such/binary"]}]}}"#,
+    )
+    .await;
+    let nocommand = env
+        .wait_pod("nocommand", "Failed", Duration::from_secs(60), |p| {
+            phase(p) == "Failed"
+        })
+        .await;
+    let t = status_of(&nocommand, "main")
+        .unwrap()
+        .state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .clone()
+        .unwrap();
+    assert_eq!(t.exit_code, 128);
+    assert!(
+        t.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no such file or directory"),
+        "{t:?}"
+    );
+
+    // Deletion honours the grace period: TERM is handled (the container says so), and a
+    // container ignoring TERM is killed after the grace period.
+    let graceful = env
+        .create(&busybox_pod(
+            "graceful",
+            "trap 'echo got-TERM; exit 0' TERM; while true; do sleep 0.2; done",
+            "",
+        ))
+        .await;
+    env.create(&busybox_pod(
+        "stubborn",
+        "trap '' TERM; while true; do sleep 0.2; done",
+        "",
+    ))
+    .await;
+    env.wait_pod("graceful", "Running", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    })
+    .await;
+    env.wait_pod("stubborn", "Running", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    env.pods
+        .delete("stubborn", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.pods
+        .delete("graceful", &DeleteParams::default())
+        .await
+        .unwrap();
+    let mut graceful_gone = None;
+    env.wait("both deleted", Duration::from_secs(30), async || {
+        if graceful_gone.is_none() && env.pods.get_opt("graceful").await.ok()?.is_none() {
+            graceful_gone = Some(t0.elapsed());
+        }
+        env.pods
+            .get_opt("stubborn")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let stubborn_gone = t0.elapsed();
+    let graceful_gone = graceful_gone.unwrap_or(stubborn_gone);
+    println!("graceful gone after {graceful_gone:?}, stubborn after {stubborn_gone:?}");
+    assert!(
+        stubborn_gone >= Duration::from_secs(3),
+        "killed only after its 3 s grace: {stubborn_gone:?}"
+    );
+    assert!(
+        graceful_gone < Duration::from_secs(3),
+        "TERM handled at once: {graceful_gone:?}"
+    );
+    let uid = graceful.metadata.uid.clone().unwrap();
+    assert!(
+        env.agent
+            .container_log("default", "graceful", &uid, "main", 0)
+            .contains("got-TERM")
+    );
+
+    env.delete_all_and_wait().await;
+    // Nothing of the pods is left: no runc container, no netns.
+    let listed = env.agent.runc(&["list", "-q"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).trim().is_empty(),
+        "containers left: {:?}",
+        listed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restart_readopts_containers_and_imported_images_run_offline() {
+    let mut env = Env::start(92).await;
+
+    // An image imported offline (a docker-archive tar) runs with imagePullPolicy Never.
+    let tar = env.agent.root.parent().unwrap().join("offline.tar");
+    let out = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:1.36", env.registry.layout.display()))
+        .arg(format!("docker-archive:{}:offline/tools:7", tar.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(common::skiff_bin())
+        .args(["images", "import"])
+        .arg(&tar)
+        .arg("--root-dir")
+        .arg(&env.agent.root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skiff images import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = Command::new(common::skiff_bin())
+        .args(["images", "list", "--root-dir"])
+        .arg(&env.agent.root)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("docker.io/offline/tools:7"),
+        "{listed:?}"
+    );
+    env.create(
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"offline"},"spec":{"restartPolicy":"Never",
+            "containers":[{"name":"main","image":"offline/tools:7","imagePullPolicy":"Never","command":["sh","-c","cat /etc/motd"]}]}}"#,
+    )
+    .await;
+    env.wait_pod("offline", "Succeeded", Duration::from_secs(60), |p| {
+        phase(p) == "Succeeded"
+    })
+    .await;
+
+    // Kill -9 the agent: a running container keeps running and is re-adopted (same PID);
+    // one that exits while the agent is down is restarted per policy, its exit code kept.
+    let long = env
+        .create(&busybox_pod("long", "while true; do sleep 1; done", ""))
+        .await;
+    let short = env
+        .create(&busybox_pod(
+            "short",
+            "sleep 4; exit 7",
+            r#","restartPolicy":"OnFailure""#,
+        ))
+        .await;
+    env.wait_pod("long", "Running", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    })
+    .await;
+    env.wait_pod("short", "Running", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    })
+    .await;
+    let long_id = format!("{}_main_0", long.metadata.uid.as_ref().unwrap());
+    let short_id = format!("{}_main_0", short.metadata.uid.as_ref().unwrap());
+    let pid_before = env.agent.container_pid(&long_id).expect("long runs");
+    env.agent.kill9();
+    // The short one exits meanwhile.
+    let exits = env
+        .agent
+        .root
+        .join("run/runtime/exits")
+        .join(format!("{short_id}.json"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !exits.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the short container's exit was not recorded with the agent down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        env.agent.container_pid(&long_id),
+        Some(pid_before),
+        "kept running with the agent down"
+    );
+    env.agent.restart();
+    let short = env
+        .wait_pod(
+            "short",
+            "restarted once with exit 7 kept",
+            Duration::from_secs(60),
+            |p| {
+                status_of(p, "main").is_some_and(|s| {
+                    s.restart_count == 1
+                        && s.last_state
+                            .as_ref()
+                            .and_then(|l| l.terminated.as_ref())
+                            .is_some_and(|t| t.exit_code == 7)
+                })
+            },
+        )
+        .await;
+    assert_eq!(phase(&short), "Running");
+    let long = env
+        .wait_pod("long", "still Running", Duration::from_secs(30), |p| {
+            phase(p) == "Running"
+        })
+        .await;
+    assert_eq!(
+        status_of(&long, "main").unwrap().restart_count,
+        0,
+        "re-adopted, not restarted"
+    );
+    assert_eq!(
+        env.agent.container_pid(&long_id),
+        Some(pid_before),
+        "same PID after the restart"
+    );
+    assert!(
+        env.agent.log().contains("re-adopted a running container"),
+        "{}",
+        env.agent.log_tail(40)
+    );
+
+    env.delete_all_and_wait().await;
+}
