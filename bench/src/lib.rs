@@ -17,6 +17,7 @@ pub mod compare;
 pub mod controllers;
 pub mod failover;
 pub mod kube_api;
+pub mod pods;
 pub mod procfs;
 pub mod report;
 pub mod scheduler;

@@ -167,6 +167,48 @@ enum BenchCommand {
     /// Deployment of --replicas pods becomes available, rolls out a new image and is deleted;
     /// seconds per phase and CPU per pod of each component (see README "Benchmarks").
     Controllers(ControllersBenchArgs),
+    /// The node agent against a running control plane with one real `skiff node-agent`:
+    /// --pods pods bound to --node, create → Running p50/p99, the agent's CPU and RSS, the
+    /// shims' RSS (see README "Benchmarks").
+    Pods(PodsBenchArgs),
+}
+
+/// `skiff bench pods` flags.
+#[derive(Args)]
+struct PodsBenchArgs {
+    /// Kubeconfig of the API server (else KUBECONFIG, else in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Pods to create.
+    #[arg(long, default_value_t = 100)]
+    pods: usize,
+    /// The node agent's node: the pods are bound to it.
+    #[arg(long)]
+    node: String,
+    /// The pods' image (present on the node: the run measures the agent, not a pull).
+    #[arg(long, default_value = "busybox:1.36")]
+    image: String,
+    /// Namespace of the pods (created if missing).
+    #[arg(long, default_value = "bench-pods")]
+    namespace: String,
+    /// Pod creates in flight.
+    #[arg(long, default_value_t = 10)]
+    concurrency: usize,
+    /// Longest wait for every pod Running (and for every pod gone).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    timeout: Duration,
+    /// PID of the node agent (its CPU and RSS).
+    #[arg(long)]
+    agent_pid: Option<u32>,
+    /// The node agent's --root-dir (its shims are found by it).
+    #[arg(long)]
+    agent_root_dir: Option<PathBuf>,
+    /// Write <out>/<name>.md, .json and .png.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// File stem of the outputs.
+    #[arg(long, default_value = "pods")]
+    name: String,
 }
 
 /// `skiff bench controllers` flags.
@@ -334,6 +376,7 @@ impl BenchArgs {
             BenchCommand::Scheduler(args) => return run_scheduler_bench(args, self.json),
             BenchCommand::Apiserver(args) => return run_apiserver_bench(args, self.json),
             BenchCommand::Controllers(args) => return run_controllers_bench(args, self.json),
+            BenchCommand::Pods(args) => return run_pods_bench(args, self.json),
             BenchCommand::Failover {
                 kills,
                 out,
@@ -440,6 +483,31 @@ fn run_scheduler_bench(args: SchedulerBenchArgs, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         } else {
             eprintln!("skiff: not every pod was bound");
+            ExitCode::FAILURE
+        }
+    }))
+}
+
+fn run_pods_bench(args: PodsBenchArgs, json: bool) -> ExitCode {
+    let config = skiff_bench::pods::PodsBenchConfig {
+        kubeconfig: args.kubeconfig,
+        namespace: args.namespace,
+        pods: args.pods,
+        node: args.node,
+        image: args.image,
+        concurrency: args.concurrency,
+        timeout: args.timeout,
+        agent_pid: args.agent_pid,
+        agent_root_dir: args.agent_root_dir,
+        out_dir: args.out,
+        name: args.name,
+    };
+    exit_code(skiff_bench::pods::run_blocking(config).map(|report| {
+        print!("{}", skiff_bench::pods::render(&report, json));
+        if report.completed {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("skiff: not every pod was Running within --timeout");
             ExitCode::FAILURE
         }
     }))
