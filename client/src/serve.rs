@@ -86,7 +86,19 @@ pub async fn serve_tls(
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::Error> {
-    let app = router(health, registry);
+    serve_router_tls(listener, acceptor, router(health, registry), shutdown).await
+}
+
+/// Serves `app` over HTTPS (HTTP/1.1 with upgrades, e.g. WebSockets, and h2 by ALPN) with
+/// `acceptor` until `shutdown` resolves; open connections are then closed. A client that does
+/// not complete a TLS handshake (plain HTTP, or nothing within 10 s) is dropped without a
+/// response.
+pub async fn serve_router_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), crate::Error> {
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -117,7 +129,7 @@ pub async fn serve_tls(
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             if let Err(err) = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
                 .await
             {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
