@@ -76,7 +76,22 @@ impl RequestInfo {
         info.api_prefix = segments[0].to_string();
         info.read_resource_path(method, rest);
         info.read_collection_verb(method, query);
+        info.read_connect_verb();
         info
+    }
+
+    /// `pods/exec`, `pods/attach` and `pods/portforward` open a stream into a container, so
+    /// they are `create` whatever the method: a WebSocket client upgrades a GET, which
+    /// kube-apiserver also authorizes as `create` (its `AuthorizePodWebsocketUpgradeCreate
+    /// Permission`, on by default). `pods/log` stays a `get`.
+    fn read_connect_verb(&mut self) {
+        if self.api_prefix == API_PREFIX_CORE
+            && self.resource == "pods"
+            && !self.verb_in_path
+            && is_pod_connect_subresource(&self.subresource)
+        {
+            self.verb = "create".into();
+        }
     }
 
     /// `[watch|proxy/][namespaces/<ns>/]<resource>[/<name>[/<subresource>…]]`.
@@ -135,6 +150,11 @@ impl RequestInfo {
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
         )
     }
+}
+
+/// The pod subresources that connect to a container's streams through its kubelet.
+pub fn is_pod_connect_subresource(subresource: &str) -> bool {
+    matches!(subresource, "exec" | "attach" | "portforward")
 }
 
 /// Paths served without authentication (kube-apiserver's `system:public-info-viewer`).
@@ -392,6 +412,27 @@ mod tests {
         let named = info("GET", "/api/v1/namespaces/q/pods/p?watch=1");
         assert!(named.is_watch && named.verb == "watch" && named.name == "p");
         assert!(!info("POST", "/api/v1/namespaces/q/pods?watch=1").is_watch);
+    }
+
+    #[test]
+    fn pod_connect_subresources_are_create() {
+        for method in ["GET", "POST"] {
+            for sub in ["exec", "attach", "portforward"] {
+                let i = info(
+                    method,
+                    &format!("/api/v1/namespaces/q/pods/p/{sub}?command=ls"),
+                );
+                assert_eq!((i.verb.as_str(), i.subresource.as_str()), ("create", sub));
+            }
+            let log = info("GET", "/api/v1/namespaces/q/pods/p/log?follow=true");
+            assert_eq!(
+                (log.verb.as_str(), log.subresource.as_str()),
+                ("get", "log")
+            );
+        }
+        // Only pods' connect subresources.
+        let other = info("GET", "/apis/apps/v1/namespaces/q/deployments/d/exec");
+        assert_eq!(other.verb, "get");
     }
 
     #[test]

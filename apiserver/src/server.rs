@@ -88,6 +88,20 @@ pub struct ApiServerConfig {
     /// ([`crate::storage::cacher`]), one store watch per resource; false = every list and
     /// watch goes to the store.
     pub watch_cache: bool,
+    /// `--kubelet-client-certificate` / `--kubelet-client-key`: the client certificate the API
+    /// server presents to kubelets (node agents) for `pods/log`, `exec`, `attach` and
+    /// `portforward`; None = no client certificate.
+    pub kubelet_client_certificate: Option<PathBuf>,
+    pub kubelet_client_key: Option<PathBuf>,
+    /// `--kubelet-certificate-authority`: verify kubelets' serving certificates with this CA;
+    /// None = not verified (kube-apiserver's default).
+    pub kubelet_certificate_authority: Option<PathBuf>,
+    /// `--kubelet-timeout`: bound on connecting to a kubelet and, for requests that do not
+    /// stream, on its response headers.
+    pub kubelet_timeout: Duration,
+    /// `--kubelet-preferred-address-types`: which of a Node's `status.addresses` to reach its
+    /// kubelet at, first match wins.
+    pub kubelet_preferred_address_types: Vec<String>,
 }
 
 /// kube-apiserver's default `--max-requests-inflight`.
@@ -97,6 +111,10 @@ pub const MAX_MUTATING_REQUESTS_INFLIGHT_DEFAULT: usize = 200;
 
 /// kube-apiserver's default `--etcd-compaction-interval`.
 pub const ETCD_COMPACTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(5 * 60);
+
+pub use crate::registry::kubelet::{
+    KUBELET_PREFERRED_ADDRESS_TYPES_DEFAULT, KUBELET_TIMEOUT_DEFAULT,
+};
 
 /// Parses a Go duration as kube-apiserver's flags take them: `5m`, `1m30s`, `500ms`, `2h`, `0`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -163,6 +181,14 @@ impl Default for ApiServerConfig {
             enable_admission_plugins: Vec::new(),
             disable_admission_plugins: Vec::new(),
             watch_cache: true,
+            kubelet_client_certificate: None,
+            kubelet_client_key: None,
+            kubelet_certificate_authority: None,
+            kubelet_timeout: KUBELET_TIMEOUT_DEFAULT,
+            kubelet_preferred_address_types: KUBELET_PREFERRED_ADDRESS_TYPES_DEFAULT
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
         }
     }
 }
@@ -220,6 +246,12 @@ impl ApiServerConfig {
             ));
         }
         crate::auth::authorizer(&self.authorization_mode).map_err(Error::Config)?;
+        crate::registry::kubelet::check_flags(
+            self.kubelet_client_certificate.is_some(),
+            self.kubelet_client_key.is_some(),
+            &self.kubelet_preferred_address_types,
+        )
+        .map_err(Error::Config)?;
         if self.audit_policy_file.is_some() && self.audit_log_path.is_none() {
             return Err(Error::Config(
                 "--audit-policy-file needs --audit-log-path (the only audit backend)".into(),
@@ -231,6 +263,8 @@ impl ApiServerConfig {
 
 struct AppState {
     registry: Arc<Registry>,
+    /// The client of `pods/log`, `exec`, `attach`, `portforward`.
+    kubelet: Arc<crate::registry::kubelet::KubeletClient>,
     /// For the health checks' `etcd` check.
     etcd: EtcdClient,
     metrics: crate::metrics::Metrics,
@@ -246,6 +280,7 @@ fn router(state: Shared, limits: InFlight) -> Router {
     let handlers = Arc::new(endpoints::Handlers {
         registry: state.registry.clone(),
         etcd: state.etcd.clone(),
+        kubelet: state.kubelet.clone(),
     });
     endpoints::routes(handlers)
         .route(
@@ -598,9 +633,11 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
     });
     let _namespace_finalizer =
         AbortOnDrop(tokio::spawn(registry.clone().run_namespace_finalizer()));
+    let kubelet = Arc::new(kubelet_client(&config)?);
     let state = Arc::new(AppState {
         metrics,
         registry,
+        kubelet,
         etcd: etcd_client,
         authenticator: Arc::new(Authenticator {
             tokens,
@@ -635,6 +672,21 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
     info!(address = %local, "serving the Kubernetes API over HTTPS");
     serve(listener, acceptor, app, shutdown).await;
     Ok(())
+}
+
+/// The kubelet client of the `--kubelet-*` flags.
+fn kubelet_client(
+    config: &ApiServerConfig,
+) -> Result<crate::registry::kubelet::KubeletClient, Error> {
+    let client = crate::registry::kubelet::KubeletClientConfig::read(
+        config.kubelet_client_certificate.as_deref(),
+        config.kubelet_client_key.as_deref(),
+        config.kubelet_certificate_authority.as_deref(),
+        config.kubelet_timeout,
+        &config.kubelet_preferred_address_types,
+    )
+    .map_err(Error::Io)?;
+    crate::registry::kubelet::KubeletClient::new(&client).map_err(Error::Config)
 }
 
 /// Aborts a background task when dropped (the gRPC server, the compactor and the namespace
@@ -744,17 +796,7 @@ async fn check_watch_progress_support(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod node_proxy_tests;
 
-    #[test]
-    fn go_durations_parse() {
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5x").is_err());
-    }
-}
+#[cfg(test)]
+mod tests;

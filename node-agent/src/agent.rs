@@ -51,6 +51,19 @@ pub struct AgentConfig {
     /// CrashLoopBackOff's first delay and cap.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// The HTTPS API (kubelet's `--address`:`--port`: logs, exec); `None` serves nothing.
+    pub server: Option<ServerSettings>,
+}
+
+/// The agent's HTTPS API settings.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub address: std::net::SocketAddr,
+    /// The serving certificate (`--tls-cert-file`/`--tls-private-key-file`, else self-signed).
+    pub cert: skiff_client::tls::ServingCert,
+    /// Only clients with a certificate signed by this CA may read logs or exec
+    /// (`--client-ca-file`; the API server's `--kubelet-client-certificate`).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -132,6 +145,27 @@ pub async fn run(
     })
     .map_err(|e| AgentError::Setup(format!("pod network: {e}")))?;
 
+    let server_task = match &config.server {
+        Some(settings) => {
+            let acceptor = crate::server::acceptor(&settings.cert, settings.client_ca.as_deref())
+                .map_err(|e| AgentError::Setup(format!("serving certificate: {e}")))?;
+            let listener = tokio::net::TcpListener::bind(settings.address)
+                .await
+                .map_err(|e| AgentError::Setup(format!("listen on {}: {e}", settings.address)))?;
+            tracing::info!(address = %settings.address, "serving the node API (logs, exec) over HTTPS");
+            let server_config =
+                crate::server::ServerConfig::new(config.pod_logs_dir.clone(), runtime.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) =
+                    crate::server::serve(server_config, listener, acceptor, std::future::pending())
+                        .await
+                {
+                    tracing::warn!(error = %e, "the node API stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let status_task = tokio::spawn(keep_node(
         client.clone(),
         facts.clone(),
@@ -167,6 +201,9 @@ pub async fn run(
     tracing::info!("node agent stopping; containers keep running");
     status_task.abort();
     pods_task.abort();
+    if let Some(task) = server_task {
+        task.abort();
+    }
     Ok(())
 }
 

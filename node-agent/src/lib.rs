@@ -11,6 +11,9 @@
 //! - `pod`: the pure pod plan (desired + observed → actions and status) and the worker that
 //!   carries it out.
 //! - `node`: the Node object, its Lease and status.
+//! - `server`: the HTTPS API (kubelet's port 10250): `/healthz`, container logs, exec.
+//! - `portforward`: kubelet's port-forward protocol over SPDY/3.1, on a connection `server`
+//!   upgraded (streams into the pod's netns).
 //! - `agent`: `run(config, shutdown)` wiring it together.
 
 pub mod agent;
@@ -19,7 +22,9 @@ pub mod image;
 pub mod network;
 pub mod node;
 pub mod pod;
+pub mod portforward;
 pub mod runtime;
+pub mod server;
 pub mod shim;
 pub mod spec;
 pub mod volumes;

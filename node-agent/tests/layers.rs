@@ -6,7 +6,14 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer, lowest first.
 const LAYERS: &[&[&str]] = &[
-    &["shim", "runtime", "image", "network", "cgroups"],
+    &[
+        "shim",
+        "runtime",
+        "image",
+        "network",
+        "cgroups",
+        "portforward",
+    ],
     &["spec", "volumes"],
     &["pod", "node", "server"],
     &["agent"],
@@ -37,26 +44,44 @@ fn modules_use_only_their_own_layer_and_the_ones_below() {
     for file in files {
         let relative = file.strip_prefix(&src).expect("under src");
         let first = relative.components().next().expect("a component");
-        let own = first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
+        let own = first
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
         if own == "lib" || own == "bin" {
             continue;
         }
-        let own_layer = layer_of(&own).unwrap_or_else(|| panic!("module {own} is in no layer: add it to LAYERS"));
+        let own_layer = layer_of(&own)
+            .unwrap_or_else(|| panic!("module {own} is in no layer: add it to LAYERS"));
         let text = std::fs::read_to_string(&file).expect("read");
         for (n, line) in text.lines().enumerate() {
             let mut rest = line;
             while let Some(at) = rest.find("crate::") {
                 let after = &rest[at + "crate::".len()..];
-                let used: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                let used: String = after
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
                 rest = after;
                 checked += 1;
-                let Some(used_layer) = layer_of(&used) else { continue };
+                let Some(used_layer) = layer_of(&used) else {
+                    continue;
+                };
                 if used_layer > own_layer {
-                    violations.push(format!("{}:{}: {own} uses crate::{used}", relative.display(), n + 1));
+                    violations.push(format!(
+                        "{}:{}: {own} uses crate::{used}",
+                        relative.display(),
+                        n + 1
+                    ));
                 }
             }
         }
     }
     assert!(checked > 10, "the scan found the crate's paths ({checked})");
-    assert!(violations.is_empty(), "upward imports:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "upward imports:\n{}",
+        violations.join("\n")
+    );
 }

@@ -97,6 +97,30 @@ pub(crate) struct ApiserverArgs {
     /// `--watch-cache=false` sends every list and watch to the store.
     #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_value = "true", default_missing_value = "true", value_parser = crate::cli::parse_go_bool)]
     watch_cache: bool,
+    /// The client certificate presented to kubelets (node agents) for pods/log, exec, attach
+    /// and portforward (PEM; with --kubelet-client-key).
+    #[arg(long)]
+    kubelet_client_certificate: Option<PathBuf>,
+    /// The key of --kubelet-client-certificate (PEM).
+    #[arg(long)]
+    kubelet_client_key: Option<PathBuf>,
+    /// Verify kubelets' serving certificates with this CA (PEM); without it they are not
+    /// verified, as kube-apiserver does by default.
+    #[arg(long)]
+    kubelet_certificate_authority: Option<PathBuf>,
+    /// Bound on connecting to a kubelet and on the response headers of non-streaming
+    /// requests to it.
+    #[arg(long, default_value = "5s", value_parser = skiff_apiserver::server::parse_duration)]
+    kubelet_timeout: std::time::Duration,
+    /// The Node address types to reach a kubelet at, first match wins (comma-separated).
+    /// InternalIP comes first by default (kube-apiserver: Hostname first) because skiff's
+    /// agents and simulated nodes report their node name as Hostname, which need not resolve.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP"
+    )]
+    kubelet_preferred_address_types: Vec<String>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     log_level: String,
@@ -138,6 +162,11 @@ pub(crate) fn run(args: ApiserverArgs) -> ExitCode {
         enable_admission_plugins: args.enable_admission_plugins,
         disable_admission_plugins: args.disable_admission_plugins,
         watch_cache: args.watch_cache,
+        kubelet_client_certificate: args.kubelet_client_certificate,
+        kubelet_client_key: args.kubelet_client_key,
+        kubelet_certificate_authority: args.kubelet_certificate_authority,
+        kubelet_timeout: args.kubelet_timeout,
+        kubelet_preferred_address_types: args.kubelet_preferred_address_types,
     };
     if let Err(err) = config.validate() {
         eprintln!("skiff: {err}");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use k8s_openapi::api::core::v1::Taint;
-use skiff_node_agent::agent::{AgentConfig, AgentError};
+use skiff_node_agent::agent::{AgentConfig, AgentError, ServerSettings};
 use skiff_node_agent::image::{ImageStore, RegistryConfig};
 
 use crate::cli::{EXIT_USAGE, parse_duration, shutdown_signal};
@@ -54,9 +54,23 @@ pub(crate) struct NodeAgentArgs {
     /// Taints the Node registers with, `key=value:Effect` (comma-separated).
     #[arg(long, value_delimiter = ',')]
     register_with_taints: Vec<String>,
-    /// The agent's HTTPS port (reported in the Node's daemonEndpoints).
+    /// The agent's HTTPS port (logs, exec; reported in the Node's daemonEndpoints); 0 serves
+    /// nothing.
     #[arg(long, default_value_t = 10250)]
     port: u16,
+    /// The address the HTTPS port binds.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: std::net::IpAddr,
+    /// PEM serving certificate of the HTTPS port (default: a self-signed one, in memory).
+    #[arg(long)]
+    tls_cert_file: Option<PathBuf>,
+    /// Its PEM private key.
+    #[arg(long)]
+    tls_private_key_file: Option<PathBuf>,
+    /// Only clients with a certificate signed by this CA (the API server's
+    /// --kubelet-client-certificate) may read logs or exec; without it nobody may.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
     /// Root of the pod cgroup hierarchy (`<root>/kubepods/...`).
     #[arg(long, default_value = "/")]
     cgroup_root: String,
@@ -187,9 +201,32 @@ pub(crate) fn run(args: NodeAgentArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let node_ip = args.node_ip.unwrap_or_else(default_node_ip);
+    let server = if args.port == 0 {
+        None
+    } else {
+        let serving = skiff_client::tls::ServingCertOptions {
+            cert_file: args.tls_cert_file.clone(),
+            key_file: args.tls_private_key_file.clone(),
+            cert_dir: None,
+            pair_name: "kubelet".into(),
+            bind_address: Some(std::net::IpAddr::V4(node_ip)),
+        };
+        match serving.load() {
+            Ok(cert) => Some(ServerSettings {
+                address: std::net::SocketAddr::new(args.address, args.port),
+                cert,
+                client_ca: args.client_ca_file.clone(),
+            }),
+            Err(e) => {
+                eprintln!("skiff: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    };
     let config = AgentConfig {
         node_name,
-        node_ip: args.node_ip.unwrap_or_else(default_node_ip),
+        node_ip,
         root_dir: args.root_dir,
         pod_logs_dir: args.pod_logs_dir,
         pod_cidr: args.pod_cidr,
@@ -207,6 +244,7 @@ pub(crate) fn run(args: NodeAgentArgs) -> ExitCode {
         registries,
         backoff_initial: args.crash_loop_backoff_initial,
         backoff_max: args.crash_loop_backoff_max,
+        server,
     };
     let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,

@@ -72,12 +72,33 @@ struct Env {
     registry: Registry,
     agent: Agent,
     pods: Api<Pod>,
+    _pki: tempfile::TempDir,
 }
 
 impl Env {
     async fn start(subnet: u8) -> Env {
         let registry = Registry::start(&["1.36"]);
-        let mut cluster = Cluster::api_only(&[]).await;
+        // One CA: the agent's serving certificate (for its node IP) and the API server's
+        // client certificate for the agent (`--client-ca-file`).
+        let pki = tempfile::tempdir().unwrap();
+        let node_ip = format!("10.{subnet}.77.1");
+        let out = Command::new(common::skiff_bin())
+            .args(["pki", "init", "--hosts", &format!("{node_ip},127.0.0.1")])
+            .arg("--dir")
+            .arg(pki.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skiff pki init: {out:?}");
+        let file = |name: &str| pki.path().join(name).to_string_lossy().to_string();
+        let mut cluster = Cluster::api_only(&[
+            "--kubelet-client-certificate",
+            &file("client.pem"),
+            "--kubelet-client-key",
+            &file("client-key.pem"),
+            "--kubelet-certificate-authority",
+            &file("ca.pem"),
+        ])
+        .await;
         cluster.start_scheduler();
         cluster.start_manager(&["--controllers", "deployment,replicaset,garbagecollector"]);
         let mirror = format!("docker.io=http://{}", registry.host());
@@ -94,6 +115,14 @@ impl Env {
                 "1s",
                 "--crash-loop-backoff-max",
                 "8s",
+                "--tls-cert-file",
+                &file("server.pem"),
+                "--tls-private-key-file",
+                &file("server-key.pem"),
+                "--client-ca-file",
+                &file("ca.pem"),
+                "--port",
+                &common::free_port().to_string(),
             ],
         );
         let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
@@ -102,6 +131,7 @@ impl Env {
             registry,
             agent,
             pods,
+            _pki: pki,
         };
         env.wait("the node Ready", Duration::from_secs(60), async || {
             let node = env.cluster.kubectl(&[
@@ -738,5 +768,220 @@ async fn agent_restart_readopts_containers_and_imported_images_run_offline() {
         env.agent.log_tail(40)
     );
 
+    env.delete_all_and_wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_and_exec_go_through_the_api_server_to_the_agent() {
+    let env = Env::start(93).await;
+    let talker = env
+        .create(&busybox_pod(
+            "talker",
+            "i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.2; done",
+            "",
+        ))
+        .await;
+    env.wait_pod("talker", "Running", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // kubectl logs, --tail, --timestamps.
+    let logs = env
+        .cluster
+        .kubectl_ok_with(&["logs", "talker"], || env.diagnostics());
+    assert!(logs.starts_with("line-0\nline-1\n"), "{logs}");
+    let tail = env
+        .cluster
+        .kubectl_ok_with(&["logs", "talker", "--tail=1"], || env.diagnostics());
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    let stamped = env
+        .cluster
+        .kubectl_ok_with(&["logs", "talker", "--timestamps", "--tail=1"], || {
+            env.diagnostics()
+        });
+    let (stamp, text) = stamped
+        .trim_end()
+        .split_once(' ')
+        .expect("timestamp and text");
+    assert!(
+        stamp.parse::<k8s_openapi::jiff::Timestamp>().is_ok() && text.starts_with("line-"),
+        "{stamped}"
+    );
+
+    // kubectl logs -f keeps streaming.
+    let mut follow = env
+        .cluster
+        .api
+        .kubectl_command(&env.cluster.kubeconfig, &["logs", "-f", "talker"]);
+    let mut child = follow
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let followed = String::from_utf8_lossy(&out.stdout).to_string();
+    let last = followed
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim_start_matches("line-")
+        .parse::<u32>()
+        .unwrap_or(0);
+    let first_tail = tail
+        .trim()
+        .trim_start_matches("line-")
+        .parse::<u32>()
+        .unwrap_or(0);
+    assert!(
+        last >= first_tail + 5,
+        "logs -f streamed new lines: last {last}, before {first_tail}"
+    );
+
+    // kubectl logs --previous shows the attempt before the current one.
+    env.create(&busybox_pod(
+        "flaky",
+        "echo attempt-$(date +%s%N); exit 1",
+        "",
+    ))
+    .await;
+    let flaky = env
+        .wait_pod("flaky", "2 restarts", Duration::from_secs(60), |p| {
+            status_of(p, "main").is_some_and(|s| s.restart_count >= 2)
+        })
+        .await;
+    let previous = env
+        .cluster
+        .kubectl_ok_with(&["logs", "flaky", "--previous"], || env.diagnostics());
+    let uid = flaky.metadata.uid.clone().unwrap();
+    let restarts = status_of(&flaky, "main").unwrap().restart_count as u32;
+    let candidates: Vec<String> = (restarts.saturating_sub(2)..=restarts)
+        .map(|n| env.agent.container_log("default", "flaky", &uid, "main", n))
+        .collect();
+    assert!(
+        previous.starts_with("attempt-") && candidates.iter().any(|c| c.trim() == previous.trim()),
+        "{previous:?} vs {candidates:?}"
+    );
+
+    // kubectl exec: output, stdin, and the exit code propagated.
+    let out = env
+        .cluster
+        .kubectl(&["exec", "talker", "--", "sh", "-c", "echo from-exec; exit 3"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "from-exec",
+        "{out:?}\n{}",
+        env.diagnostics()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "kubectl exec exit code: {out:?}"
+    );
+    let mut cat = env.cluster.api.kubectl_command(
+        &env.cluster.kubeconfig,
+        &["exec", "-i", "talker", "--", "cat"],
+    );
+    let mut child = cat
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl exec -i");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"through-stdin\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "through-stdin\n",
+        "{out:?}"
+    );
+    assert!(out.status.success());
+
+    // kubectl cp (tar over exec) both ways.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("note.txt");
+    std::fs::write(&local, "copied-in\n").unwrap();
+    env.cluster.kubectl_ok_with(
+        &["cp", local.to_str().unwrap(), "talker:/tmp/note.txt"],
+        || env.diagnostics(),
+    );
+    let inside = env
+        .cluster
+        .kubectl_ok_with(&["exec", "talker", "--", "cat", "/tmp/note.txt"], || {
+            env.diagnostics()
+        });
+    assert_eq!(inside, "copied-in\n");
+    let back = dir.path().join("back.txt");
+    env.cluster.kubectl_ok_with(
+        &["cp", "talker:/tmp/note.txt", back.to_str().unwrap()],
+        || env.diagnostics(),
+    );
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied-in\n");
+
+    // kubectl port-forward serves a request (kubectl tries a WebSocket tunnel first and falls
+    // back to SPDY, which the agent serves).
+    env.create(
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web"},"spec":{"terminationGracePeriodSeconds":1,
+            "containers":[{"name":"main","image":"busybox:1.36","command":["sh","-c","echo forwarded > /www/index.html; exec httpd -f -p 127.0.0.1:8080 -h /www"]}]}}"#,
+    )
+    .await;
+    env.wait_pod("web", "Running", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    })
+    .await;
+    let local_port = common::free_port();
+    let mut forward = env.cluster.api.kubectl_command(
+        &env.cluster.kubeconfig,
+        &["port-forward", "pod/web", &format!("{local_port}:8080")],
+    );
+    let mut forwarder = forward
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl port-forward");
+    let url = format!("http://127.0.0.1:{local_port}/index.html");
+    let served = env
+        .wait("port-forward serves", Duration::from_secs(20), async || {
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "3", &url])
+                .output()
+                .ok()?;
+            let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            (!body.is_empty()).then_some(body)
+        })
+        .await;
+    let _ = forwarder.kill();
+    let _ = forwarder.wait();
+    assert_eq!(served, "forwarded");
+
+    // Without the API server's client certificate the agent answers nobody.
+    let port = env.agent.port();
+    let anonymous = Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .arg(format!(
+            "https://{}:{port}/containerLogs/default/talker/main",
+            env.agent.node_ip
+        ))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&anonymous.stdout).to_string();
+    assert!(
+        code == "000" || code == "401" || code == "403",
+        "anonymous call to the agent answered {code}"
+    );
+    let _ = talker;
     env.delete_all_and_wait().await;
 }

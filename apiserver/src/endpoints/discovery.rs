@@ -94,6 +94,8 @@ pub fn subresources(
     &'static [&'static str],
 )> {
     const GPU: &[&str] = &["get", "patch", "update"];
+    // kube-apiserver lists its connect subresources with both verbs (GET and POST upgrade).
+    const CONNECT: &[&str] = &["create", "get"];
     r.strategy
         .subresources()
         .iter()
@@ -101,6 +103,10 @@ pub fn subresources(
             Subresource::Status => ("status", r.group, r.version, r.kind, GPU),
             Subresource::Scale => ("scale", "autoscaling", "v1", "Scale", GPU),
             Subresource::Binding => ("binding", "", "v1", "Binding", &["create"][..]),
+            Subresource::Log => ("log", "", "v1", "Pod", &["get"][..]),
+            Subresource::Exec => ("exec", "", "v1", "PodExecOptions", CONNECT),
+            Subresource::Attach => ("attach", "", "v1", "PodAttachOptions", CONNECT),
+            Subresource::PortForward => ("portforward", "", "v1", "PodPortForwardOptions", CONNECT),
         })
         .collect()
 }
@@ -365,6 +371,39 @@ mod tests {
             ["namespaces", "configmaps", "secrets", "services", "pods"]
         );
         assert!(names.contains(&"persistentvolumeclaims"));
+        // The pod subresources a kubelet serves, as kube-apiserver lists them.
+        let sub = |name: &str| {
+            core["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["name"] == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{name} not listed"))
+        };
+        assert_eq!(sub("pods/log")["kind"], "Pod");
+        assert_eq!(sub("pods/log")["verbs"], json!(["get"]));
+        assert_eq!(sub("pods/exec")["kind"], "PodExecOptions");
+        assert_eq!(sub("pods/exec")["verbs"], json!(["create", "get"]));
+        assert_eq!(sub("pods/attach")["kind"], "PodAttachOptions");
+        assert_eq!(sub("pods/portforward")["kind"], "PodPortForwardOptions");
+        let core_agg = aggregated(&reg, true);
+        let pods = core_agg["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .unwrap();
+        let subs: Vec<&str> = pods["subresources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["subresource"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            subs,
+            ["status", "binding", "log", "exec", "attach", "portforward"]
+        );
         let agg = aggregated(&reg, false);
         let apps = agg["items"]
             .as_array()

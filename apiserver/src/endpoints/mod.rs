@@ -9,12 +9,13 @@ pub mod health;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path as UrlPath, State};
+use axum::extract::{Extension, FromRequest, Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 
+use crate::registry::kubelet::KubeletClient;
 use crate::registry::{self, Registry, resources};
 use crate::request_info::RequestInfo;
 use crate::selector::QueryParams;
@@ -26,6 +27,8 @@ pub struct Handlers {
     pub registry: Arc<Registry>,
     /// For the health checks' `etcd` check.
     pub etcd: EtcdClient,
+    /// The client of the pod subresources proxied to kubelets.
+    pub kubelet: Arc<KubeletClient>,
 }
 
 /// Every route but `/metrics` (the server adds it, with the filters around all of them).
@@ -54,14 +57,26 @@ pub fn routes(handlers: Arc<Handlers>) -> Router {
 }
 
 /// `/api…` and `/apis…`: a resource request goes to the registry, any other path is discovery.
+/// The subresources proxied to a kubelet get the request itself (an upgrade needs it whole).
 async fn serve_api(
     State(state): State<Arc<Handlers>>,
     Extension(info): Extension<RequestInfo>,
     method: Method,
     QueryParams(query): QueryParams,
     headers: HeaderMap,
-    body: Bytes,
+    req: Request,
 ) -> Response {
+    if registry::node_proxy::is_node_proxy(&info) {
+        return state
+            .registry
+            .node_proxy(&state.kubelet, &info, &query, req)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
+    let body = match Bytes::from_request(req, &()).await {
+        Ok(body) => body,
+        Err(rejection) => return rejection.into_response(),
+    };
     let result = if info.is_resource_request {
         registry::dispatch(
             state.registry.clone(),

@@ -9,13 +9,17 @@
 //! - `apply`: server-side apply. `subresources`: scale, binding (and the read-modify-write).
 //! - `delete`: delete, deletecollection, finalizers. `namespace`: the namespace finalizer.
 //! - `watch_memo`: watch events decoded and encoded once for all watchers of a resource.
+//! - `node_proxy`: `pods/log`, `exec`, `attach`, `portforward`, proxied to the pod's kubelet
+//!   through the `kubelet` client.
 //! - [`resources`]: the served kinds; [`strategy`]: what each does differently; [`defaults`],
 //!   [`table`], [`patch`]: defaulting, Tables, and the patch formats the verbs use.
 
 mod apply;
 pub mod defaults;
 mod delete;
+pub mod kubelet;
 mod namespace;
+pub mod node_proxy;
 pub mod patch;
 mod read;
 pub mod resources;
@@ -115,7 +119,7 @@ pub struct Target<'a> {
     pub info: &'a ResourceInfo,
     pub namespace: Option<String>,
     pub name: Option<String>,
-    /// `status`, `scale` or `binding`.
+    /// `status`, `scale`, `binding`, or one of the kubelet's (`log`, `exec`, …).
     pub subresource: Option<String>,
 }
 

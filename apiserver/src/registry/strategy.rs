@@ -25,6 +25,12 @@ pub enum Subresource {
     Scale,
     /// `pods/binding`: assigns a pod to a node.
     Binding,
+    /// `pods/log`, `pods/exec`, `pods/attach`, `pods/portforward`: proxied to the pod's
+    /// kubelet (`crate::registry::node_proxy`).
+    Log,
+    Exec,
+    Attach,
+    PortForward,
 }
 
 impl Subresource {
@@ -34,6 +40,10 @@ impl Subresource {
             Subresource::Status => "status",
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
+            Subresource::Log => "log",
+            Subresource::Exec => "exec",
+            Subresource::Attach => "attach",
+            Subresource::PortForward => "portforward",
         }
     }
 }
@@ -336,7 +346,15 @@ impl Strategy for StorageClassStrategy {
 
 const STATUS: &[Subresource] = &[Subresource::Status];
 const STATUS_SCALE: &[Subresource] = &[Subresource::Status, Subresource::Scale];
-const STATUS_BINDING: &[Subresource] = &[Subresource::Status, Subresource::Binding];
+/// The pod's: status, binding, and the four its kubelet serves.
+const POD_SUBRESOURCES: &[Subresource] = &[
+    Subresource::Status,
+    Subresource::Binding,
+    Subresource::Log,
+    Subresource::Exec,
+    Subresource::Attach,
+    Subresource::PortForward,
+];
 const ALL: &[&str] = &["all"];
 
 const fn kind(
@@ -390,7 +408,7 @@ static SECRET: KindStrategy = kind(Printer::Secret, defaults::secret, resources:
 #[rustfmt::skip]
 static SERVICE: KindStrategy = kind(Printer::Service, defaults::service, resources::validate_service, STATUS, ALL, &[]);
 #[rustfmt::skip]
-static POD: PodStrategy = PodStrategy(kind(Printer::Pod, defaults::pod, resources::validate_pod, STATUS_BINDING, ALL, POD_FIELDS));
+static POD: PodStrategy = PodStrategy(kind(Printer::Pod, defaults::pod, resources::validate_pod, POD_SUBRESOURCES, ALL, POD_FIELDS));
 #[rustfmt::skip]
 static DEPLOYMENT: KindStrategy = kind(Printer::Deployment, defaults::deployment, resources::validate_workload, STATUS_SCALE, ALL, &[]);
 #[rustfmt::skip]
@@ -473,6 +491,8 @@ mod tests {
     fn subresources_follow_kube_apiserver() {
         assert!(of(Printer::Deployment).has(Subresource::Scale));
         assert!(of(Printer::Pod).has(Subresource::Binding));
+        assert!(of(Printer::Pod).has(Subresource::Exec));
+        assert!(!of(Printer::Deployment).has(Subresource::Log));
         assert!(!of(Printer::ConfigMap).has(Subresource::Status));
         assert_eq!(of(Printer::Service).categories(), ["all"]);
     }

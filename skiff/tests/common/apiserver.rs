@@ -177,13 +177,20 @@ impl ApiServer {
     }
 
     pub fn kubectl(&self, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
-        Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("HOME", &self.home)
+        self.kubectl_command(kubeconfig, args)
             .stdin(Stdio::null())
             .output()
             .expect("run kubectl")
+    }
+
+    /// A kubectl command against this server for the caller to run (streams, stdin).
+    pub fn kubectl_command(&self, kubeconfig: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new("kubectl");
+        command
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOME", &self.home);
+        command
     }
 
     /// An admin kubeconfig (bearer token, the serving CA) for this server, written to `path`.

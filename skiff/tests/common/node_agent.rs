@@ -213,6 +213,16 @@ impl Agent {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The agent's HTTPS port (`--port` among the extra flags, else kubelet's 10250).
+    pub fn port(&self) -> u16 {
+        self.extra
+            .iter()
+            .position(|a| a == "--port")
+            .and_then(|i| self.extra.get(i + 1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(10250)
+    }
+
     /// The last `lines` lines of the agent's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log();
