@@ -635,3 +635,83 @@ fn overlay_rootfs_and_remove_of_shared_layers() {
         .collect();
     assert!(blobs.is_empty(), "blobs left: {blobs:?}");
 }
+
+/// Everything under `dir` (relative paths), for "nothing half-written is left" checks.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // The store's lock file is not content.
+            if entry.file_name() == ".lock" {
+                continue;
+            }
+            out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A pull into a store on a filesystem too small for the image fails with a clear error and
+/// leaves no blob, layer, temp file or index entry behind; with room it then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_that_runs_out_of_disk_leaves_nothing_half_written() {
+    require!("docker-registry", "skopeo", "umoci");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: mounting a small tmpfs needs root");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let layout = build_layout(work.path());
+    let registry = Registry::start();
+    registry.push(&layout, &format!("library/busybox:{TAG}"));
+    let host = registry.host();
+    // 600 KiB: room for the index and a layer's start, not for the busybox layer (≈1 MiB
+    // compressed, ≈2 MiB unpacked).
+    let small = work.path().join("small");
+    fs::create_dir_all(&small).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=600k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let registries = RegistryConfig {
+        insecure: vec![host.clone()],
+        ..Default::default()
+    };
+    let (root, store) = store_at(&small, registries.clone());
+    let before = tree(&root);
+    let name = format!("{host}/library/busybox:{TAG}");
+    let err = store.pull(&name, None).await.unwrap_err().to_string();
+    assert!(
+        err.to_lowercase().contains("no space left"),
+        "the error names the cause: {err}"
+    );
+    assert_eq!(tree(&root), before, "nothing half-written is left");
+    assert!(store.lookup(&name).unwrap().is_none());
+    assert!(store.list().unwrap().is_empty());
+    // A store that reopens on the same (full) disk is still consistent.
+    let reopened = ImageStore::open(&root, registries.clone()).unwrap();
+    assert!(reopened.list().unwrap().is_empty());
+    // With room, the same pull works.
+    let (_, roomy) = store_at(work.path(), registries);
+    let rec = roomy.pull(&name, None).await.unwrap();
+    check_busybox(&roomy, &rec);
+}

@@ -187,23 +187,30 @@ pub(crate) async fn pull(
             (Some(a), true) => RegistryAuth::Basic(a.username.clone(), a.password.clone()),
             _ => RegistryAuth::Anonymous,
         };
-        match fetch(store, &client, &ep.reference, &registry_auth).await {
+        let mut written = Vec::new();
+        match fetch(store, &client, &ep.reference, &registry_auth, &mut written).await {
             Ok(mut new) => {
                 new.names = vec![normalized.clone()];
+                written.extend(new.layers.iter().map(|(d, _)| d.clone()));
                 let s = store.clone();
-                let record = tokio::task::spawn_blocking(move || s.commit(new))
+                let committed = tokio::task::spawn_blocking(move || s.commit(new))
                     .await
-                    .map_err(|e| ImageError::Pull(format!("pull task failed: {e}")))?
-                    .map_err(|e| {
-                        ImageError::Pull(format!(
+                    .map_err(|e| ImageError::Pull(format!("pull task failed: {e}")))?;
+                let record = match committed {
+                    Ok(record) => record,
+                    Err(e) => {
+                        discard(store, written).await;
+                        return Err(ImageError::Pull(format!(
                             "failed to unpack image \"{normalized}\": {}",
                             pull_err(e)
-                        ))
-                    })?;
+                        )));
+                    }
+                };
                 tracing::info!(image = %normalized, digest = %record.digest, via = %ep.label, "pulled image");
                 return Ok(record);
             }
             Err(e) => {
+                discard(store, written).await;
                 tracing::debug!(image = %normalized, via = %ep.label, error = %pull_err_ref(&e), "pull attempt failed");
                 errors.push((ep.label.clone(), pull_err(e)));
             }
@@ -223,6 +230,15 @@ pub(crate) async fn pull(
     )))
 }
 
+/// Removes what a failed attempt wrote (see `ImageStore::discard_unreferenced`).
+async fn discard(store: &ImageStore, written: Vec<String>) {
+    if written.is_empty() {
+        return;
+    }
+    let s = store.clone();
+    let _ = tokio::task::spawn_blocking(move || s.discard_unreferenced(&written)).await;
+}
+
 fn pull_err_ref(e: &ImageError) -> String {
     match e {
         ImageError::Pull(m) => m.clone(),
@@ -238,6 +254,7 @@ async fn fetch(
     client: &oci_client::Client,
     reference: &Reference,
     auth: &RegistryAuth,
+    written: &mut Vec<String>,
 ) -> Result<NewImage, ImageError> {
     let pe = |e: OciDistributionError| ImageError::Pull(describe(&e));
     let (mut bytes, _) = client
@@ -264,9 +281,13 @@ async fn fetch(
     let Parsed::Manifest(m) = parsed else {
         return Err(ImageError::Pull("nested image index".into()));
     };
+    let manifest_new = !store.has_blob(&sha256_bytes(&bytes));
     let manifest_digest = store.write_blob_bytes(&bytes)?;
+    if manifest_new {
+        written.push(manifest_digest.clone());
+    }
     // (oci-client checked the top-level bytes against a digest in the reference.)
-    download(store, client, reference, &m.config.digest).await?;
+    download(store, client, reference, &m.config.digest, written).await?;
     let config = image_config_from_json(&store.read_blob(&m.config.digest)?)
         .map_err(|e| ImageError::Pull(format!("image config: {}", pull_err(e))))?;
     let mut layers = Vec::new();
@@ -277,7 +298,7 @@ async fn fetch(
                 l.digest, l.media_type
             )));
         }
-        download(store, client, reference, &l.digest).await?;
+        download(store, client, reference, &l.digest, written).await?;
         layers.push((l.digest.clone(), l.media_type.clone()));
     }
     Ok(NewImage {
@@ -295,10 +316,12 @@ async fn download(
     client: &oci_client::Client,
     reference: &Reference,
     digest: &str,
+    written: &mut Vec<String>,
 ) -> Result<(), ImageError> {
     if store.has_blob(digest) {
         return Ok(());
     }
+    written.push(digest.to_string());
     store.blob_path(digest)?;
     let tmp = TempPath::new(store.tmp_path(&store.blobs_dir(), "pull"));
     let file = tokio::fs::OpenOptions::new()

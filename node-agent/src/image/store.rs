@@ -421,6 +421,33 @@ impl ImageStore {
         Ok(())
     }
 
+    /// After a failed pull: removes the blobs and unpacked layers of `digests` that no image in
+    /// the index refers to (what that pull wrote), so a pull that ran out of disk or was cut
+    /// short leaves nothing behind. Best effort: a failure to remove is only logged.
+    pub(crate) fn discard_unreferenced(&self, digests: &[String]) {
+        let Ok(_lock) = self.lock() else { return };
+        let Ok(index) = self.load_index() else { return };
+        let used: std::collections::HashSet<&String> =
+            index.images.iter().flat_map(IndexEntry::blobs).collect();
+        for digest in digests {
+            if used.contains(digest) {
+                continue;
+            }
+            if let Ok(blob) = self.blob_path(digest)
+                && let Err(e) = fs::remove_file(&blob)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(%digest, error = %e, "removing a blob of a failed pull");
+            }
+            let layer = self.layer_path(digest);
+            if layer.exists()
+                && let Err(e) = fs::remove_dir_all(&layer)
+            {
+                tracing::warn!(%digest, error = %e, "removing a layer of a failed pull");
+            }
+        }
+    }
+
     /// Unpacks the layers of `new` and records it (merging with an image of the same digest,
     /// moving its names away from other images, which may become dangling: no names).
     pub(crate) fn commit(&self, new: NewImage) -> Result<ImageRecord, ImageError> {
