@@ -902,6 +902,35 @@ async fn kubectl_logs_and_exec_go_through_the_api_server_to_the_agent() {
     );
     assert!(out.status.success());
 
+    // kubectl exec -it: the command runs on a terminal (kubectl itself runs under `script`,
+    // which gives it one).
+    let line = format!(
+        "KUBECONFIG={} kubectl exec -it talker -- sh -c 'tty; [ -t 0 ] && [ -t 1 ] && echo on-a-tty'",
+        env.cluster.kubeconfig.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("/dev/pts/") && text.contains("on-a-tty"),
+        "kubectl exec -it: {out:?}\n{}",
+        env.diagnostics()
+    );
+    let plain = env.cluster.kubectl_ok_with(
+        &[
+            "exec",
+            "talker",
+            "--",
+            "sh",
+            "-c",
+            "[ -t 1 ] || echo no-tty",
+        ],
+        || env.diagnostics(),
+    );
+    assert_eq!(plain.trim(), "no-tty", "without -t there is no terminal");
+
     // kubectl cp (tar over exec) both ways.
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("note.txt");

@@ -13,9 +13,11 @@
 //! ([`status_success`], [`status_exit_code`], [`status_internal`]); v1–v3 only the message of
 //! a failure. Then the socket closes. A client that goes away kills the command.
 //!
-//! `tty=1`: runc's `exec -t` needs a console socket, which this server does not provide yet;
-//! the command runs without a terminal and its stderr is sent on channel 1, as a terminal
-//! merges them. Resize messages are ignored.
+//! `tty=1` (`kubectl exec -it`): the agent opens a pseudo-terminal, makes its slave side the
+//! controlling terminal of a new session and `runc exec -t`'s stdin, stdout and stderr; runc
+//! (not detached) puts it in raw mode, makes the container's own terminal and copies between
+//! the two, and follows its size (SIGWINCH). The agent reads the master onto channel 1, writes
+//! channel 0 to it, and a resize message sets its window size.
 //!
 //! Queues: [`OUTPUT_QUEUE`] output chunks to the client, [`STDIN_QUEUE`] stdin chunks to the
 //! process.
@@ -322,33 +324,80 @@ async fn run(
         }
         Err(e) => return Some(Outcome::Failed(e.to_string())),
     }
-    let mut cmd = runtime.exec_command(id, &req.argv, false);
+    let terminal = if req.tty {
+        match Terminal::open() {
+            Ok(t) => Some(t),
+            Err(e) => return Some(Outcome::Failed(format!("opening a terminal: {e}"))),
+        }
+    } else {
+        None
+    };
     let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
-    cmd.stdin(piped(req.stdin))
-        .stdout(piped(req.stdout || (req.tty && req.stderr)))
-        .stderr(piped(req.stderr))
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    let mut cmd = runtime.exec_command(id, &req.argv, req.tty);
+    match &terminal {
+        Some(t) => {
+            if let Err(e) = t.attach(&mut cmd) {
+                return Some(Outcome::Failed(format!("opening a terminal: {e}")));
+            }
+        }
+        None => {
+            cmd.stdin(piped(req.stdin))
+                .stdout(piped(req.stdout))
+                .stderr(piped(req.stderr));
+        }
+    }
+    cmd.kill_on_drop(true);
+    let spawned = cmd.spawn();
+    // The Command holds the terminal's slave side until dropped: without dropping it the
+    // master would never see the command's end.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => return Some(Outcome::Failed(format!("starting runc exec: {e}"))),
     };
 
     let (out_tx, mut out_rx) = mpsc::channel::<(u8, Vec<u8>)>(OUTPUT_QUEUE);
-    if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(pump(stdout, STDOUT, out_tx.clone()));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        let channel = if req.tty { STDOUT } else { STDERR };
-        tokio::spawn(pump(stderr, channel, out_tx.clone()));
+    let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(STDIN_QUEUE);
+    let mut resize_fd = None;
+    match terminal {
+        Some(t) => {
+            let files = t
+                .master_file()
+                .and_then(|r| Ok((r, t.master_file()?, t.master_file()?)));
+            match files {
+                Ok((reader, writer, resizer)) => {
+                    tokio::spawn(pump(
+                        tokio::fs::File::from_std(reader),
+                        STDOUT,
+                        out_tx.clone(),
+                    ));
+                    if req.stdin {
+                        tokio::spawn(feed_stdin(tokio::fs::File::from_std(writer), stdin_rx));
+                    }
+                    resize_fd = Some(resizer);
+                }
+                Err(e) => {
+                    let _ = child.start_kill();
+                    return Some(Outcome::Failed(format!("opening a terminal: {e}")));
+                }
+            }
+            // Our copy of the slave side goes, so the master sees the command's end.
+            drop(t);
+        }
+        None => {
+            if let Some(stdout) = child.stdout.take() {
+                tokio::spawn(pump(stdout, STDOUT, out_tx.clone()));
+            }
+            if let Some(stderr) = child.stderr.take() {
+                tokio::spawn(pump(stderr, STDERR, out_tx.clone()));
+            }
+            if let Some(stdin) = child.stdin.take() {
+                tokio::spawn(feed_stdin(stdin, stdin_rx));
+            }
+        }
     }
     drop(out_tx);
-    let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(STDIN_QUEUE);
-    if let Some(stdin) = child.stdin.take() {
-        tokio::spawn(feed_stdin(stdin, stdin_rx));
-    } else {
-        drop(stdin_rx);
-    }
-    let mut reader = tokio::spawn(read_client(stream, stdin_tx));
+    let mut reader = tokio::spawn(read_client(stream, stdin_tx, resize_fd));
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
     let mut waiter = tokio::spawn(async move {
         tokio::select! {
@@ -426,7 +475,7 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, channel: u8, tx: mpsc::Sender<(u
 }
 
 /// Writes stdin chunks to the process; the queue's end is stdin's EOF.
-async fn feed_stdin(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receiver<Bytes>) {
+async fn feed_stdin(mut stdin: impl tokio::io::AsyncWrite + Unpin, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(data) = rx.recv().await {
         if stdin.write_all(&data).await.is_err() {
             return;
@@ -437,7 +486,11 @@ async fn feed_stdin(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receive
 }
 
 /// Reads the client's messages until it closes: stdin, resize, close signals.
-async fn read_client(mut stream: Source, stdin_tx: mpsc::Sender<Bytes>) {
+async fn read_client(
+    mut stream: Source,
+    stdin_tx: mpsc::Sender<Bytes>,
+    terminal: Option<std::fs::File>,
+) {
     let mut stdin_tx = Some(stdin_tx);
     while let Some(msg) = stream.next().await {
         let data = match msg {
@@ -457,13 +510,102 @@ async fn read_client(mut stream: Source, stdin_tx: mpsc::Sender<Bytes>) {
                     stdin_tx = None;
                 }
             }
-            RESIZE => {
-                tracing::debug!(size = %String::from_utf8_lossy(payload), "exec resize ignored (no tty)")
-            }
+            RESIZE => match (&terminal, serde_json::from_slice::<TerminalSize>(payload)) {
+                (Some(t), Ok(size)) => set_window_size(t, size),
+                (None, _) => tracing::debug!("exec resize ignored (no tty)"),
+                (_, Err(e)) => tracing::debug!(error = %e, "bad resize message"),
+            },
             // v5: the client closed its stdin.
             CLOSE if payload.first() == Some(&STDIN) => stdin_tx = None,
             _ => {}
         }
+    }
+}
+
+/// A resize message (`remotecommand.TerminalSize`).
+#[derive(serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+struct TerminalSize {
+    #[serde(rename = "Width")]
+    width: u16,
+    #[serde(rename = "Height")]
+    height: u16,
+}
+
+fn set_window_size(master: &std::fs::File, size: TerminalSize) {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: size.height,
+        ws_col: size.width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: a valid pty master fd and a valid winsize.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "setting the terminal size");
+    }
+}
+
+/// A pseudo-terminal for `tty=1`.
+struct Terminal {
+    master: std::os::fd::OwnedFd,
+    slave: std::os::fd::OwnedFd,
+}
+
+impl Terminal {
+    fn open() -> std::io::Result<Terminal> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: out-pointers to two ints; no name, termios or winsize.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: openpty returned two fresh descriptors that nothing else owns.
+        let (master, slave) = unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(master),
+                std::os::fd::OwnedFd::from_raw_fd(slave),
+            )
+        };
+        for fd in [&master, &slave] {
+            // SAFETY: a valid fd; FD_CLOEXEC keeps them out of other children.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        Ok(Terminal { master, slave })
+    }
+
+    /// Gives the slave side to `cmd` as stdin, stdout and stderr, and makes it the
+    /// controlling terminal of a new session in the child.
+    fn attach(&self, cmd: &mut tokio::process::Command) -> std::io::Result<()> {
+        cmd.stdin(Stdio::from(self.slave.try_clone()?))
+            .stdout(Stdio::from(self.slave.try_clone()?))
+            .stderr(Stdio::from(self.slave.try_clone()?));
+        // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+
+    fn master_file(&self) -> std::io::Result<std::fs::File> {
+        Ok(std::fs::File::from(self.master.try_clone()?))
     }
 }
 
