@@ -93,6 +93,9 @@ pub(crate) struct NodeAgentArgs {
     /// comma-separated, tried in order before the registry itself.
     #[arg(long, value_delimiter = ',')]
     registry_mirror: Vec<String>,
+    /// k3s's registries.yaml (mirrors, insecure hosts), merged with the two flags above.
+    #[arg(long)]
+    private_registry: Option<PathBuf>,
     /// CrashLoopBackOff's first delay (kubelet's 10s).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     crash_loop_backoff_initial: Duration,
@@ -194,13 +197,25 @@ pub(crate) fn run(args: NodeAgentArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let registries = match registries(args.insecure_registry.clone(), &args.registry_mirror) {
+    let mut registries = match registries(args.insecure_registry.clone(), &args.registry_mirror) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("skiff: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Some(path) = &args.private_registry {
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| RegistryConfig::from_registries_yaml(&text));
+        match parsed {
+            Ok(file) => registries.merge(file),
+            Err(e) => {
+                eprintln!("skiff: --private-registry {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
     let node_ip = args.node_ip.unwrap_or_else(default_node_ip);
     let server = if args.port == 0 {
         None

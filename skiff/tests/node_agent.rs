@@ -102,15 +102,44 @@ impl Env {
         cluster.start_scheduler();
         cluster.start_manager(&["--controllers", "deployment,replicaset,garbagecollector"]);
         let mirror = format!("docker.io=http://{}", registry.host());
+        let insecure_host = registry.host();
+        let registries_path = pki.path().join("registries.yaml");
+        std::fs::write(
+            &registries_path,
+            format!(
+                "mirrors:\n  docker.io:\n    endpoint:\n      - \"http://{0}\"\nconfigs:\n  \"{0}\":\n    tls:\n      insecure_skip_verify: true\n",
+                registry.host()
+            ),
+        )
+        .unwrap();
+        let registries_yaml = registries_path.to_string_lossy().to_string();
         let agent = Agent::start(
             &cluster.kubeconfig,
             "worker-1",
             subnet,
             &[
-                "--insecure-registry",
-                &registry.host(),
-                "--registry-mirror",
-                &mirror,
+                // The local registry: as flags on one node, as k3s's registries.yaml on the
+                // others.
+                if subnet % 2 == 1 {
+                    "--insecure-registry"
+                } else {
+                    "--private-registry"
+                },
+                if subnet % 2 == 1 {
+                    &insecure_host
+                } else {
+                    &registries_yaml
+                },
+                if subnet % 2 == 1 {
+                    "--registry-mirror"
+                } else {
+                    "--node-labels"
+                },
+                if subnet % 2 == 1 {
+                    &mirror
+                } else {
+                    "registries=yaml"
+                },
                 "--crash-loop-backoff-initial",
                 "1s",
                 "--crash-loop-backoff-max",

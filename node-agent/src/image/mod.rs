@@ -78,6 +78,60 @@ pub struct RegistryConfig {
     pub mirrors: BTreeMap<String, Vec<String>>,
 }
 
+/// k3s's `registries.yaml` (`--private-registry`): `mirrors.<registry>.endpoint` lists, and
+/// `configs.<host>.tls.insecure_skip_verify` (treated as plain HTTP for that host, as an
+/// `http://` endpoint is).
+#[derive(Debug, Default, Deserialize)]
+struct K3sRegistries {
+    #[serde(default)]
+    mirrors: BTreeMap<String, K3sMirror>,
+    #[serde(default)]
+    configs: BTreeMap<String, K3sConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct K3sMirror {
+    #[serde(default)]
+    endpoint: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct K3sConfig {
+    #[serde(default)]
+    tls: Option<K3sTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct K3sTls {
+    #[serde(default)]
+    insecure_skip_verify: bool,
+}
+
+impl RegistryConfig {
+    /// Reads k3s's `registries.yaml` format.
+    pub fn from_registries_yaml(text: &str) -> Result<RegistryConfig, String> {
+        let parsed: K3sRegistries = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        let mut config = RegistryConfig::default();
+        for (registry, mirror) in parsed.mirrors {
+            config.mirrors.insert(registry, mirror.endpoint);
+        }
+        for (host, c) in parsed.configs {
+            if c.tls.is_some_and(|t| t.insecure_skip_verify) {
+                config.insecure.push(host);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Adds `other`'s mirrors (after this one's) and insecure hosts.
+    pub fn merge(&mut self, other: RegistryConfig) {
+        for (registry, endpoints) in other.mirrors {
+            self.mirrors.entry(registry).or_default().extend(endpoints);
+        }
+        self.insecure.extend(other.insecure);
+    }
+}
+
 /// Credentials for a pull (from `imagePullSecrets`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullAuth {
@@ -182,5 +236,47 @@ impl ImageStore {
             .rev()
             .map(|d| self.layer_path(d))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod registries_tests {
+    use super::*;
+
+    #[test]
+    fn k3s_registries_yaml_gives_mirrors_and_insecure_hosts() {
+        let text = r#"
+mirrors:
+  docker.io:
+    endpoint:
+      - "http://127.0.0.1:5000"
+      - "https://mirror.example"
+configs:
+  "127.0.0.1:5000":
+    tls:
+      insecure_skip_verify: true
+  "secure.example":
+    auth:
+      username: u
+"#;
+        let mut config = RegistryConfig::from_registries_yaml(text).unwrap();
+        assert_eq!(
+            config.mirrors.get("docker.io").unwrap(),
+            &vec![
+                "http://127.0.0.1:5000".to_string(),
+                "https://mirror.example".to_string()
+            ]
+        );
+        assert_eq!(config.insecure, vec!["127.0.0.1:5000".to_string()]);
+        config.merge(RegistryConfig {
+            insecure: vec!["a:1".into()],
+            mirrors: BTreeMap::from([("docker.io".to_string(), vec!["http://b".to_string()])]),
+        });
+        assert_eq!(config.mirrors["docker.io"].len(), 3);
+        assert!(RegistryConfig::from_registries_yaml("mirrors: [").is_err());
+        assert_eq!(
+            RegistryConfig::from_registries_yaml("").unwrap(),
+            RegistryConfig::default()
+        );
     }
 }
