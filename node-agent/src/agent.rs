@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cgroups::Cgroups;
+use crate::image::gc::{self, DiskUsage, GcPolicy};
 use crate::image::{ImageStore, RegistryConfig};
 use crate::network::{NetworkConfig, PodNetwork};
 use crate::node::{self, NodeFacts, Pressure};
@@ -53,6 +54,8 @@ pub struct AgentConfig {
     pub backoff_max: Duration,
     /// The HTTPS API (kubelet's `--address`:`--port`: logs, exec); `None` serves nothing.
     pub server: Option<ServerSettings>,
+    /// Image garbage collection thresholds.
+    pub image_gc: GcPolicy,
 }
 
 /// The agent's HTTPS API settings.
@@ -196,7 +199,7 @@ pub async fn run(
             &config.node_name,
         ),
     });
-    let pods_task = tokio::spawn(watch_pods(env));
+    let pods_task = tokio::spawn(watch_pods(env, config.image_gc));
     shutdown.await;
     tracing::info!("node agent stopping; containers keep running");
     status_task.abort();
@@ -273,8 +276,15 @@ struct WorkerHandle {
     task: JoinHandle<()>,
 }
 
-/// Watches this node's pods and routes each version to its worker.
-async fn watch_pods(env: Arc<PodEnv>) {
+/// How often the image filesystem is checked (kubelet's `ImageGCPeriod`).
+pub const IMAGE_GC_PERIOD: Duration = Duration::from_secs(300);
+
+/// Watches this node's pods and routes each version to its worker; every
+/// [`IMAGE_GC_PERIOD`] collects unused images when the disk is full enough.
+async fn watch_pods(env: Arc<PodEnv>, image_gc: GcPolicy) {
+    let mut gc_tick = tokio::time::interval(IMAGE_GC_PERIOD);
+    gc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unused_since: BTreeMap<String, Timestamp> = BTreeMap::new();
     let api: Api<Pod> = Api::all(env.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", env.node_name));
     let mut stream = watcher(api, config).boxed();
@@ -282,7 +292,14 @@ async fn watch_pods(env: Arc<PodEnv>) {
     let mut relist: Option<HashSet<String>> = None;
     let mut cleaned = false;
     loop {
-        let event = match stream.next().await {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = gc_tick.tick() => {
+                collect_images(&env, &workers, &mut unused_since, &image_gc).await;
+                continue;
+            }
+        };
+        let event = match next {
             Some(Ok(event)) => event,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "pod watch failed; retrying");
@@ -319,6 +336,58 @@ async fn watch_pods(env: Arc<PodEnv>) {
                     remove_orphans(&env, &seen).await;
                 }
             }
+        }
+    }
+}
+
+/// One image GC round: which images pods here use, since when the others are unused, and
+/// the removals `gc::plan` asks for (an image a container still runs from is refused by the
+/// store and stays).
+async fn collect_images(
+    env: &Arc<PodEnv>,
+    workers: &HashMap<String, WorkerHandle>,
+    unused_since: &mut BTreeMap<String, Timestamp>,
+    policy: &GcPolicy,
+) {
+    let mut in_use = std::collections::BTreeSet::new();
+    for w in workers.values() {
+        let pod = w.pod.borrow().clone();
+        for container in pod.iter().flat_map(crate::pod::plan::all_containers) {
+            let image = container.image.as_deref().unwrap_or_default();
+            if let Ok(Some(record)) = env.images.lookup(image) {
+                in_use.insert(record.digest);
+            }
+        }
+    }
+    let images = match env.images.list() {
+        Ok(images) => images,
+        Err(e) => {
+            tracing::warn!(error = %e, "image GC: listing images");
+            return;
+        }
+    };
+    let now = Timestamp::now();
+    unused_since
+        .retain(|digest, _| images.iter().any(|i| &i.digest == digest) && !in_use.contains(digest));
+    for image in &images {
+        if !in_use.contains(&image.digest) {
+            unused_since.entry(image.digest.clone()).or_insert(now);
+        }
+    }
+    let Some(disk) = crate::node::disk_usage(env.images.root()) else {
+        return;
+    };
+    let disk = DiskUsage {
+        used_bytes: disk.0,
+        capacity_bytes: disk.1,
+    };
+    for digest in gc::plan(disk, &images, &in_use, unused_since, policy, now) {
+        match env.images.remove(&digest) {
+            Ok(()) => {
+                tracing::info!(%digest, "image GC removed an unused image");
+                unused_since.remove(&digest);
+            }
+            Err(e) => tracing::warn!(%digest, error = %e, "image GC could not remove an image"),
         }
     }
 }

@@ -113,6 +113,19 @@ fn arch() -> &'static str {
     }
 }
 
+/// (used, total) bytes of the filesystem holding `path`.
+pub fn disk_usage(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| {
+        let total = stat.f_blocks * stat.f_frsize;
+        (total.saturating_sub(stat.f_bfree * stat.f_frsize), total)
+    })
+}
+
 /// Pressure signals read from the machine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pressure {

@@ -96,6 +96,16 @@ pub(crate) struct NodeAgentArgs {
     /// k3s's registries.yaml (mirrors, insecure hosts), merged with the two flags above.
     #[arg(long)]
     private_registry: Option<PathBuf>,
+    /// Disk usage (percent) of the image store's filesystem above which unused images are
+    /// removed.
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// Image GC removes until usage is under this percentage.
+    #[arg(long, default_value_t = 80)]
+    image_gc_low_threshold: u8,
+    /// An unused image is kept at least this long.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    minimum_image_ttl_duration: Duration,
     /// CrashLoopBackOff's first delay (kubelet's 10s).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     crash_loop_backoff_initial: Duration,
@@ -239,6 +249,15 @@ pub(crate) fn run(args: NodeAgentArgs) -> ExitCode {
             }
         }
     };
+    let image_gc = skiff_node_agent::image::gc::GcPolicy {
+        high_percent: args.image_gc_high_threshold,
+        low_percent: args.image_gc_low_threshold,
+        min_age: args.minimum_image_ttl_duration,
+    };
+    if let Err(e) = image_gc.validate() {
+        eprintln!("skiff: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let config = AgentConfig {
         node_name,
         node_ip,
@@ -260,6 +279,7 @@ pub(crate) fn run(args: NodeAgentArgs) -> ExitCode {
         backoff_initial: args.crash_loop_backoff_initial,
         backoff_max: args.crash_loop_backoff_max,
         server,
+        image_gc,
     };
     let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,

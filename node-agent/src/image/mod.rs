@@ -26,6 +26,7 @@
 //! from [`PullAuth`] are only sent to the upstream registry, never to mirrors.
 
 mod config;
+pub mod gc;
 mod import;
 mod manifest;
 mod pull;
