@@ -148,6 +148,7 @@ pub async fn run(
     })
     .map_err(|e| AgentError::Setup(format!("pod network: {e}")))?;
 
+    let metrics = crate::pod::metrics::AgentMetrics::default();
     let server_task = match &config.server {
         Some(settings) => {
             let acceptor = crate::server::acceptor(&settings.cert, settings.client_ca.as_deref())
@@ -156,8 +157,9 @@ pub async fn run(
                 .await
                 .map_err(|e| AgentError::Setup(format!("listen on {}: {e}", settings.address)))?;
             tracing::info!(address = %settings.address, "serving the node API (logs, exec) over HTTPS");
-            let server_config =
+            let mut server_config =
                 crate::server::ServerConfig::new(config.pod_logs_dir.clone(), runtime.clone());
+            server_config.metrics = Some(metrics.registry.clone());
             Some(tokio::spawn(async move {
                 if let Err(e) =
                     crate::server::serve(server_config, listener, acceptor, std::future::pending())
@@ -198,6 +200,7 @@ pub async fn run(
             "kubelet",
             &config.node_name,
         ),
+        metrics: metrics.clone(),
     });
     let pods_task = tokio::spawn(watch_pods(env, config.image_gc));
     shutdown.await;

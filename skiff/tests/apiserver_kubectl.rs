@@ -1010,6 +1010,27 @@ fn subresources(api: &ApiServer) {
         String::from_utf8_lossy(&out.stderr).contains("already assigned"),
         "{out:?}"
     );
+
+    tracing_free_section("a pod a node runs is deleted gracefully; --force removes it");
+    api.ok(&["delete", "pod", "p", "-n", "demo", "--wait=false"]);
+    let pod = api.json(&["get", "pod", "p", "-n", "demo", "-o", "json"]);
+    assert!(pod["metadata"]["deletionTimestamp"].is_string(), "{pod}");
+    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 30, "{pod}");
+    // No kubelet runs node-1: only a forced delete (grace 0) removes it, as upstream.
+    api.ok(&[
+        "delete",
+        "pod",
+        "p",
+        "-n",
+        "demo",
+        "--grace-period=0",
+        "--force",
+    ]);
+    let out = api.kubectl(&["get", "pod", "p", "-n", "demo"]);
+    assert!(
+        stderr(&out).contains("NotFound") || stderr(&out).contains("not found"),
+        "{out:?}"
+    );
 }
 
 fn stderr(out: &Output) -> String {

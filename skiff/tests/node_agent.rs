@@ -1017,6 +1017,46 @@ async fn kubectl_logs_and_exec_go_through_the_api_server_to_the_agent() {
     let _ = forwarder.wait();
     assert_eq!(served, "forwarded");
 
+    // The agent's /metrics, with kubelet's names, to a client with a certificate.
+    let pki = env._pki.path();
+    let metrics = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg("--cacert")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join("client.pem"))
+        .arg("--key")
+        .arg(pki.join("client-key.pem"))
+        .arg(format!(
+            "https://{}:{}/metrics",
+            env.agent.node_ip,
+            env.agent.port()
+        ))
+        .output()
+        .unwrap();
+    let metrics = format!(
+        "{}{}",
+        String::from_utf8_lossy(&metrics.stdout),
+        String::from_utf8_lossy(&metrics.stderr)
+    );
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(
+        value("kubelet_started_containers_total{container_type=\"container\"}") >= 3.0,
+        "{metrics}"
+    );
+    assert!(value("kubelet_running_pods") >= 2.0, "{metrics}");
+    assert!(
+        value("kubelet_pod_start_duration_seconds_count") >= 2.0,
+        "{metrics}"
+    );
+
     // Without the API server's client certificate the agent answers nobody.
     let port = env.agent.port();
     let anonymous = Command::new("curl")

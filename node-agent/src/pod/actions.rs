@@ -378,6 +378,9 @@ impl PodWorker {
         }
         match result {
             Ok(pid) => {
+                env.metrics
+                    .started_containers
+                    .add(&[container_type(pod, name)], 1.0);
                 state.current = Some(Attempt {
                     id: id.clone(),
                     number,
@@ -404,6 +407,9 @@ impl PodWorker {
                 self.post_start(pod, &container, &id).await;
             }
             Err(e) => {
+                env.metrics
+                    .started_container_errors
+                    .add(&["StartError", container_type(pod, name)], 1.0);
                 // containerd's shape: the attempt ends at once with StartError, exit 128.
                 let message = e.to_string();
                 tracing::info!(pod = %pod_key(pod), container = %name, %message, "container failed to start");
@@ -643,6 +649,16 @@ impl PodEnv {
             .find(|n| n.sandbox_id == uid)
             .map(|n| n.netns_path)
     }
+}
+
+/// `container` or `init_container`, as kubelet labels its metrics.
+fn container_type(pod: &Pod, name: &str) -> &'static str {
+    let init = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|i| i.iter().any(|c| c.name == name));
+    if init { "init_container" } else { "container" }
 }
 
 /// hostPort mappings of the pod's containers.

@@ -6,6 +6,7 @@ pub mod actions;
 pub mod backoff;
 pub mod env;
 pub mod env_files;
+pub mod metrics;
 pub mod plan;
 pub mod probes;
 pub mod qos;

@@ -58,6 +58,7 @@ pub struct PodEnv {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub events: EventRecorder,
+    pub metrics: super::metrics::AgentMetrics,
 }
 
 impl PodEnv {
@@ -131,13 +132,31 @@ pub struct PodWorker {
     last_status: Option<(serde_json::Value, Timestamp)>,
     last_checkpoint: Option<Checkpoint>,
     pub(super) last_volume_sync: Option<std::time::Instant>,
+    /// What this worker counts in the running gauges: (sandbox ready, running containers).
+    counted: (bool, u32),
+    first_seen: std::time::Instant,
+    start_recorded: bool,
 }
 
 impl PodWorker {
     /// Runs the worker until the pod is gone and cleaned up. `pod` carries the latest
     /// version; `None` means the pod left this node (deleted for good, or rebound).
-    pub async fn run(env: Arc<PodEnv>, uid: String, mut pod: watch::Receiver<Option<Pod>>) {
-        let mut worker = PodWorker {
+    pub async fn run(env: Arc<PodEnv>, uid: String, pod: watch::Receiver<Option<Pod>>) {
+        let metrics = env.metrics.clone();
+        let mut worker = PodWorker::new(env, uid);
+        worker.run_until_done(pod).await;
+        // Whatever it counted as running stops counting.
+        let (sandbox, containers) = worker.counted;
+        if sandbox {
+            metrics.running_pods.add(&[], -1.0);
+        }
+        metrics
+            .running_containers
+            .add(&["running"], -f64::from(containers));
+    }
+
+    fn new(env: Arc<PodEnv>, uid: String) -> PodWorker {
+        PodWorker {
             env,
             uid,
             state: PodState::default(),
@@ -145,7 +164,14 @@ impl PodWorker {
             last_status: None,
             last_checkpoint: None,
             last_volume_sync: None,
-        };
+            counted: (false, 0),
+            first_seen: std::time::Instant::now(),
+            start_recorded: false,
+        }
+    }
+
+    async fn run_until_done(&mut self, mut pod: watch::Receiver<Option<Pod>>) {
+        let worker = self;
         let first = pod.borrow().clone();
         if let Some(first) = &first {
             worker.adopt(first).await;
@@ -210,7 +236,47 @@ impl PodWorker {
         }
         self.write_checkpoint();
         self.write_status(pod).await;
+        self.count_running(pod);
         false
+    }
+
+    /// Keeps the running gauges and the start-duration histogram in step with this pod.
+    fn count_running(&mut self, pod: &Pod) {
+        let sandbox = matches!(self.state.sandbox, Sandbox::Ready { .. });
+        let containers = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.is_running())
+            .count() as u32;
+        let metrics = &self.env.metrics;
+        if sandbox != self.counted.0 {
+            metrics
+                .running_pods
+                .add(&[], if sandbox { 1.0 } else { -1.0 });
+        }
+        if containers != self.counted.1 {
+            metrics.running_containers.add(
+                &["running"],
+                f64::from(containers) - f64::from(self.counted.1),
+            );
+        }
+        self.counted = (sandbox, containers);
+        let all_running = pod.spec.as_ref().is_some_and(|s| {
+            !s.containers.is_empty()
+                && s.containers.iter().all(|c| {
+                    self.state
+                        .containers
+                        .get(&c.name)
+                        .is_some_and(ContainerState::is_running)
+                })
+        });
+        if all_running && !self.start_recorded {
+            self.start_recorded = true;
+            metrics
+                .pod_start_duration
+                .observe(&[], self.first_seen.elapsed().as_secs_f64());
+        }
     }
 
     /// Stops and cleans up a pod that left this node without a deletion we saw through.

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub allow_anonymous: bool,
     /// Optional container names of the pods the agent runs (see [`ContainerNames`]).
     pub container_names: Option<ContainerNames>,
+    /// Rendered on `/metrics` (to authenticated clients).
+    pub metrics: Option<skiff_client::metrics::Registry>,
     /// Where the pods' network namespaces are: `<dir>/<prefix><pod uid>` (port-forward).
     pub netns_dir: PathBuf,
     pub netns_prefix: String,
@@ -69,6 +71,7 @@ impl ServerConfig {
             runtime,
             allow_anonymous: false,
             container_names: None,
+            metrics: None,
             netns_dir: PathBuf::from("/run/netns"),
             netns_prefix: "skiff-".into(),
         }
@@ -171,6 +174,7 @@ pub fn router(config: ServerConfig) -> Router {
     let shared = Arc::new(Shared { config });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::handler),
@@ -182,6 +186,31 @@ pub fn router(config: ServerConfig) -> Router {
         .route("/attach/{*rest}", any(|| not_implemented("attach")))
         .route("/portForward/{namespace}/{pod}", any(portforward::handler))
         .with_state(shared)
+}
+
+/// `/metrics`: the agent's Prometheus text (authenticated clients, as kubelet's).
+async fn metrics(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    peer: Option<Extension<Peer>>,
+) -> Response {
+    if let Some(denied) = deny(&shared, peer) {
+        return denied;
+    }
+    let body = shared
+        .config
+        .metrics
+        .as_ref()
+        .map(|r| r.render())
+        .unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_implemented(what: &'static str) -> Response {
