@@ -368,3 +368,57 @@ async fn bad_config_and_failed_add_are_clear_errors() {
     let rules = iptables_save();
     assert!(!rules.contains(&format!("id: \\\"{id}\\\"")), "{rules}");
 }
+
+/// Many sandboxes set up and torn down at once (a node starting and deleting a burst of pods)
+/// leave no per-pod iptables rule or chain behind: the CNI plugins' iptables writes must not
+/// trip over each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sandboxes_comes_and_goes_without_leftovers() {
+    if !usable() {
+        return;
+    }
+    let env = env(3, PathBuf::from("/usr/lib/cni"));
+    let net = std::sync::Arc::new(PodNetwork::new(env.config.clone()).unwrap());
+    let ids: Vec<String> = (0..16)
+        .map(|i| format!("{}burst{i}", env.id_prefix))
+        .collect();
+    let mut tasks = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (net, id) = (net.clone(), id.clone());
+        // Half of them with a hostPort (portmap's chains too).
+        let mappings = if i % 2 == 0 {
+            vec![PortMapping {
+                host_port: 19300
+                    + u16::try_from(i).unwrap()
+                    + u16::try_from(std::process::id() % 50).unwrap() * 20,
+                container_port: 8080,
+                protocol: "tcp".into(),
+                host_ip: None,
+            }]
+        } else {
+            vec![]
+        };
+        tasks.push(tokio::spawn(async move { net.setup(&id, &mappings).await }));
+    }
+    for task in tasks {
+        task.await.unwrap().expect("setup");
+    }
+    let mut tasks = Vec::new();
+    for id in &ids {
+        let (net, id) = (net.clone(), id.clone());
+        tasks.push(tokio::spawn(async move { net.teardown(&id).await }));
+    }
+    for task in tasks {
+        task.await.unwrap().expect("teardown");
+    }
+    let saved = iptables_save();
+    let left: Vec<&str> = saved
+        .lines()
+        .filter(|l| {
+            ids.iter().any(|id| l.contains(id.as_str()))
+                || l.contains(&env.config.pod_cidr[..env.config.pod_cidr.len() - 4])
+        })
+        .collect();
+    assert!(left.is_empty(), "rules left behind:\n{}", left.join("\n"));
+    assert!(net.checkpoints().is_empty());
+}
