@@ -248,16 +248,7 @@ impl Registry {
             return Ok(obj);
         }
         let key = self.key(info, namespace, name);
-        // kube-apiserver's `ShouldDeleteDuringUpdate`: no finalizer left and no grace period
-        // running (a gracefully deleted pod stays until its node deletes it with grace 0,
-        // whatever status updates come meanwhile).
-        let grace_running = obj["metadata"]["deletionGracePeriodSeconds"]
-            .as_i64()
-            .is_some_and(|g| g > 0);
-        if obj["metadata"]["deletionTimestamp"].is_string()
-            && !info.strategy.holds_deletion(&obj)
-            && !grace_running
-        {
+        if obj["metadata"]["deletionTimestamp"].is_string() && !info.strategy.holds_deletion(&obj) {
             // The last finalizer is gone: the deletion completes now.
             self.storage
                 .delete(&key, expected, self.children(info, name))

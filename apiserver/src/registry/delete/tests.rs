@@ -609,35 +609,3 @@ async fn pods_on_a_node_are_deleted_gracefully_and_only_the_kubelet_removes_them
     let err = r.delete(&t, &q("soon"), &Bytes::new()).await.unwrap_err();
     assert_eq!(err.code, 400);
 }
-
-#[tokio::test]
-async fn a_status_update_keeps_a_pod_in_its_grace_period() {
-    let r = registry();
-    let none = HashMap::new();
-    let t = put_pod(&r, "running", Some("n1"), "Running").await;
-    r.delete(&t, &none, &Bytes::new())
-        .await
-        .expect("graceful delete");
-    let mut pod = stored_pod(&r, "running").await.expect("marked");
-    // The node agent reports the containers stopping (PUT pods/status).
-    pod["status"]["phase"] = json!("Running");
-    pod["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
-    let status = Target {
-        info: t.info,
-        namespace: t.namespace.clone(),
-        name: t.name.clone(),
-        subresource: Some("status".into()),
-    };
-    let body = Bytes::from(serde_json::to_vec(&pod).unwrap());
-    r.update(&status, &none, &axum::http::HeaderMap::new(), &body)
-        .await
-        .expect("status update");
-    let kept = stored_pod(&r, "running")
-        .await
-        .expect("still there in its grace period");
-    assert_eq!(kept["status"]["conditions"][0]["status"], json!("False"));
-    // Only the node's grace-0 delete removes it.
-    let q = HashMap::from([("gracePeriodSeconds".to_string(), "0".to_string())]);
-    r.delete(&t, &q, &Bytes::new()).await.expect("delete");
-    assert!(stored_pod(&r, "running").await.is_none());
-}
