@@ -29,6 +29,10 @@ agent_cleanup() {
     [[ -e "$f" ]] && ip netns del "skiff-$(basename "$f" .json)" 2>/dev/null || true
   done
   ip link del skb0 2>/dev/null || true
+  # The agent removes each pod's cgroups; the --cgroup-root skeleton stays: remove it.
+  for h in /sys/fs/cgroup/*/skiff-bench; do
+    [[ -d "$h" ]] && find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
 }
 trap 'agent_cleanup; cleanup' EXIT
 "$skiff" node-agent --kubeconfig "$work/kubeconfig" --hostname-override bench-node \
