@@ -21,6 +21,8 @@ use crate::auth::{Authenticator, Tokens, User};
 use crate::endpoints;
 use crate::filters;
 use crate::filters::inflight::InFlight;
+use crate::registry::kubernetes_service::ApiServerEndpoint;
+use crate::registry::service_addresses::ServiceRanges;
 use crate::registry::{Registry, resources};
 use crate::storage::etcd::{EtcdClient, EtcdConfig};
 use crate::storage::{EtcdStorage, Storage};
@@ -102,7 +104,18 @@ pub struct ApiServerConfig {
     /// `--kubelet-preferred-address-types`: which of a Node's `status.addresses` to reach its
     /// kubelet at, first match wins.
     pub kubelet_preferred_address_types: Vec<String>,
+    /// `--service-cluster-ip-range`: the ClusterIPs Services get (k3s's `10.43.0.0/16`); its
+    /// first address is the `kubernetes` Service's.
+    pub service_cluster_ip_range: String,
+    /// `--service-node-port-range`: the NodePorts Services get (`30000-32767`).
+    pub service_node_port_range: String,
+    /// `--advertise-address`: the address the `kubernetes` Service's Endpoints list for this
+    /// server; None = `--bind-address`, or 127.0.0.1 when that is unspecified.
+    pub advertise_address: Option<IpAddr>,
 }
+
+/// How long a stopping server may spend taking itself out of the `kubernetes` Endpoints.
+const ENDPOINTS_REMOVAL_BUDGET: Duration = Duration::from_secs(2);
 
 /// kube-apiserver's default `--max-requests-inflight`.
 pub const MAX_REQUESTS_INFLIGHT_DEFAULT: usize = 400;
@@ -189,6 +202,9 @@ impl Default for ApiServerConfig {
                 .iter()
                 .map(|t| t.to_string())
                 .collect(),
+            service_cluster_ip_range: "10.43.0.0/16".into(),
+            service_node_port_range: "30000-32767".into(),
+            advertise_address: None,
         }
     }
 }
@@ -210,6 +226,28 @@ impl ApiServerConfig {
             cert_file: self.etcd_certfile.clone(),
             key_file: self.etcd_keyfile.clone(),
         }
+    }
+
+    /// The Service address ranges of `--service-cluster-ip-range` and
+    /// `--service-node-port-range`.
+    pub fn service_ranges(&self) -> Result<ServiceRanges, Error> {
+        ServiceRanges::parse(
+            &self.service_cluster_ip_range,
+            &self.service_node_port_range,
+        )
+        .map_err(Error::Config)
+    }
+
+    /// The address this server is listed at in the `kubernetes` Service's Endpoints.
+    pub fn advertised(&self, port: u16) -> ApiServerEndpoint {
+        let address = self
+            .advertise_address
+            .unwrap_or(if self.bind_address.is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                self.bind_address
+            });
+        ApiServerEndpoint { address, port }
     }
 
     pub fn validate(&self) -> Result<(), Error> {
@@ -237,6 +275,7 @@ impl ApiServerConfig {
             &self.disable_admission_plugins,
         )
         .map_err(Error::Config)?;
+        self.service_ranges()?;
         if !self.etcd_prefix.starts_with('/') {
             return Err(Error::Config("--etcd-prefix must start with '/'".into()));
         }
@@ -595,12 +634,15 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
         warn!(plugins = ?unimplemented, "admission plugins named in flags are not implemented; ignored");
     }
     info!(plugins = ?admission_plugins.iter().map(|p| p.name()).collect::<Vec<_>>(), "admission chain");
-    let registry = Arc::new(Registry::new(
-        storage,
-        &config.etcd_prefix,
-        resources::registry(),
-        admission_plugins,
-    ));
+    let registry = Arc::new(
+        Registry::new(
+            storage,
+            &config.etcd_prefix,
+            resources::registry(),
+            admission_plugins,
+        )
+        .with_service_ranges(config.service_ranges()?),
+    );
     // Seed the initial namespaces; wait for the store if it is not up yet. A TLS store that
     // wants client certificates may close the connection without a readable alert: say what
     // is likely missing.
@@ -631,6 +673,16 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
             etcd.run_compactor(config.etcd_compaction_interval),
         ))
     });
+    // The `kubernetes` Service and this server's place in its Endpoints.
+    let me = config.advertised(local.port());
+    let mut delay = Duration::from_millis(100);
+    while let Err(e) = registry.ensure_kubernetes_service(local.port()).await {
+        warn!(error = %e.message, "could not create the kubernetes Service; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    let _endpoint_reconciler =
+        AbortOnDrop(tokio::spawn(registry.clone().run_endpoint_reconciler(me)));
     let _namespace_finalizer =
         AbortOnDrop(tokio::spawn(registry.clone().run_namespace_finalizer()));
     let kubelet = Arc::new(kubelet_client(&config)?);
@@ -671,6 +723,14 @@ pub async fn run(config: ApiServerConfig, shutdown: impl Future<Output = ()>) ->
     };
     info!(address = %local, "serving the Kubernetes API over HTTPS");
     serve(listener, acceptor, app, shutdown).await;
+    drop(_endpoint_reconciler);
+    let leaving = state.registry.remove_from_endpoints(me);
+    if tokio::time::timeout(ENDPOINTS_REMOVAL_BUDGET, leaving)
+        .await
+        .is_err()
+    {
+        warn!("could not remove this server from the kubernetes endpoints in time");
+    }
     Ok(())
 }
 

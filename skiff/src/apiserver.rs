@@ -121,6 +121,17 @@ pub(crate) struct ApiserverArgs {
         default_value = "InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP"
     )]
     kubelet_preferred_address_types: Vec<String>,
+    /// The ClusterIPs Services get (an IPv4 CIDR); its first address is the `kubernetes`
+    /// Service's.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cluster_ip_range: String,
+    /// The NodePorts Services of type NodePort and LoadBalancer get (`from-to`, inclusive).
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
+    /// The address the `kubernetes` Service's Endpoints list for this server (default:
+    /// --bind-address, or 127.0.0.1 when that is 0.0.0.0).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     log_level: String,
@@ -167,6 +178,9 @@ pub(crate) fn run(args: ApiserverArgs) -> ExitCode {
         kubelet_certificate_authority: args.kubelet_certificate_authority,
         kubelet_timeout: args.kubelet_timeout,
         kubelet_preferred_address_types: args.kubelet_preferred_address_types,
+        service_cluster_ip_range: args.service_cluster_ip_range,
+        service_node_port_range: args.service_node_port_range,
+        advertise_address: args.advertise_address,
     };
     if let Err(err) = config.validate() {
         eprintln!("skiff: {err}");

@@ -373,6 +373,16 @@ async fn endpoints_and_slices_follow_pods_readiness_deletion_scale_and_service_d
         (ep.ready.is_empty() && !ep.not_ready.contains_key("manual-0") && terminating).then_some(())
     })
     .await;
+    // Its node confirms with a grace-0 delete (the finalizer still holds it), then the
+    // finalizer goes and so does the pod.
+    cluster.kubectl_ok(&[
+        "delete",
+        "pod",
+        "manual-0",
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
     bare.patch(
         "manual-0",
         &PatchParams::default(),

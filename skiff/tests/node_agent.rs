@@ -1083,3 +1083,32 @@ async fn kubectl_logs_and_exec_go_through_the_api_server_to_the_agent() {
     let _ = talker;
     env.delete_all_and_wait().await;
 }
+
+/// A burst of 40 pods created and deleted at once: every sandbox is torn down by the agent
+/// (not dropped by the API server when a status update lands in the grace period), so no
+/// per-pod iptables rule of the node's subnet is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_pods_is_torn_down_completely() {
+    let env = Env::start(94).await;
+    for i in 0..40 {
+        env.create(&busybox_pod(&format!("b{i}"), "sleep 3600", ""))
+            .await;
+    }
+    env.wait("40 pods Running", Duration::from_secs(180), async || {
+        let list = env.pods.list(&ListParams::default()).await.ok()?;
+        (list.items.iter().filter(|p| phase(p) == "Running").count() == 40).then_some(())
+    })
+    .await;
+    env.delete_all_and_wait().await;
+    let saved = Command::new("iptables-save").output().unwrap();
+    let text = String::from_utf8_lossy(&saved.stdout).to_string();
+    let left: Vec<&str> = text.lines().filter(|l| l.contains("10.94.77.")).collect();
+    assert!(
+        left.is_empty(),
+        "{} rules left:\n{}",
+        left.len(),
+        left.join("\n")
+    );
+    let torn_down = env.agent.log().matches("sandbox torn down").count();
+    assert_eq!(torn_down, 40, "every sandbox torn down by the agent");
+}

@@ -292,16 +292,18 @@ impl Registry {
         }
     }
 
-    /// Deletes what is in a namespace along with it (same transaction).
-    pub(super) fn children(&self, info: &ResourceInfo, name: &str) -> Vec<String> {
+    /// What goes with `obj` in the transaction that deletes it: a namespace's contents, a
+    /// Service's address allocations.
+    pub(super) fn children(&self, info: &ResourceInfo, obj: &Value) -> Vec<String> {
         if info.strategy.contains_namespaced() {
+            let name = obj["metadata"]["name"].as_str().unwrap_or("");
             self.resources
                 .iter()
                 .filter(|r| r.namespaced)
                 .map(|r| self.collection_prefix(r, Some(name)))
                 .collect()
         } else {
-            Vec::new()
+            self.service_address_keys(info, obj)
         }
     }
 
@@ -380,6 +382,15 @@ impl Registry {
                 marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
                 marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
                 info.strategy.begin_deletion(&mut marked);
+            } else if marked["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .is_some_and(|g| g > 0)
+            {
+                // kube-apiserver's `BeforeDelete`: a grace-0 delete of an object in its grace
+                // period shortens it to now; its finalizers still hold it, and it goes with
+                // the last of them.
+                marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
             }
             if marked == obj || options.dry_run {
                 return Ok((marked, false));
@@ -399,7 +410,7 @@ impl Registry {
             return Ok((obj, true));
         }
         self.storage
-            .delete(&stored.key, stored.revision, self.children(info, &name))
+            .delete(&stored.key, stored.revision, self.children(info, &obj))
             .await
             .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
         Ok((obj, true))

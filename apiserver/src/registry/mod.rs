@@ -17,12 +17,16 @@
 mod apply;
 pub mod defaults;
 mod delete;
+#[cfg(test)]
+mod fake_storage;
 pub mod kubelet;
+pub mod kubernetes_service;
 mod namespace;
 pub mod node_proxy;
 pub mod patch;
 mod read;
 pub mod resources;
+pub mod service_addresses;
 pub mod strategy;
 mod subresources;
 pub mod table;
@@ -109,6 +113,8 @@ pub struct Registry {
     namespace_kick: tokio::sync::Notify,
     /// Watch events decoded and encoded once for all watchers.
     pub watch_memo: watch_memo::WatchMemo,
+    /// The ClusterIP and NodePort ranges Services are given.
+    pub service_ranges: service_addresses::ServiceRanges,
 }
 
 pub type ApiResult = Result<Response, ApiError>;
@@ -188,7 +194,14 @@ impl Registry {
             resources,
             namespace_kick: tokio::sync::Notify::new(),
             watch_memo: watch_memo::WatchMemo::new(),
+            service_ranges: service_addresses::ServiceRanges::default(),
         }
+    }
+
+    /// The registry with Services given addresses from `ranges` (default: k3s's).
+    pub fn with_service_ranges(mut self, ranges: service_addresses::ServiceRanges) -> Registry {
+        self.service_ranges = ranges;
+        self
     }
 
     /// The namespaces (every registry serves them).

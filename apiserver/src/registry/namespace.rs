@@ -85,7 +85,7 @@ impl Registry {
                 .await
         } else {
             self.storage
-                .delete(&stored.key, stored.revision, self.children(info, &name))
+                .delete(&stored.key, stored.revision, self.children(info, &ns))
                 .await
         };
         match written {

@@ -145,11 +145,16 @@ impl Registry {
             return Ok(json_response(StatusCode::CREATED, &obj));
         }
         let key = self.key(info, namespace.as_deref(), &name);
-        let revision = self
-            .storage
-            .create(&key, Self::encode(&obj))
-            .await
-            .map_err(|e| ApiError::from_storage(e, info.resource, info.group, &name))?;
+        let allocation = self
+            .allocate_service_addresses(info, &mut obj, None)
+            .await?;
+        let revision = match self.storage.create(&key, Self::encode(&obj)).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                self.release_service_addresses(&allocation.created).await;
+                return Err(ApiError::from_storage(e, info.resource, info.group, &name));
+            }
+        };
         obj["metadata"]["resourceVersion"] = json!(revision.to_string());
         Ok(json_response(StatusCode::CREATED, &obj))
     }
@@ -248,19 +253,41 @@ impl Registry {
             return Ok(obj);
         }
         let key = self.key(info, namespace, name);
-        if obj["metadata"]["deletionTimestamp"].is_string() && !info.strategy.holds_deletion(&obj) {
+        // kube-apiserver's `ShouldDeleteDuringUpdate`: no finalizer left and no grace period
+        // running (a gracefully deleted pod stays until its node deletes it with grace 0,
+        // whatever status updates come meanwhile).
+        let grace_running = obj["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .is_some_and(|g| g > 0);
+        if obj["metadata"]["deletionTimestamp"].is_string()
+            && !info.strategy.holds_deletion(&obj)
+            && !grace_running
+        {
             // The last finalizer is gone: the deletion completes now.
             self.storage
-                .delete(&key, expected, self.children(info, name))
+                .delete(&key, expected, self.children(info, &obj))
                 .await
                 .map_err(|e| ApiError::from_storage(e, info.resource, info.group, name))?;
             return Ok(obj);
         }
-        let revision = self
+        let allocation = if status_only {
+            Default::default()
+        } else {
+            self.allocate_service_addresses(info, &mut obj, Some(current))
+                .await?
+        };
+        let revision = match self
             .storage
             .update(&key, Self::encode(&obj), expected)
             .await
-            .map_err(|e| ApiError::from_storage(e, info.resource, info.group, name))?;
+        {
+            Ok(revision) => revision,
+            Err(e) => {
+                self.release_service_addresses(&allocation.created).await;
+                return Err(ApiError::from_storage(e, info.resource, info.group, name));
+            }
+        };
+        self.release_service_addresses(&allocation.released).await;
         obj["metadata"]["resourceVersion"] = json!(revision.to_string());
         Ok(obj)
     }

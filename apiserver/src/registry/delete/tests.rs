@@ -2,134 +2,8 @@
 //! `Orphan` or `Foreground` deletion adds, `Background` deleting at once, a second delete
 //! changing the policy, deletecollection, dry runs, preconditions and upstream's errors.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-
-use futures::future::BoxFuture;
-use futures::stream::BoxStream;
-
 use super::*;
-use crate::storage::{Page, prefix_end};
-
-/// An in-memory store with etcd's compare-and-swap writes (no watches).
-#[derive(Default)]
-struct Fake {
-    state: Mutex<(i64, BTreeMap<String, Stored>)>,
-}
-
-impl Fake {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (i64, BTreeMap<String, Stored>)> {
-        self.state.lock().expect("fake store lock")
-    }
-}
-
-impl Storage for Fake {
-    fn get(&self, key: &str) -> BoxFuture<'_, crate::storage::Result<Option<Stored>>> {
-        let found = self.lock().1.get(key).cloned();
-        Box::pin(async move { Ok(found) })
-    }
-
-    fn create(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, crate::storage::Result<i64>> {
-        let mut state = self.lock();
-        let result = if state.1.contains_key(key) {
-            Err(StorageError::Exists)
-        } else {
-            state.0 += 1;
-            let revision = state.0;
-            state.1.insert(
-                key.to_string(),
-                Stored {
-                    key: key.to_string(),
-                    value,
-                    revision,
-                },
-            );
-            Ok(revision)
-        };
-        Box::pin(async move { result })
-    }
-
-    fn update(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected: i64,
-    ) -> BoxFuture<'_, crate::storage::Result<i64>> {
-        let mut state = self.lock();
-        let result = match state.1.get(key).map(|s| s.revision) {
-            None => Err(StorageError::NotFound),
-            Some(r) if r != expected => Err(StorageError::Conflict),
-            Some(_) => {
-                state.0 += 1;
-                let revision = state.0;
-                state.1.insert(
-                    key.to_string(),
-                    Stored {
-                        key: key.to_string(),
-                        value,
-                        revision,
-                    },
-                );
-                Ok(revision)
-            }
-        };
-        Box::pin(async move { result })
-    }
-
-    fn delete(
-        &self,
-        key: &str,
-        expected: i64,
-        children: Vec<String>,
-    ) -> BoxFuture<'_, crate::storage::Result<i64>> {
-        let mut state = self.lock();
-        let result = match state.1.get(key).map(|s| s.revision) {
-            None => Err(StorageError::NotFound),
-            Some(r) if r != expected => Err(StorageError::Conflict),
-            Some(_) => {
-                state.0 += 1;
-                state.1.remove(key);
-                state
-                    .1
-                    .retain(|k, _| !children.iter().any(|c| k.starts_with(c.as_str())));
-                Ok(state.0)
-            }
-        };
-        Box::pin(async move { result })
-    }
-
-    fn list(
-        &self,
-        prefix: &str,
-        _start: &str,
-        _limit: i64,
-        _revision: i64,
-    ) -> BoxFuture<'_, crate::storage::Result<Page>> {
-        let state = self.lock();
-        let end = String::from_utf8(prefix_end(prefix.as_bytes())).unwrap_or_default();
-        let items = state
-            .1
-            .range(prefix.to_string()..end)
-            .map(|(_, v)| v.clone())
-            .collect();
-        let page = Page {
-            items,
-            revision: state.0,
-            remaining: 0,
-        };
-        Box::pin(async move { Ok(page) })
-    }
-
-    fn watch(
-        &self,
-        _prefix: &str,
-        _after: i64,
-        _bookmarks: bool,
-    ) -> BoxFuture<'_, crate::storage::Result<BoxStream<'static, crate::storage::Result<Change>>>>
-    {
-        Box::pin(async { Err(StorageError::Unavailable("no watches".into())) })
-    }
-}
+use crate::registry::fake_storage::Fake;
 
 fn registry() -> Registry {
     Registry::new(
@@ -608,4 +482,66 @@ async fn pods_on_a_node_are_deleted_gracefully_and_only_the_kubelet_removes_them
     let t = put_pod(&r, "bad", Some("n1"), "Running").await;
     let err = r.delete(&t, &q("soon"), &Bytes::new()).await.unwrap_err();
     assert_eq!(err.code, 400);
+}
+
+#[tokio::test]
+async fn a_status_update_keeps_a_pod_in_its_grace_period() {
+    let r = registry();
+    let none = HashMap::new();
+    let t = put_pod(&r, "running", Some("n1"), "Running").await;
+    r.delete(&t, &none, &Bytes::new())
+        .await
+        .expect("graceful delete");
+    let mut pod = stored_pod(&r, "running").await.expect("marked");
+    // The node agent reports the containers stopping (PUT pods/status).
+    pod["status"]["phase"] = json!("Running");
+    pod["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    let status = Target {
+        info: t.info,
+        namespace: t.namespace.clone(),
+        name: t.name.clone(),
+        subresource: Some("status".into()),
+    };
+    let body = Bytes::from(serde_json::to_vec(&pod).unwrap());
+    r.update(&status, &none, &axum::http::HeaderMap::new(), &body)
+        .await
+        .expect("status update");
+    let kept = stored_pod(&r, "running")
+        .await
+        .expect("still there in its grace period");
+    assert_eq!(kept["status"]["conditions"][0]["status"], json!("False"));
+    // Only the node's grace-0 delete removes it.
+    let q = HashMap::from([("gracePeriodSeconds".to_string(), "0".to_string())]);
+    r.delete(&t, &q, &Bytes::new()).await.expect("delete");
+    assert!(stored_pod(&r, "running").await.is_none());
+}
+
+#[tokio::test]
+async fn a_grace_0_delete_of_a_finalizer_held_pod_lets_its_last_finalizer_end_it() {
+    let r = registry();
+    let none = HashMap::new();
+    let t = put_pod(&r, "held", Some("n1"), "Running").await;
+    let mut pod = stored_pod(&r, "held").await.expect("stored");
+    pod["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    let body = Bytes::from(serde_json::to_vec(&pod).unwrap());
+    r.update(&t, &none, &axum::http::HeaderMap::new(), &body)
+        .await
+        .expect("add finalizer");
+    r.delete(&t, &none, &Bytes::new()).await.expect("graceful");
+    let marked = stored_pod(&r, "held").await.expect("marked");
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], json!(30));
+    // Grace 0: the period ends now, the finalizer still holds the pod.
+    let q = HashMap::from([("gracePeriodSeconds".to_string(), "0".to_string())]);
+    r.delete(&t, &q, &Bytes::new()).await.expect("grace 0");
+    let mut held = stored_pod(&r, "held").await.expect("held by its finalizer");
+    assert_eq!(held["metadata"]["deletionGracePeriodSeconds"], json!(0));
+    // Dropping the finalizer completes the deletion.
+    if let Some(meta) = held["metadata"].as_object_mut() {
+        meta.remove("finalizers");
+    }
+    let body = Bytes::from(serde_json::to_vec(&held).unwrap());
+    r.update(&t, &none, &axum::http::HeaderMap::new(), &body)
+        .await
+        .expect("drop finalizer");
+    assert!(stored_pod(&r, "held").await.is_none());
 }
