@@ -10,6 +10,7 @@ mod logging;
 mod node_agent;
 mod node_sim;
 mod pki;
+mod proxy;
 mod scheduler;
 mod store;
 
@@ -63,6 +64,9 @@ enum Command {
     /// Run the node agent (kubelet's job): the pods bound to this node, with runc, CNI
     /// networking and OCI images; kubelet's flags.
     NodeAgent(node_agent::NodeAgentArgs),
+    /// Run the service proxy (kube-proxy's iptables mode): ClusterIPs and NodePorts to the
+    /// Services' endpoints; kube-proxy's flags.
+    Proxy(proxy::ProxyArgs),
     /// The node agent's image store offline: import (air-gapped nodes), list, rm.
     #[command(subcommand)]
     Images(node_agent::ImagesCommand),
@@ -108,5 +112,6 @@ fn main() -> ExitCode {
         Command::NodeSim(args) => node_sim::run(args),
         Command::NodeAgent(args) => node_agent::run(args),
         Command::Images(command) => command.run(),
+        Command::Proxy(args) => proxy::run(args),
     }
 }

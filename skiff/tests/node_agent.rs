@@ -100,7 +100,10 @@ impl Env {
         ])
         .await;
         cluster.start_scheduler();
-        cluster.start_manager(&["--controllers", "deployment,replicaset,garbagecollector"]);
+        cluster.start_manager(&[
+            "--controllers",
+            "deployment,replicaset,garbagecollector,endpointslice",
+        ]);
         let mirror = format!("docker.io=http://{}", registry.host());
         let insecure_host = registry.host();
         let registries_path = pki.path().join("registries.yaml");
@@ -1111,4 +1114,227 @@ async fn a_burst_of_pods_is_torn_down_completely() {
     );
     let torn_down = env.agent.log().matches("sandbox torn down").count();
     assert_eq!(torn_down, 40, "every sandbox torn down by the agent");
+}
+
+/// The Service range routed to the node's pod bridge for the test, so that a packet to a
+/// ClusterIP no rule rewrites stays on this machine (it would follow the default route out);
+/// removed, with the proxy's rules, when the test ends however it ends.
+struct ProxyRules {
+    route: Vec<String>,
+}
+
+impl ProxyRules {
+    fn route_services_to(&mut self, bridge: &str) {
+        let route: Vec<String> = ["10.43.0.0/16", "dev", bridge]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let out = Command::new("ip")
+            .args(["route", "replace"])
+            .args(&route)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip route: {out:?}");
+        self.route = route;
+    }
+}
+
+impl Drop for ProxyRules {
+    fn drop(&mut self) {
+        let _ = Command::new(common::skiff_bin())
+            .args(["proxy", "--cleanup"])
+            .output();
+        let _ = Command::new("ip")
+            .args(["route", "del"])
+            .args(&self.route)
+            .output();
+    }
+}
+
+/// `curl` from this machine (the node) to `url`: the body, or None.
+fn fetch(url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "2", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Which pod answered each of `n` requests to `url`.
+fn spread(url: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let who = fetch(url).unwrap_or_else(|| "<failed>".into());
+        *counts.entry(who).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `skiff proxy` on the agent's node: a 3-replica httpd Deployment behind a NodePort Service
+/// answers on its ClusterIP from the node and from a pod, 300 requests spread over all three
+/// (each ≥ 15%), the NodePort answers on the node's address, a pod turned not ready gets no
+/// more requests, the rules outlive a kill -9 of the proxy and a new proxy takes them over,
+/// and `--cleanup` leaves no KUBE- chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_reach_their_pods_through_the_proxy() {
+    let env = Env::start(95).await;
+    // Dropped after the proxies (declared before them): their rules go when they are gone.
+    let mut rules = ProxyRules { route: Vec::new() };
+    let proxy_args = [
+        "--hostname-override",
+        "worker-1",
+        "--cluster-cidr",
+        "10.95.77.0/24",
+        "--iptables-min-sync-period",
+        "100ms",
+    ];
+    let home = env.cluster.home.path().to_path_buf();
+    let mut proxy = control_plane::Proc::start(
+        &home,
+        "proxy",
+        "proxy",
+        &env.cluster.kubeconfig,
+        "info",
+        &proxy_args,
+    );
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+          "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "httpd", "image": "busybox:1.36",
+              "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /www"],
+              "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]},
+                                 "periodSeconds": 1, "failureThreshold": 1}}]}}}
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(env.cluster.client.clone(), "default")
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+    env.cluster.kubectl_ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+        "--type=NodePort",
+    ]);
+    env.create(&busybox_pod("client", "sleep 3600", "")).await;
+    let ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    env.wait("3 web pods ready", Duration::from_secs(120), async || {
+        let list = env
+            .pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?;
+        (list.items.iter().filter(|p| ready(p)).count() == 3).then_some(())
+    })
+    .await;
+    env.wait_pod("client", "Running", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    })
+    .await;
+    rules.route_services_to(&env.agent.bridge);
+    let ip = env
+        .cluster
+        .kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let node_port = env.cluster.kubectl_ok(&[
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    let url = format!("http://{ip}/");
+    env.wait(
+        "the ClusterIP answering",
+        Duration::from_secs(30),
+        async || fetch(&url).filter(|b| b.starts_with("web-")),
+    )
+    .await;
+
+    // 300 requests from the node, spread over the three pods.
+    let counts = spread(&url, 300);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (pod, n) in &counts {
+        assert!(pod.starts_with("web-") && *n >= 45, "{counts:?}");
+    }
+    // From a pod on the same bridge.
+    let out = env.cluster.kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c", // (This busybox's wget crashes with -T.)
+        &format!("wget -qO- {url}"),
+    ]);
+    let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(counts.contains_key(&body), "{out:?}");
+    // The NodePort on the node's address.
+    let node_url = format!("http://10.95.77.1:{node_port}/");
+    let via_node_port = fetch(&node_url).unwrap_or_default();
+    assert!(counts.contains_key(&via_node_port), "{via_node_port:?}");
+
+    // One pod turns not ready: once its endpoint is not ready, it gets nothing.
+    let gone = counts.keys().next().unwrap().clone();
+    env.cluster
+        .kubectl_ok(&["exec", &gone, "--", "rm", "/tmp/ready"]);
+    env.wait(
+        "the not-ready pod out of the rules",
+        Duration::from_secs(30),
+        async || {
+            let c = spread(&url, 30);
+            (!c.contains_key(&gone) && c.len() == 2).then_some(())
+        },
+    )
+    .await;
+    let after = spread(&url, 60);
+    assert!(!after.contains_key(&gone) && after.len() == 2, "{after:?}");
+
+    // kill -9: the rules stay and keep serving; a new proxy takes them over.
+    proxy.kill9();
+    let during = spread(&url, 20);
+    assert_eq!(during.values().sum::<usize>(), 20);
+    assert!(!during.contains_key("<failed>"), "{during:?}");
+    let proxy = control_plane::Proc::start(
+        &home,
+        "proxy-2",
+        "proxy",
+        &env.cluster.kubeconfig,
+        "info",
+        &proxy_args,
+    );
+    env.wait(
+        "the new proxy's first sync",
+        Duration::from_secs(30),
+        async || proxy.log().contains("iptables rules synced").then_some(()),
+    )
+    .await;
+    let again = spread(&url, 30);
+    assert!(
+        !again.contains_key("<failed>") && !again.contains_key(&gone),
+        "{again:?}"
+    );
+    drop(proxy);
+
+    // --cleanup removes every chain.
+    let out = Command::new(common::skiff_bin())
+        .args(["proxy", "--cleanup"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let saved = Command::new("iptables-save").output().unwrap();
+    let text = String::from_utf8_lossy(&saved.stdout).to_string();
+    let left: Vec<&str> = text.lines().filter(|l| l.contains("KUBE-")).collect();
+    assert!(left.is_empty(), "left after --cleanup: {left:?}");
+    assert!(fetch(&url).is_none(), "the ClusterIP answers without rules");
+    env.delete_all_and_wait().await;
 }

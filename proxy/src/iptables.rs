@@ -1,0 +1,320 @@
+//! kube-proxy's iptables mode as a pure function: [`render`] turns the Service ports into one
+//! `iptables-restore` batch per table (nat and filter) with kube-proxy's chain layout —
+//! `KUBE-SERVICES` matching each ClusterIP, a `KUBE-SVC-…` chain per Service port choosing an
+//! endpoint at random (or by `-m recent` for ClientIP affinity), a `KUBE-SEP-…` chain per
+//! endpoint doing the DNAT, `KUBE-NODEPORTS` → `KUBE-EXT-…` for NodePorts (→ `KUBE-SVL-…`,
+//! the local endpoints, for `externalTrafficPolicy: Local`), masquerading by a mark
+//! (`KUBE-MARK-MASQ` sets 0x4000, `KUBE-POSTROUTING` masquerades marked packets), and a REJECT
+//! in the filter table for a Service port without endpoints.
+//!
+//! Chain names are a hash of what they stand for, so the same Service always gets the same
+//! chains. A chain the last batch wrote and this one does not is flushed and deleted in the
+//! same batch, so one sync is one atomic replacement per table.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use sha2::{Digest, Sha256};
+
+use crate::model::{Endpoint, ServicePort};
+
+/// The mark of packets to masquerade (kube-proxy's `--iptables-masquerade-bit` 14).
+pub const MASQ_MARK: &str = "0x4000";
+
+/// The chains every batch declares (and so owns) in the nat table.
+pub const NAT_BASE_CHAINS: [&str; 4] = [
+    "KUBE-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+];
+/// The chains every batch declares in the filter table.
+pub const FILTER_BASE_CHAINS: [&str; 3] =
+    ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD"];
+
+/// The prefixes of the per-Service and per-endpoint chains.
+pub const SERVICE_CHAIN_PREFIXES: [&str; 4] = ["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-"];
+
+/// The jumps from the built-in chains into ours: (table, chain, rule spec). They stay in
+/// place between syncs; `--cleanup` removes them.
+pub const JUMPS: [(&str, &str, &str); 7] = [
+    (
+        "nat",
+        "PREROUTING",
+        "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        "nat",
+        "OUTPUT",
+        "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        "nat",
+        "POSTROUTING",
+        "-m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+    ),
+    (
+        "filter",
+        "INPUT",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "-m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        "filter",
+        "OUTPUT",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+];
+
+/// How traffic is masqueraded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Masquerade {
+    /// `--masquerade-all`: every packet to a ClusterIP.
+    pub all: bool,
+    /// `--cluster-cidr`: packets to a ClusterIP from outside it.
+    pub cluster_cidr: Option<String>,
+}
+
+/// One sync's batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// `iptables-restore --noflush` input: the nat table, then the filter table.
+    pub text: String,
+    /// The per-Service chains this batch wrote (the next batch deletes those it drops).
+    pub chains: BTreeSet<String>,
+}
+
+/// A chain name: `prefix` + the first 16 characters of the base32 SHA-256 of `what`
+/// (kube-proxy's `servicePortChainName` scheme).
+pub fn chain_name(prefix: &str, what: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let digest = Sha256::digest(what.as_bytes());
+    let mut out = String::from(prefix);
+    let mut bits = 0u32;
+    let mut value = 0u32;
+    for byte in digest.iter() {
+        value = (value << 8) | u32::from(*byte);
+        bits += 8;
+        while bits >= 5 && out.len() < prefix.len() + 16 {
+            bits -= 5;
+            out.push(ALPHABET[((value >> bits) & 31) as usize] as char);
+        }
+    }
+    out
+}
+
+fn svc_chain(p: &ServicePort) -> String {
+    chain_name("KUBE-SVC-", &format!("{}{}", p.name, p.protocol))
+}
+
+fn ext_chain(p: &ServicePort) -> String {
+    chain_name("KUBE-EXT-", &format!("{}{}", p.name, p.protocol))
+}
+
+fn svl_chain(p: &ServicePort) -> String {
+    chain_name("KUBE-SVL-", &format!("{}{}", p.name, p.protocol))
+}
+
+fn sep_chain(p: &ServicePort, e: &Endpoint) -> String {
+    chain_name(
+        "KUBE-SEP-",
+        &format!("{}{}{}:{}", p.name, p.protocol, e.ip, e.port),
+    )
+}
+
+/// Appends the rules that spread traffic over `endpoints` from `chain`: ClientIP affinity
+/// first (a client seen within the timeout goes where it went), then one rule per endpoint
+/// with probability 1/(endpoints left).
+fn spread(out: &mut String, chain: &str, p: &ServicePort, endpoints: &[&Endpoint]) {
+    if let Some(seconds) = p.affinity_seconds {
+        for e in endpoints {
+            let sep = sep_chain(p, e);
+            let _ = writeln!(
+                out,
+                "-A {chain} -m comment --comment \"{} -> {}:{}\" -m recent --name {sep} --rcheck --seconds {seconds} --reap -j {sep}",
+                p.name, e.ip, e.port
+            );
+        }
+    }
+    let n = endpoints.len();
+    for (i, e) in endpoints.iter().enumerate() {
+        let sep = sep_chain(p, e);
+        let comment = format!("-m comment --comment \"{} -> {}:{}\"", p.name, e.ip, e.port);
+        if i + 1 < n {
+            let probability = 1.0 / (n - i) as f64;
+            let _ = writeln!(
+                out,
+                "-A {chain} {comment} -m statistic --mode random --probability {probability:.10} -j {sep}"
+            );
+        } else {
+            let _ = writeln!(out, "-A {chain} {comment} -j {sep}");
+        }
+    }
+}
+
+/// The batch for `ports`, deleting the chains of `previous` it no longer writes.
+pub fn render(
+    ports: &[ServicePort],
+    masquerade: &Masquerade,
+    previous: &BTreeSet<String>,
+) -> Batch {
+    let mut chains = BTreeSet::new();
+    let mut rules = String::new();
+    let mut filter_rules = String::new();
+    // Masquerading by mark.
+    let _ = writeln!(
+        rules,
+        "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
+    );
+    let _ = writeln!(rules, "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}");
+    let _ = writeln!(
+        rules,
+        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE"
+    );
+    let _ = writeln!(rules, "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}");
+
+    for p in ports {
+        let proto = &p.protocol;
+        let match_port = format!("-p {proto} -m {proto} --dport {}", p.port);
+        let cluster = p.cluster_endpoints();
+        if cluster.is_empty() {
+            let _ = writeln!(
+                filter_rules,
+                "-A KUBE-SERVICES -m comment --comment \"{} has no endpoints\" -d {}/32 {match_port} -j REJECT --reject-with icmp-port-unreachable",
+                p.name, p.cluster_ip
+            );
+        } else {
+            let svc = svc_chain(p);
+            let _ = writeln!(
+                rules,
+                "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -d {}/32 {match_port} -j {svc}",
+                p.name, p.cluster_ip
+            );
+            if masquerade.all {
+                let _ = writeln!(
+                    rules,
+                    "-A {svc} -m comment --comment \"{} cluster IP\" -d {}/32 {match_port} -j KUBE-MARK-MASQ",
+                    p.name, p.cluster_ip
+                );
+            } else if let Some(cidr) = &masquerade.cluster_cidr {
+                let _ = writeln!(
+                    rules,
+                    "-A {svc} -m comment --comment \"{} cluster IP\" ! -s {cidr} -d {}/32 {match_port} -j KUBE-MARK-MASQ",
+                    p.name, p.cluster_ip
+                );
+            }
+            spread(&mut rules, &svc, p, &cluster);
+            chains.insert(svc);
+        }
+        if let Some(node_port) = p.node_port {
+            let external = p.external_endpoints();
+            let node_match = format!("-p {proto} -m {proto} --dport {node_port}");
+            if external.is_empty() {
+                let _ = writeln!(
+                    filter_rules,
+                    "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{} has no endpoints\" -m addrtype --dst-type LOCAL {node_match} -j REJECT --reject-with icmp-port-unreachable",
+                    p.name
+                );
+            } else {
+                let ext = ext_chain(p);
+                let _ = writeln!(
+                    rules,
+                    "-A KUBE-NODEPORTS -m comment --comment \"{}\" {node_match} -j {ext}",
+                    p.name
+                );
+                if p.external_local {
+                    // The client's address is kept; only the local endpoints serve.
+                    let svl = svl_chain(p);
+                    let _ = writeln!(rules, "-A {ext} -j {svl}");
+                    spread(&mut rules, &svl, p, &external);
+                    chains.insert(svl);
+                } else {
+                    let _ = writeln!(
+                        rules,
+                        "-A {ext} -m comment --comment \"masquerade traffic for {} external destinations\" -j KUBE-MARK-MASQ",
+                        p.name
+                    );
+                    if cluster.is_empty() {
+                        spread(&mut rules, &ext, p, &external);
+                    } else {
+                        let _ = writeln!(rules, "-A {ext} -j {}", svc_chain(p));
+                    }
+                }
+                chains.insert(ext);
+            }
+        }
+        // Endpoint chains: hairpin masquerade, then the DNAT.
+        let mut seen = BTreeSet::new();
+        for e in cluster.iter().chain(p.external_endpoints().iter()) {
+            let sep = sep_chain(p, e);
+            if !seen.insert(sep.clone()) {
+                continue;
+            }
+            let comment = format!("-m comment --comment \"{}\"", p.name);
+            let _ = writeln!(rules, "-A {sep} {comment} -s {}/32 -j KUBE-MARK-MASQ", e.ip);
+            let recent = if p.affinity_seconds.is_some() {
+                format!(" -m recent --name {sep} --set")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                rules,
+                "-A {sep} {comment}{recent} -p {proto} -m {proto} -j DNAT --to-destination {}:{}",
+                e.ip, e.port
+            );
+            chains.insert(sep);
+        }
+    }
+    let _ = writeln!(
+        rules,
+        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+    );
+    let _ = writeln!(
+        filter_rules,
+        "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"
+    );
+    let _ = writeln!(
+        filter_rules,
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT"
+    );
+    let _ = writeln!(
+        filter_rules,
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    );
+
+    let stale: Vec<&String> = previous.difference(&chains).collect();
+    let mut text = String::from("*nat\n");
+    for chain in NAT_BASE_CHAINS
+        .iter()
+        .map(|c| c.to_string())
+        .chain(chains.iter().cloned())
+    {
+        let _ = writeln!(text, ":{chain} - [0:0]");
+    }
+    for chain in &stale {
+        let _ = writeln!(text, ":{chain} - [0:0]");
+    }
+    text.push_str(&rules);
+    for chain in &stale {
+        let _ = writeln!(text, "-X {chain}");
+    }
+    text.push_str("COMMIT\n*filter\n");
+    for chain in FILTER_BASE_CHAINS {
+        let _ = writeln!(text, ":{chain} - [0:0]");
+    }
+    text.push_str(&filter_rules);
+    text.push_str("COMMIT\n");
+    Batch { text, chains }
+}
+
+#[cfg(test)]
+mod tests;
