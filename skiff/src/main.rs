@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod component;
 mod controller_manager;
+mod dns;
 mod logging;
 mod node_agent;
 mod node_sim;
@@ -67,6 +68,9 @@ enum Command {
     /// Run the service proxy (kube-proxy's iptables mode): ClusterIPs and NodePorts to the
     /// Services' endpoints; kube-proxy's flags.
     Proxy(proxy::ProxyArgs),
+    /// Serve cluster DNS (CoreDNS's kubernetes plugin names) for the pods of this node;
+    /// other names are forwarded to the node's resolvers.
+    Dns(dns::DnsArgs),
     /// The node agent's image store offline: import (air-gapped nodes), list, rm.
     #[command(subcommand)]
     Images(node_agent::ImagesCommand),
@@ -113,5 +117,6 @@ fn main() -> ExitCode {
         Command::NodeAgent(args) => node_agent::run(args),
         Command::Images(command) => command.run(),
         Command::Proxy(args) => proxy::run(args),
+        Command::Dns(args) => dns::run(args),
     }
 }

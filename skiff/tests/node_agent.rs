@@ -155,6 +155,8 @@ impl Env {
                 &file("ca.pem"),
                 "--port",
                 &common::free_port().to_string(),
+                "--cluster-dns",
+                &node_ip,
             ],
         );
         let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
@@ -1151,6 +1153,31 @@ impl Drop for ProxyRules {
     }
 }
 
+/// A DNS stub for the upstream side: answers every query with an A record 192.0.2.44.
+const STUB_RESOLVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+while True:
+    q, a = s.recvfrom(512)
+    end = 12
+    while q[end] != 0:
+        end += q[end] + 1
+    question = q[12:end + 5]
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([192, 0, 2, 44])
+    s.sendto(q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer, a)
+"#;
+
+/// A child process killed (by its PID) when the test ends.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `curl` from this machine (the node) to `url`: the body, or None.
 fn fetch(url: &str) -> Option<String> {
     let out = Command::new("curl")
@@ -1176,9 +1203,11 @@ fn spread(url: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
 /// answers on its ClusterIP from the node and from a pod, 300 requests spread over all three
 /// (each ≥ 15%), the NodePort answers on the node's address, a pod turned not ready gets no
 /// more requests, the rules outlive a kill -9 of the proxy and a new proxy takes them over,
-/// and `--cleanup` leaves no KUBE- chain.
+/// and `--cleanup` leaves no KUBE- chain. With `skiff dns` on the node's address (the pods'
+/// nameserver): the Service by its full and short names, a headless Service listing every
+/// pod, and a name outside the cluster answered by the upstream resolver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn services_reach_their_pods_through_the_proxy() {
+async fn services_reach_their_pods_by_cluster_ip_node_port_and_name() {
     let env = Env::start(95).await;
     // Dropped after the proxies (declared before them): their rules go when they are gone.
     let mut rules = ProxyRules { route: Vec::new() };
@@ -1282,6 +1311,82 @@ async fn services_reach_their_pods_through_the_proxy() {
     let node_url = format!("http://10.95.77.1:{node_port}/");
     let via_node_port = fetch(&node_url).unwrap_or_default();
     assert!(counts.contains_key(&via_node_port), "{via_node_port:?}");
+
+    // Cluster DNS on the node's address, other names forwarded to a stub resolver that
+    // answers 192.0.2.44 for anything (on loopback: no query leaves the machine).
+    let stub_port = common::free_port();
+    let stub_script = home.join("stub-resolver.py");
+    std::fs::write(&stub_script, STUB_RESOLVER).unwrap();
+    let _stub = ChildGuard(
+        Command::new("python3")
+            .arg(&stub_script)
+            .arg(stub_port.to_string())
+            .spawn()
+            .expect("python3"),
+    );
+    let _dns = control_plane::Proc::start(
+        &home,
+        "dns",
+        "dns",
+        &env.cluster.kubeconfig,
+        "info",
+        &[
+            "--listen",
+            "10.95.77.1:53",
+            "--upstream",
+            &format!("127.0.0.1:{stub_port}"),
+        ],
+    );
+    env.cluster.kubectl_ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--name=web-headless",
+        "--cluster-ip=None",
+        "--port=8080",
+    ]);
+    let in_client = |script: &str| {
+        let out = env
+            .cluster
+            .kubectl(&["exec", "client", "--", "sh", "-c", script]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    for name in ["web.default.svc.cluster.local", "web"] {
+        let script = format!("wget -qO- http://{name}/");
+        env.wait(
+            &format!("http://{name}/ from the client pod"),
+            Duration::from_secs(30),
+            async || {
+                let body = in_client(&script);
+                counts.contains_key(body.trim()).then_some(())
+            },
+        )
+        .await;
+    }
+    let pod_ips: Vec<String> = env
+        .pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    assert_eq!(pod_ips.len(), 3);
+    env.wait(
+        "the headless Service listing every pod",
+        Duration::from_secs(30),
+        async || {
+            let out = in_client("nslookup web-headless.default.svc.cluster.local");
+            pod_ips
+                .iter()
+                .all(|ip| out.contains(ip.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
+    let outside = in_client("nslookup outside.test");
+    assert!(outside.contains("192.0.2.44"), "{outside}");
 
     // One pod turns not ready: once its endpoint is not ready, it gets nothing.
     let gone = counts.keys().next().unwrap().clone();
