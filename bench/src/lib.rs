@@ -19,6 +19,7 @@ pub mod failover;
 pub mod kube_api;
 pub mod pods;
 pub mod procfs;
+pub mod proxy;
 pub mod report;
 pub mod scheduler;
 

@@ -11,8 +11,9 @@
 //! chains. A chain the last batch wrote and this one does not is flushed and deleted in the
 //! same batch, so one sync is one atomic replacement per table.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
 
 use sha2::{Digest, Sha256};
 
@@ -89,8 +90,30 @@ pub struct Masquerade {
 pub struct Batch {
     /// `iptables-restore --noflush` input: the nat table, then the filter table.
     pub text: String,
-    /// The per-Service chains this batch wrote (the next batch deletes those it drops).
+    /// The per-Service chains the kernel holds once this batch is applied.
     pub chains: BTreeSet<String>,
+    /// What those chains hold, for the next partial batch.
+    pub written: Written,
+    /// How many per-Service chains this batch (re)wrote.
+    pub rewritten: usize,
+}
+
+/// The per-Service chains in the kernel, each with a hash of its rules (0: unknown).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written(BTreeMap<String, u64>);
+
+impl Written {
+    /// Chains whose content is unknown (found in the kernel at start): rewritten next time.
+    pub fn unknown(chains: &BTreeSet<String>) -> Written {
+        Written(chains.iter().map(|c| (c.clone(), 0)).collect())
+    }
+}
+
+fn hash_lines(lines: &[String]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    lines.hash(&mut h);
+    // 0 means "unknown".
+    h.finish().max(1)
 }
 
 /// A chain name: `prefix` + the first 16 characters of the base32 SHA-256 of `what`
@@ -161,11 +184,26 @@ fn spread(out: &mut String, chain: &str, p: &ServicePort, endpoints: &[&Endpoint
     }
 }
 
-/// The batch for `ports`, deleting the chains of `previous` it no longer writes.
+/// The full batch for `ports`: every chain written, the chains of `previous` it no longer
+/// writes deleted.
 pub fn render(
     ports: &[ServicePort],
     masquerade: &Masquerade,
     previous: &BTreeSet<String>,
+) -> Batch {
+    render_since(ports, masquerade, &Written::unknown(previous), true)
+}
+
+/// The batch that takes the kernel from `previous` to `ports` (kube-proxy's partial sync):
+/// the fixed chains (`KUBE-SERVICES`, `KUBE-NODEPORTS`, …) always, the per-Service chains
+/// that are new or whose rules changed (all of them when `full`), and the deletion of those
+/// no longer written. Unchanged per-Service chains are not in the text: `--noflush` leaves
+/// them as they are.
+pub fn render_since(
+    ports: &[ServicePort],
+    masquerade: &Masquerade,
+    previous: &Written,
+    full: bool,
 ) -> Batch {
     let mut chains = BTreeSet::new();
     let mut rules = String::new();
@@ -291,19 +329,46 @@ pub fn render(
         "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
     );
 
-    let stale: Vec<&String> = previous.difference(&chains).collect();
+    // Group the nat rules by chain (each line is `-A <chain> …`), keeping their order.
+    let mut by_chain: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut fixed = String::new();
+    for line in rules.lines() {
+        let chain = line.split_whitespace().nth(1).unwrap_or_default();
+        if chains.contains(chain) {
+            by_chain
+                .entry(chain.to_string())
+                .or_default()
+                .push(line.to_string());
+        } else {
+            fixed.push_str(line);
+            fixed.push('\n');
+        }
+    }
+    let mut written = BTreeMap::new();
+    let mut changed: Vec<&String> = Vec::new();
+    for chain in &chains {
+        let lines = by_chain.get(chain).map(Vec::as_slice).unwrap_or(&[]);
+        let hash = hash_lines(lines);
+        if full || previous.0.get(chain) != Some(&hash) {
+            changed.push(chain);
+        }
+        written.insert(chain.clone(), hash);
+    }
+    let stale: Vec<&String> = previous.0.keys().filter(|c| !chains.contains(*c)).collect();
     let mut text = String::from("*nat\n");
-    for chain in NAT_BASE_CHAINS
-        .iter()
-        .map(|c| c.to_string())
-        .chain(chains.iter().cloned())
-    {
+    for chain in NAT_BASE_CHAINS.iter().map(|c| c.to_string()) {
         let _ = writeln!(text, ":{chain} - [0:0]");
     }
-    for chain in &stale {
+    for chain in changed.iter().chain(stale.iter()) {
         let _ = writeln!(text, ":{chain} - [0:0]");
     }
-    text.push_str(&rules);
+    text.push_str(&fixed);
+    for chain in &changed {
+        for line in by_chain.get(*chain).into_iter().flatten() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
     for chain in &stale {
         let _ = writeln!(text, "-X {chain}");
     }
@@ -313,7 +378,12 @@ pub fn render(
     }
     text.push_str(&filter_rules);
     text.push_str("COMMIT\n");
-    Batch { text, chains }
+    Batch {
+        text,
+        rewritten: changed.len(),
+        chains,
+        written: Written(written),
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ pub mod apply;
 pub mod iptables;
 pub mod model;
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,14 +60,17 @@ pub async fn run(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default(),
     );
-    let mut previous: BTreeSet<String> = {
+    // Chains an earlier proxy left: rewritten (or deleted) by the first sync.
+    let mut previous = {
         let writer = writer.clone();
-        tokio::task::spawn_blocking(move || writer.existing_chains())
+        let existing = tokio::task::spawn_blocking(move || writer.existing_chains())
             .await
             .ok()
             .and_then(Result::ok)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        iptables::Written::unknown(&existing)
     };
+    let mut last_full: Option<Instant> = None;
     let (mut services_ready, mut slices_ready) = (false, false);
     let mut dirty = true;
     let mut synced_once = false;
@@ -91,7 +93,7 @@ pub async fn run(
         if !(services_ready && slices_ready) {
             continue;
         }
-        let due = last_sync.is_none_or(|t| t.elapsed() >= config.sync_period);
+        let due = last_full.is_none_or(|t| t.elapsed() >= config.sync_period);
         let allowed = last_sync.is_none_or(|t| t.elapsed() >= config.min_sync_period);
         if !(allowed && (dirty || due)) {
             continue;
@@ -104,10 +106,11 @@ pub async fn run(
             &slice_list.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
             &config.node_name,
         );
-        let batch = iptables::render(&ports, &config.masquerade, &previous);
+        let batch = iptables::render_since(&ports, &config.masquerade, &previous, due);
         let writer_for_sync = writer.clone();
         let first = !synced_once;
-        let chains = batch.chains.clone();
+        let written = batch.written.clone();
+        let rewritten = batch.rewritten;
         let result = tokio::task::spawn_blocking(move || {
             writer_for_sync.restore(&batch)?;
             if first {
@@ -125,19 +128,23 @@ pub async fn run(
         last_sync = Some(Instant::now());
         match result {
             Ok(()) => {
-                previous = chains;
+                previous = written;
                 dirty = false;
-                let took = started.elapsed();
+                if due {
+                    last_full = Some(Instant::now());
+                }
+                let took_ms = started.elapsed().as_millis() as u64;
                 if first {
                     info!(
                         service_ports = ports.len(),
-                        took_ms = took.as_millis() as u64,
-                        "iptables rules synced"
+                        rewritten, took_ms, "iptables rules synced"
                     );
                 } else {
                     tracing::debug!(
                         service_ports = ports.len(),
-                        took_ms = took.as_millis() as u64,
+                        rewritten,
+                        full = due,
+                        took_ms,
                         "iptables rules synced"
                     );
                 }

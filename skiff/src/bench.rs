@@ -171,6 +171,22 @@ enum BenchCommand {
     /// --pods pods bound to --node, create → Running p50/p99, the agent's CPU and RSS, the
     /// shims' RSS (see README "Benchmarks").
     Pods(PodsBenchArgs),
+    /// What one sync of `skiff proxy` costs: --services × --endpoints-per-service programmed into a
+    /// network namespace of its own (root), then --changes single-endpoint changes, each
+    /// change → rules programmed (see README "Benchmarks").
+    Proxy {
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        #[arg(long, default_value_t = 10)]
+        endpoints_per_service: usize,
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// Write <name>.json, <name>.md and <name>.png here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "proxy")]
+        name: String,
+    },
 }
 
 /// `skiff bench pods` flags.
@@ -377,6 +393,26 @@ impl BenchArgs {
             BenchCommand::Apiserver(args) => return run_apiserver_bench(args, self.json),
             BenchCommand::Controllers(args) => return run_controllers_bench(args, self.json),
             BenchCommand::Pods(args) => return run_pods_bench(args, self.json),
+            BenchCommand::Proxy {
+                services,
+                endpoints_per_service,
+                changes,
+                out,
+                name,
+            } => {
+                let config = skiff_bench::proxy::ProxyBenchConfig {
+                    services,
+                    endpoints: endpoints_per_service,
+                    changes,
+                    out_dir: out,
+                    name,
+                };
+                let json = self.json;
+                return exit_code(skiff_bench::proxy::run(config).map(|report| {
+                    print!("{}", skiff_bench::proxy::render(&report, json));
+                    ExitCode::SUCCESS
+                }));
+            }
             BenchCommand::Failover {
                 kills,
                 out,

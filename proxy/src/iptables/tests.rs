@@ -177,3 +177,56 @@ fn affinity_and_local_external_traffic() {
             .ends_with("-j KUBE-MARK-MASQ")
     );
 }
+
+#[test]
+fn a_partial_batch_rewrites_only_the_chains_that_changed() {
+    let mut other = web(vec![endpoint("10.42.1.1", false)]);
+    other.name = "default/other:".into();
+    other.cluster_ip = "10.43.8.8".into();
+    let before = [
+        web(vec![
+            endpoint("10.42.0.1", true),
+            endpoint("10.42.0.2", false),
+        ]),
+        other.clone(),
+    ];
+    let full = render(&before, &Masquerade::default(), &BTreeSet::new());
+    // Nothing changed: only the fixed chains.
+    let same = render_since(&before, &Masquerade::default(), &full.written, false);
+    assert_eq!(same.rewritten, 0);
+    assert!(!same.text.contains("KUBE-SEP-") && !same.text.contains(":KUBE-SVC-"));
+    assert!(
+        same.text.contains(&format!("-j {}", svc_chain(&other))),
+        "KUBE-SERVICES is whole"
+    );
+    // One endpoint of web replaced: web's service chain, its new endpoint chain; the old one
+    // deleted; nothing of `other`.
+    let after = [
+        web(vec![
+            endpoint("10.42.0.1", true),
+            endpoint("10.42.0.3", false),
+        ]),
+        other.clone(),
+    ];
+    let partial = render_since(&after, &Masquerade::default(), &full.written, false);
+    let old_sep = sep_chain(&after[0], &endpoint("10.42.0.2", false));
+    let new_sep = sep_chain(&after[0], &endpoint("10.42.0.3", false));
+    assert!(partial.text.contains(&format!("-X {old_sep}\n")));
+    assert!(partial.text.contains(&format!(":{new_sep} - [0:0]")));
+    assert!(
+        partial
+            .text
+            .contains(&format!(":{} - [0:0]", svc_chain(&after[0])))
+    );
+    assert!(
+        !partial
+            .text
+            .contains(&format!(":{} - [0:0]", svc_chain(&other)))
+    );
+    assert!(!partial.chains.contains(&old_sep) && partial.chains.contains(&new_sep));
+    // web's SVC and EXT chains (the EXT rules jump to the same SVC: unchanged) and the new SEP.
+    assert_eq!(partial.rewritten, 2, "{}", partial.text);
+    // A full resync writes everything again.
+    let resync = render_since(&after, &Masquerade::default(), &partial.written, true);
+    assert_eq!(resync.rewritten, resync.chains.len());
+}
