@@ -416,9 +416,24 @@ fn serving_cert(config: &ApiServerConfig) -> Result<ServingCert, Error> {
     params
         .distinguished_name
         .push(DnType::CommonName, "skiff-apiserver");
+    // kube-apiserver's self-signed certificate names its service IP (the `kubernetes`
+    // Service's ClusterIP) and its advertised address too.
     let mut ips = vec![IpAddr::from([127, 0, 0, 1])];
-    if !config.bind_address.is_unspecified() && !ips.contains(&config.bind_address) {
-        ips.push(config.bind_address);
+    let service_ip = config
+        .service_ranges()
+        .ok()
+        .map(|r| IpAddr::V4(r.first_ip()));
+    for ip in [
+        Some(config.bind_address),
+        config.advertise_address,
+        service_ip,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !ip.is_unspecified() && !ips.contains(&ip) {
+            ips.push(ip);
+        }
     }
     params
         .subject_alt_names

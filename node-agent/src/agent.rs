@@ -56,6 +56,9 @@ pub struct AgentConfig {
     pub server: Option<ServerSettings>,
     /// Image garbage collection thresholds.
     pub image_gc: GcPolicy,
+    /// Keep routes to the other nodes' pod subnets via their InternalIPs
+    /// (`crate::network::routes`).
+    pub pod_routes: bool,
 }
 
 /// The agent's HTTPS API settings.
@@ -203,7 +206,13 @@ pub async fn run(
         metrics: metrics.clone(),
     });
     let pods_task = tokio::spawn(watch_pods(env, config.image_gc));
+    let routes_task = config
+        .pod_routes
+        .then(|| tokio::spawn(keep_routes(client.clone(), config.node_name.clone())));
     shutdown.await;
+    if let Some(task) = routes_task {
+        task.abort();
+    }
     tracing::info!("node agent stopping; containers keep running");
     status_task.abort();
     pods_task.abort();
@@ -211,6 +220,59 @@ pub async fn run(
         task.abort();
     }
     Ok(())
+}
+
+/// How often the routes are checked even when no Node changed (someone may delete one).
+const ROUTE_RESYNC: Duration = Duration::from_secs(30);
+
+/// Keeps a route to every other node's pod subnet (`crate::network::routes`), after each
+/// Node change and every [`ROUTE_RESYNC`].
+async fn keep_routes(client: kube::Client, me: String) {
+    let (nodes, mut events, _task) = skiff_client::informer::reflect(
+        kube::Api::<k8s_openapi::api::core::v1::Node>::all(client),
+        kube::runtime::watcher::Config::default(),
+    );
+    let mut ready = false;
+    let mut resync = tokio::time::interval(ROUTE_RESYNC);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(kube::runtime::watcher::Event::InitDone) => ready = true,
+                Some(_) => {}
+                None => return,
+            },
+            _ = resync.tick() => {}
+        }
+        if !ready {
+            continue;
+        }
+        let listed = nodes.state();
+        let refs: Vec<&k8s_openapi::api::core::v1::Node> =
+            listed.iter().map(|n| n.as_ref()).collect();
+        let desired = crate::network::routes::desired(&refs, &me);
+        let plan = tokio::task::spawn_blocking(move || {
+            let current = crate::network::routes::current()?;
+            let (add, remove) = crate::network::routes::plan(&desired, &current);
+            let errors = crate::network::routes::apply(&add, &remove);
+            Ok::<_, String>((add, remove, errors))
+        })
+        .await;
+        match plan {
+            Ok(Ok((add, remove, errors))) => {
+                for r in &add {
+                    tracing::info!(cidr = %r.cidr, via = %r.via, "route to a node's pods");
+                }
+                for r in &remove {
+                    tracing::info!(cidr = %r.cidr, "route to a node's pods removed");
+                }
+                for e in errors {
+                    tracing::warn!(error = %e, "pod route");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "reading pod routes"),
+            Err(e) => tracing::warn!(error = %e, "pod route task"),
+        }
+    }
 }
 
 async fn wait_for_pod_cidr(client: &kube::Client, name: &str) -> Result<String, AgentError> {

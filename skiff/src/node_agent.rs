@@ -112,6 +112,10 @@ pub(crate) struct NodeAgentArgs {
     /// CrashLoopBackOff's cap (kubelet's 300s).
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     crash_loop_backoff_max: Duration,
+    /// Route the other nodes' pod subnets via their InternalIPs (flannel's host-gw; the nodes
+    /// must share a link). `--pod-routes=false` leaves routing to something else.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_value = "true", default_missing_value = "true", value_parser = crate::cli::parse_go_bool)]
+    pod_routes: bool,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     log_level: String,
@@ -280,6 +284,7 @@ pub(crate) fn run(args: NodeAgentArgs) -> ExitCode {
         backoff_max: args.crash_loop_backoff_max,
         server,
         image_gc,
+        pod_routes: args.pod_routes,
     };
     let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,

@@ -2,11 +2,13 @@
 //! to a Linux bridge by a CNI chain (bridge + host-local IPAM, then portmap for hostPorts), with
 //! a checkpoint per sandbox so DEL can run later (after an agent restart) with the ADD result.
 //!
-//! Submodules: [`cni`] (conflist, plugin execution), [`netns`] (`ip netns`), [`checkpoint`].
+//! Submodules: [`cni`] (conflist, plugin execution), [`netns`] (`ip netns`), [`checkpoint`],
+//! [`routes`] (routes to the other nodes' pod subnets).
 
 pub mod checkpoint;
 pub mod cni;
 pub mod netns;
+pub mod routes;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;

@@ -82,7 +82,11 @@ impl ApiHome {
         let child = Command::new(skiff_bin())
             .arg("apiserver")
             .args(["--etcd-servers", etcd_endpoints])
-            .args(["--bind-address", "127.0.0.1"])
+            .args(if extra.contains(&"--bind-address") {
+                &[][..]
+            } else {
+                &["--bind-address", "127.0.0.1"][..]
+            })
             .args(["--secure-port", &port.to_string()])
             .arg("--cert-dir")
             .arg(self.path().join("certs"))

@@ -134,6 +134,8 @@ pub struct Agent {
     pub cgroup_root: String,
     kubeconfig: PathBuf,
     extra: Vec<String>,
+    /// The network namespace the agent runs in (a node of a multi-node test), if any.
+    netns: Option<String>,
     log_path: PathBuf,
     starts: u32,
     _dir: tempfile::TempDir,
@@ -156,6 +158,41 @@ impl Agent {
             cgroup_root: format!("/skiff-test-{}-{subnet}", std::process::id()),
             kubeconfig: kubeconfig.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns: None,
+            log_path: dir.path().join("agent.log"),
+            starts: 0,
+            _dir: dir,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts `skiff node-agent` as node `name` inside the network namespace `netns` (its own
+    /// links, routes and iptables), with InternalIP `node_ip` and pod CIDR `pod_cidr`; the
+    /// bridge is named after `subnet`.
+    pub fn start_in(
+        netns: &str,
+        kubeconfig: &Path,
+        name: &str,
+        subnet: u8,
+        node_ip: &str,
+        pod_cidr: &str,
+        extra: &[&str],
+    ) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = std::process::id() % 1000;
+        let mut agent = Agent {
+            child: None,
+            name: name.to_string(),
+            root: dir.path().join("root"),
+            logs: dir.path().join("pods-logs"),
+            bridge: format!("skt{id}b{subnet}"),
+            pod_cidr: pod_cidr.to_string(),
+            node_ip: node_ip.to_string(),
+            cgroup_root: format!("/skiff-test-{}-{subnet}", std::process::id()),
+            kubeconfig: kubeconfig.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns: Some(netns.to_string()),
             log_path: dir.path().join("agent.log"),
             starts: 0,
             _dir: dir,
@@ -171,7 +208,17 @@ impl Agent {
             .append(true)
             .open(&self.log_path)
             .expect("agent log");
-        let child = Command::new(skiff_bin())
+        let mut command = match &self.netns {
+            // nsenter, not `ip netns exec`: that one also remounts /sys in a mount namespace
+            // of its own, which hides the cgroup mounts runc needs.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(skiff_bin());
+                c
+            }
+            None => Command::new(skiff_bin()),
+        };
+        let child = command
             .arg("node-agent")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
