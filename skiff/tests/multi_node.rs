@@ -25,8 +25,10 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use node_agent::{Agent, Registry};
 
-/// The switch's subnet: the test's own end is .254, node N is .N.
+/// The switch's subnet of the first test: the test's own end is .254, node N is .N.
 const SWITCH_PREFIX: &str = "10.89.0";
+/// The second test's.
+const SERVICES_SWITCH_PREFIX: &str = "10.88.0";
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip");
@@ -46,18 +48,22 @@ struct Fabric {
 }
 
 impl Fabric {
-    fn build(nodes: usize) -> Fabric {
+    /// `nodes` node namespaces on a switch with addresses `<prefix>.N`; `tag` (one letter)
+    /// keeps the names of tests running at once apart.
+    fn build(tag: &str, prefix: &str, nodes: usize) -> Fabric {
         let id = std::process::id() % 10000;
         let fabric = Fabric {
-            switch: format!("skiff-mn-{id}-sw"),
-            nodes: (1..=nodes).map(|n| format!("skiff-mn-{id}-n{n}")).collect(),
-            root_link: format!("skmr{id}"),
+            switch: format!("skiff-mn{tag}-{id}-sw"),
+            nodes: (1..=nodes)
+                .map(|n| format!("skiff-mn{tag}-{id}-n{n}"))
+                .collect(),
+            root_link: format!("skm{tag}r{id}"),
         };
         ip(&["netns", "add", &fabric.switch]);
         ip(&["-n", &fabric.switch, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &fabric.switch, "link", "set", "br0", "up"]);
         // The test's own end (the API server is reached here).
-        let root_peer = format!("skms{id}");
+        let root_peer = format!("skm{tag}s{id}");
         ip(&[
             "link",
             "add",
@@ -83,14 +89,14 @@ impl Fabric {
         ip(&[
             "addr",
             "add",
-            &format!("{SWITCH_PREFIX}.254/24"),
+            &format!("{prefix}.254/24"),
             "dev",
             &fabric.root_link,
         ]);
         ip(&["link", "set", &fabric.root_link, "up"]);
         for (i, ns) in fabric.nodes.iter().enumerate() {
             let n = i + 1;
-            let port = format!("skm{id}p{n}");
+            let port = format!("skm{tag}{id}p{n}");
             ip(&["netns", "add", ns]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
             ip(&[
@@ -122,7 +128,7 @@ impl Fabric {
                 ns,
                 "addr",
                 "add",
-                &format!("{SWITCH_PREFIX}.{n}/24"),
+                &format!("{prefix}.{n}/24"),
                 "dev",
                 "eth0",
             ]);
@@ -183,7 +189,7 @@ fn pod(name: &str, node: &str, command: &str, restart: &str) -> Pod {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_reach_pods_on_another_node_through_host_gw_routes() {
-    let fabric = Fabric::build(2);
+    let fabric = Fabric::build("a", SWITCH_PREFIX, 2);
     let switch_ip = format!("{SWITCH_PREFIX}.254");
     let cluster = Cluster::api_only(&[
         "--bind-address",
@@ -357,4 +363,300 @@ async fn pods_reach_pods_on_another_node_through_host_gw_routes() {
     let _ = pods
         .delete("client", &DeleteParams::default().grace_period(0))
         .await;
+}
+
+/// A process run inside a node's network namespace (`nsenter --net`), killed on drop.
+struct InNode(std::process::Child);
+
+impl InNode {
+    fn start(ns: &str, log: &std::path::Path, program: &std::path::Path, args: &[&str]) -> InNode {
+        let log = std::fs::File::create(log).expect("log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(program)
+            .args(args)
+            .env("SKIFF_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nsenter");
+        InNode(child)
+    }
+}
+
+impl Drop for InNode {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A DNS stub for the upstream side: answers every query with an A record 192.0.2.44.
+const STUB_RESOLVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+while True:
+    q, a = s.recvfrom(512)
+    end = 12
+    while q[end] != 0:
+        end += q[end] + 1
+    question = q[12:end + 5]
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([192, 0, 2, 44])
+    s.sendto(q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer, a)
+"#;
+
+/// The lines of `log` between the marker lines `from` and `to`.
+fn section<'a>(log: &'a str, from: &str, to: &str) -> Vec<&'a str> {
+    log.lines()
+        .skip_while(|l| l.trim() != from)
+        .skip(1)
+        .take_while(|l| l.trim() != to)
+        .collect()
+}
+
+/// Two nodes in their own namespaces, `skiff proxy` on each (its rules in the node's own
+/// iptables) and `skiff dns` on the first: a 3-replica httpd Deployment spread over both
+/// nodes, reached from a pod on the first node by ClusterIP (300 requests, every pod ≥ 15 %),
+/// by full and short name, a headless Service listing every pod, an outside name answered
+/// upstream, and the NodePort on both nodes' addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_answer_across_nodes_by_cluster_ip_node_port_and_name() {
+    let prefix = SERVICES_SWITCH_PREFIX;
+    let fabric = Fabric::build("b", prefix, 2);
+    let switch_ip = format!("{prefix}.254");
+    let mut cluster = Cluster::api_only(&[
+        "--bind-address",
+        "0.0.0.0",
+        "--advertise-address",
+        &switch_ip,
+    ])
+    .await;
+    cluster.start_scheduler();
+    cluster.start_manager(&["--controllers", "deployment,replicaset,endpointslice"]);
+    let home = cluster.home.path().to_path_buf();
+    let kubeconfig = std::fs::read_to_string(&cluster.kubeconfig)
+        .unwrap()
+        .replace("https://127.0.0.1:", &format!("https://{switch_ip}:"));
+    let node_kubeconfig = home.join("kubeconfig-nodes");
+    std::fs::write(&node_kubeconfig, kubeconfig).unwrap();
+    let node_kc = node_kubeconfig.to_string_lossy().to_string();
+    let registry = Registry::start(&["1.36"]);
+    let tar = home.join("tools.tar");
+    let out = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:1.36", registry.layout.display()))
+        .arg(format!("docker-archive:{}:offline/tools:7", tar.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Pod subnets 10.85.77.0/24 and 10.86.77.0/24; node 1's bridge address serves DNS.
+    let dns_ip = "10.85.77.1";
+    let mut agents = Vec::new();
+    for (i, ns) in fabric.nodes.iter().enumerate() {
+        let n = i + 1;
+        let agent = Agent::start_in(
+            ns,
+            &node_kubeconfig,
+            &format!("node-{n}"),
+            84 + n as u8,
+            &format!("{prefix}.{n}"),
+            &format!("10.{}.77.0/24", 84 + n),
+            &["--port", "0", "--cluster-dns", dns_ip],
+        );
+        let out = Command::new(common::skiff_bin())
+            .args(["images", "import"])
+            .arg(&tar)
+            .arg("--root-dir")
+            .arg(&agent.root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        agents.push(agent);
+    }
+    let _proxies: Vec<InNode> = fabric
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let node = format!("node-{}", i + 1);
+            InNode::start(
+                ns,
+                &home.join(format!("proxy-{node}.log")),
+                &common::skiff_bin(),
+                &[
+                    "proxy",
+                    "--kubeconfig",
+                    &node_kc,
+                    "--hostname-override",
+                    &node,
+                    "--cluster-cidr",
+                    "10.84.0.0/14",
+                    "--iptables-min-sync-period",
+                    "100ms",
+                ],
+            )
+        })
+        .collect();
+
+    // The Deployment, spread 2/1 over the nodes, and its Services.
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+              "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}],
+                "containers": [{"name": "httpd", "image": "offline/tools:7", "imagePullPolicy": "Never",
+                  "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]}]}}}
+        }))
+        .unwrap();
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(cluster.client.clone(), "default")
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+    cluster.kubectl_ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+        "--type=NodePort",
+    ]);
+    cluster.kubectl_ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--name=web-headless",
+        "--cluster-ip=None",
+        "--port=8080",
+    ]);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let web: Vec<Pod> = poll_until(
+        "3 web pods Running on both nodes",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || logs(&agents),
+        async || {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels("app=web"))
+                .await
+                .ok()?;
+            let running: Vec<Pod> = list
+                .items
+                .into_iter()
+                .filter(|p| {
+                    phase(p) == "Running" && p.status.as_ref().is_some_and(|s| s.pod_ip.is_some())
+                })
+                .collect();
+            let nodes: std::collections::BTreeSet<_> = running
+                .iter()
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .collect();
+            (running.len() == 3 && nodes.len() == 2).then_some(running)
+        },
+    )
+    .await;
+    let web_ips: Vec<String> = web
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+
+    // DNS on node 1 (its bridge exists now), other names to a stub in node 1's namespace.
+    let stub_port = common::free_port().to_string();
+    let stub_script = home.join("stub-resolver.py");
+    std::fs::write(&stub_script, STUB_RESOLVER).unwrap();
+    let _stub = InNode::start(
+        &fabric.nodes[0],
+        &home.join("stub.log"),
+        std::path::Path::new("/usr/bin/python3"),
+        &[&stub_script.to_string_lossy(), &stub_port],
+    );
+    let _dns = InNode::start(
+        &fabric.nodes[0],
+        &home.join("dns.log"),
+        &common::skiff_bin(),
+        &[
+            "dns",
+            "--kubeconfig",
+            &node_kc,
+            "--listen",
+            &format!("{dns_ip}:53"),
+            "--upstream",
+            &format!("127.0.0.1:{stub_port}"),
+        ],
+    );
+    let cluster_ip = cluster.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let node_port = cluster.kubectl_ok(&[
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+
+    // The client on node 1: waits for the ClusterIP, then asks everything once.
+    let script = format!(
+        "for i in $(seq 1 30); do wget -qO- http://{cluster_ip}/ >/dev/null 2>&1 && break; sleep 1; done; \
+         for i in $(seq 1 30); do nslookup web.default.svc.cluster.local >/dev/null 2>&1 && break; sleep 1; done; \
+         echo SPREAD; for i in $(seq 1 300); do wget -qO- http://{cluster_ip}/; done; \
+         echo NAME; wget -qO- http://web.default.svc.cluster.local/; \
+         echo SHORT; wget -qO- http://web/; \
+         echo HEADLESS; nslookup web-headless.default.svc.cluster.local; \
+         echo OUTSIDE; nslookup outside.test; echo END"
+    );
+    pods.create(
+        &PostParams::default(),
+        &pod("client", "node-1", &script, "Never"),
+    )
+    .await
+    .unwrap();
+    let client = poll_until(
+        "the client done",
+        Duration::from_secs(180),
+        Duration::from_millis(500),
+        || logs(&agents),
+        async || {
+            let p = pods.get("client").await.ok()?;
+            matches!(phase(&p).as_str(), "Succeeded" | "Failed").then_some(p)
+        },
+    )
+    .await;
+    let uid = client.metadata.uid.clone().unwrap();
+    let log = agents[0].container_log("default", "client", &uid, "main", 0);
+    let names: Vec<String> = web.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for line in section(&log, "SPREAD", "NAME") {
+        *counts.entry(line.trim().to_string()).or_insert(0usize) += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}\n{log}");
+    for (name, n) in &counts {
+        assert!(names.contains(name) && *n >= 45, "{counts:?}");
+    }
+    for (from, to) in [("NAME", "SHORT"), ("SHORT", "HEADLESS")] {
+        let answer = section(&log, from, to).join("");
+        assert!(names.contains(&answer.trim().to_string()), "{from}: {log}");
+    }
+    let headless = section(&log, "HEADLESS", "OUTSIDE").join("\n");
+    for ip in &web_ips {
+        assert!(headless.contains(ip.as_str()), "{ip} not in {headless}");
+    }
+    let outside = section(&log, "OUTSIDE", "END").join("\n");
+    assert!(outside.contains("192.0.2.44"), "{outside}");
+
+    // The NodePort on both nodes' addresses, from the test's own end of the switch.
+    for n in 1..=2 {
+        let url = format!("http://{prefix}.{n}:{node_port}/");
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "3", &url])
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(names.contains(&body), "{url}: {out:?}");
+    }
+    // No ReplicaSet left to make new pods while the agents stop (no garbage collector runs).
+    let _ = cluster.kubectl(&["delete", "deployment", "web", "--wait=false"]);
+    let _ = cluster.kubectl(&["delete", "replicasets", "--all", "--wait=false"]);
+    let _ = cluster.kubectl(&["delete", "pods", "--all", "--grace-period=0", "--force"]);
 }

@@ -340,6 +340,16 @@ impl Drop for Agent {
         for m in ours {
             let _ = Command::new("umount").args(["-l", m]).status();
         }
+        // Pod network namespaces by pod uid (a sandbox may be killed before its checkpoint).
+        if let Ok(entries) = std::fs::read_dir(self.root.join("pods")) {
+            for entry in entries.flatten() {
+                let uid = entry.file_name().to_string_lossy().to_string();
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &format!("skiff-{uid}")])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         // Sandboxes this agent checkpointed: CNI state is its own; netns by name.
         if let Ok(entries) = std::fs::read_dir(self.root.join("run/cni/sandboxes")) {
             for entry in entries.flatten() {
