@@ -59,6 +59,8 @@ pub struct AgentConfig {
     /// Keep routes to the other nodes' pod subnets via their InternalIPs
     /// (`crate::network::routes`).
     pub pod_routes: bool,
+    /// Enforce NetworkPolicies on this node's pods (`crate::network::policy`).
+    pub network_policy: bool,
 }
 
 /// The agent's HTTPS API settings.
@@ -209,7 +211,16 @@ pub async fn run(
     let routes_task = config
         .pod_routes
         .then(|| tokio::spawn(keep_routes(client.clone(), config.node_name.clone())));
+    let policy_task = config.network_policy.then(|| {
+        tokio::spawn(keep_network_policies(
+            client.clone(),
+            config.node_name.clone(),
+        ))
+    });
     shutdown.await;
+    if let Some(task) = policy_task {
+        task.abort();
+    }
     if let Some(task) = routes_task {
         task.abort();
     }
@@ -274,6 +285,86 @@ async fn keep_routes(client: kube::Client, me: String) {
         }
     }
 }
+
+/// Keeps the NetworkPolicy rules of this node's pods (`crate::network::policy`) in step
+/// with policies, pods and namespaces; nothing is installed while no policy isolates a pod
+/// here, and everything goes when none does any more.
+async fn keep_network_policies(client: kube::Client, me: String) {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use kube::runtime::watcher::{Config, Event};
+    let (policies, mut policy_events, _p) = skiff_client::informer::reflect(
+        kube::Api::<NetworkPolicy>::all(client.clone()),
+        Config::default(),
+    );
+    let (pods, mut pod_events, _o) =
+        skiff_client::informer::reflect(kube::Api::<Pod>::all(client.clone()), Config::default());
+    let (namespaces, mut namespace_events, _n) =
+        skiff_client::informer::reflect(kube::Api::<Namespace>::all(client), Config::default());
+    let mut ready = [false; 3];
+    let mut previous = std::collections::BTreeSet::new();
+    loop {
+        // Which informer spoke, and whether it finished its first list (None: it ended).
+        let (which, init_done) = tokio::select! {
+            e = policy_events.recv() => (0, e.map(|e| matches!(e, Event::InitDone))),
+            e = pod_events.recv() => (1, e.map(|e| matches!(e, Event::InitDone))),
+            e = namespace_events.recv() => (2, e.map(|e| matches!(e, Event::InitDone))),
+        };
+        match init_done {
+            Some(true) => ready[which] = true,
+            Some(false) => {}
+            None => return,
+        }
+        if !ready.iter().all(|r| *r) {
+            continue;
+        }
+        // Changes often come in bursts (a rollout): one pass for what queued meanwhile.
+        tokio::time::sleep(POLICY_BATCH_DELAY).await;
+        while policy_events.try_recv().is_ok()
+            || pod_events.try_recv().is_ok()
+            || namespace_events.try_recv().is_ok()
+        {}
+        let policy_list = policies.state();
+        let pod_list = pods.state();
+        let namespace_list = namespaces.state();
+        let me = me.clone();
+        let (text, written) = crate::network::policy::render(
+            &policy_list.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
+            &pod_list.iter().map(|p| p.as_ref()).collect::<Vec<_>>(),
+            &namespace_list
+                .iter()
+                .map(|n| n.as_ref())
+                .collect::<Vec<_>>(),
+            &move |p: &Pod| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(me.as_str())
+            },
+            &previous,
+        );
+        if text.is_empty() {
+            continue;
+        }
+        let stale = previous.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            if written.is_empty() {
+                crate::network::policy::cleanup(&stale).map(|_| written)
+            } else {
+                crate::network::policy::apply(&text).map(|_| written)
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(written)) => {
+                tracing::debug!(chains = written.len(), "network policy rules synced");
+                previous = written;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "network policy rules"),
+            Err(e) => tracing::warn!(error = %e, "network policy task"),
+        }
+    }
+}
+
+/// How long the policy loop waits for more changes before one pass.
+const POLICY_BATCH_DELAY: Duration = Duration::from_millis(100);
 
 async fn wait_for_pod_cidr(client: &kube::Client, name: &str) -> Result<String, AgentError> {
     let nodes: Api<Node> = Api::all(client.clone());

@@ -116,6 +116,10 @@ pub(crate) struct NodeAgentArgs {
     /// must share a link). `--pod-routes=false` leaves routing to something else.
     #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_value = "true", default_missing_value = "true", value_parser = crate::cli::parse_go_bool)]
     pod_routes: bool,
+    /// Enforce NetworkPolicies on this node's pods (k3s's embedded policy controller);
+    /// `--network-policy=false` leaves them to something else.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_value = "true", default_missing_value = "true", value_parser = crate::cli::parse_go_bool)]
+    network_policy: bool,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SKIFF_LOG", default_value = "info")]
     log_level: String,
@@ -285,6 +289,7 @@ pub(crate) fn run(args: NodeAgentArgs) -> ExitCode {
         server,
         image_gc,
         pod_routes: args.pod_routes,
+        network_policy: args.network_policy,
     };
     let runtime = match crate::cli::runtime() {
         Ok(runtime) => runtime,

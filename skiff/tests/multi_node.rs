@@ -660,3 +660,175 @@ async fn services_answer_across_nodes_by_cluster_ip_node_port_and_name() {
     let _ = cluster.kubectl(&["delete", "replicasets", "--all", "--wait=false"]);
     let _ = cluster.kubectl(&["delete", "pods", "--all", "--grace-period=0", "--force"]);
 }
+
+/// The last `n` lines of a looping client's log (`ok`/`fail` per try), once there are `n`.
+fn last_lines(agent: &Agent, pod: &Pod, n: usize) -> Option<Vec<String>> {
+    let uid = pod.metadata.uid.clone()?;
+    let name = pod.metadata.name.clone()?;
+    let log = agent.container_log("default", &name, &uid, "main", 0);
+    let lines: Vec<String> = log.lines().map(|l| l.trim().to_string()).collect();
+    (lines.len() >= n).then(|| lines[lines.len() - n..].to_vec())
+}
+
+/// NetworkPolicy enforced by the node agent (its rules in the node's own namespace): with no
+/// policy two clients reach the server; a default-deny ingress policy blocks both; a policy
+/// allowing the labelled client lets it through and still blocks the other; removing the
+/// policies restores both; `kubectl get networkpolicy` lists them on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_block_and_allow_pod_traffic() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let prefix = "10.87.0";
+    let fabric = Fabric::build("c", prefix, 1);
+    let switch_ip = format!("{prefix}.254");
+    let cluster = Cluster::api_only(&[
+        "--bind-address",
+        "0.0.0.0",
+        "--advertise-address",
+        &switch_ip,
+    ])
+    .await;
+    let home = cluster.home.path().to_path_buf();
+    let kubeconfig = std::fs::read_to_string(&cluster.kubeconfig)
+        .unwrap()
+        .replace("https://127.0.0.1:", &format!("https://{switch_ip}:"));
+    let node_kubeconfig = home.join("kubeconfig-nodes");
+    std::fs::write(&node_kubeconfig, kubeconfig).unwrap();
+    let registry = Registry::start(&["1.36"]);
+    let tar = home.join("tools.tar");
+    let out = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:1.36", registry.layout.display()))
+        .arg(format!("docker-archive:{}:offline/tools:7", tar.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let agent = Agent::start_in(
+        &fabric.nodes[0],
+        &node_kubeconfig,
+        "node-1",
+        83,
+        &format!("{prefix}.1"),
+        "10.83.77.0/24",
+        &["--port", "0"],
+    );
+    let out = Command::new(common::skiff_bin())
+        .args(["images", "import"])
+        .arg(&tar)
+        .arg("--root-dir")
+        .arg(&agent.root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let agents = [agent];
+
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let mut server = pod(
+        "server",
+        "node-1",
+        "mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 8080 -h /www",
+        "Always",
+    );
+    server.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+    pods.create(&PostParams::default(), &server).await.unwrap();
+    let server_ip = poll_until(
+        "the server Running",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || logs(&agents),
+        async || {
+            let p = pods.get("server").await.ok()?;
+            (phase(&p) == "Running").then(|| p.status?.pod_ip).flatten()
+        },
+    )
+    .await;
+    let loop_script = format!(
+        "while true; do if wget -qO- http://{server_ip}:8080/ >/dev/null 2>&1; then echo ok; else echo fail; fi; sleep 0.3; done"
+    );
+    let mut clients = Vec::new();
+    for (name, labelled) in [("good", true), ("bad", false)] {
+        let mut client = pod(name, "node-1", &loop_script, "Always");
+        if labelled {
+            client.metadata.labels = Some([("access".to_string(), "true".to_string())].into());
+        }
+        pods.create(&PostParams::default(), &client).await.unwrap();
+        clients.push(name);
+    }
+    // Waits until each client's last 3 tries are all `want` (ok / fail).
+    let expect = async |what: &str, want: [&str; 2]| {
+        poll_until(
+            what,
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+            || logs(&agents),
+            async || {
+                for (name, want) in clients.iter().zip(want) {
+                    let p = pods.get(name).await.ok()?;
+                    let last = last_lines(&agents[0], &p, 3)?;
+                    if !last.iter().all(|l| l == want) {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await
+    };
+    expect("both clients through without a policy", ["ok", "ok"]).await;
+
+    let policies: Api<NetworkPolicy> = Api::namespaced(cluster.client.clone(), "default");
+    let deny: NetworkPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "deny-web"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}
+    }))
+    .unwrap();
+    policies
+        .create(&PostParams::default(), &deny)
+        .await
+        .unwrap();
+    expect("both clients blocked by default-deny", ["fail", "fail"]).await;
+
+    let allow: NetworkPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "allow-good"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"access": "true"}}}],
+                              "ports": [{"protocol": "TCP", "port": 8080}]}]}
+    }))
+    .unwrap();
+    policies
+        .create(&PostParams::default(), &allow)
+        .await
+        .unwrap();
+    expect(
+        "the labelled client through, the other blocked",
+        ["ok", "fail"],
+    )
+    .await;
+    let listed = cluster.kubectl_ok(&["get", "networkpolicy"]);
+    assert!(
+        listed.contains("allow-good   app=web") && listed.contains("deny-web     app=web"),
+        "{listed}"
+    );
+
+    for name in ["deny-web", "allow-good"] {
+        policies
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    expect("both clients through again", ["ok", "ok"]).await;
+    // No policy left: no rule left in the node.
+    let saved = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &fabric.nodes[0],
+            "iptables-save",
+            "-t",
+            "filter",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&saved.stdout).to_string();
+    assert!(!text.contains("SKIFF-N"), "{text}");
+    let _ = cluster.kubectl(&["delete", "pods", "--all", "--grace-period=0", "--force"]);
+}

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::jiff::Timestamp;
@@ -125,6 +126,7 @@ pub fn registry() -> Vec<ResourceInfo> {
         info::<LimitRange>(&["limits"], "limitrange", Printer::LimitRange),
         info::<PriorityClass>(&["pc"], "priorityclass", Printer::PriorityClass),
         info::<StorageClass>(&["sc"], "storageclass", Printer::StorageClass),
+        info::<NetworkPolicy>(&["netpol"], "networkpolicy", Printer::NetworkPolicy),
         info::<MutatingWebhookConfiguration>(
             &[],
             "mutatingwebhookconfiguration",

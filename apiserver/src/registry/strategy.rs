@@ -440,6 +440,9 @@ static PRIORITY_CLASS: KindStrategy = kind(Printer::PriorityClass, defaults::pri
 #[rustfmt::skip]
 static STORAGE_CLASS: StorageClassStrategy = StorageClassStrategy(kind(Printer::StorageClass, defaults::storage_class, resources::validate_storage_class, &[], &[], &[]));
 
+#[rustfmt::skip]
+static NETWORK_POLICY: KindStrategy = kind(Printer::NetworkPolicy, defaults::none, resources::no_validation, &[], &[], &[]);
+
 /// The strategy of the kind `printer` prints.
 pub fn of(printer: Printer) -> &'static dyn Strategy {
     match printer {
@@ -463,6 +466,7 @@ pub fn of(printer: Printer) -> &'static dyn Strategy {
         Printer::PriorityClass => &PRIORITY_CLASS,
         Printer::StorageClass => &STORAGE_CLASS,
         Printer::WebhookConfiguration => &WEBHOOK_CONFIGURATION,
+        Printer::NetworkPolicy => &NETWORK_POLICY,
     }
 }
 

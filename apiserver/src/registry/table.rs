@@ -30,6 +30,7 @@ pub enum Printer {
     PriorityClass,
     StorageClass,
     WebhookConfiguration,
+    NetworkPolicy,
 }
 
 fn column(name: &str, kind: &str, format: &str, priority: i32) -> Value {
@@ -139,6 +140,7 @@ pub fn columns(printer: Printer) -> Vec<Value> {
         Printer::ServiceAccount => vec![name, column("Secrets", "string", "", 0), age],
         Printer::Lease => vec![name, s("Holder", 0), age],
         Printer::LimitRange => vec![name, s("Created At", 0)],
+        Printer::NetworkPolicy => vec![name, s("Pod-Selector", 0), age],
         Printer::WebhookConfiguration => vec![name, column("Webhooks", "integer", "", 0), age],
         Printer::PriorityClass => vec![
             name,
@@ -642,6 +644,23 @@ pub fn cells(printer: Printer, obj: &Value, now: Timestamp) -> Vec<Value> {
         }
         Printer::Lease => vec![name, json!(str_of(&obj["spec"]["holderIdentity"])), age],
         Printer::LimitRange => vec![name, obj["metadata"]["creationTimestamp"].clone()],
+        Printer::NetworkPolicy => {
+            // kubectl's FormatLabelSelector for the common case of matchLabels.
+            let labels: Vec<String> = obj["spec"]["podSelector"]["matchLabels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let selector = if labels.is_empty() {
+                "<none>".to_string()
+            } else {
+                labels.join(",")
+            };
+            vec![name, json!(selector), age]
+        }
         Printer::WebhookConfiguration => {
             let webhooks = obj["webhooks"].as_array().map(Vec::len).unwrap_or(0);
             vec![name, json!(webhooks), age]

@@ -3,11 +3,12 @@
 //! a checkpoint per sandbox so DEL can run later (after an agent restart) with the ADD result.
 //!
 //! Submodules: [`cni`] (conflist, plugin execution), [`netns`] (`ip netns`), [`checkpoint`],
-//! [`routes`] (routes to the other nodes' pod subnets).
+//! [`routes`] (routes to the other nodes' pod subnets), [`policy`] (NetworkPolicy rules).
 
 pub mod checkpoint;
 pub mod cni;
 pub mod netns;
+pub mod policy;
 pub mod routes;
 
 use std::collections::HashMap;
