@@ -23,7 +23,7 @@ use control_plane::{Cluster, poll_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use node_agent::{Agent, Registry};
+use node_agent::{Agent, Registry, STUB_RESOLVER};
 
 /// The switch's subnet of the first test: the test's own end is .254, node N is .N.
 const SWITCH_PREFIX: &str = "10.89.0";
@@ -161,6 +161,84 @@ impl Drop for Fabric {
     }
 }
 
+/// A cluster of node agents in namespaces of their own: the fabric, the control plane (its
+/// API server reached by the nodes at the switch's address, `<prefix>.254`), the nodes'
+/// kubeconfig, and node N's agent with InternalIP `<prefix>.N`, pod CIDR
+/// `10.<first_subnet + N>.77.0/24` and the test image imported (the nodes cannot reach this
+/// machine's registry). Fields drop in reverse order: agents, then the cluster, then the
+/// namespaces.
+struct Nodes {
+    agents: Vec<Agent>,
+    kubeconfig: std::path::PathBuf,
+    cluster: Cluster,
+    _registry: Registry,
+    fabric: Fabric,
+}
+
+impl Nodes {
+    async fn start(
+        tag: &str,
+        prefix: &str,
+        count: usize,
+        first_subnet: u8,
+        agent_extra: &[&str],
+    ) -> Nodes {
+        let fabric = Fabric::build(tag, prefix, count);
+        let switch_ip = format!("{prefix}.254");
+        let cluster = Cluster::api_only(&[
+            "--bind-address",
+            "0.0.0.0",
+            "--advertise-address",
+            &switch_ip,
+        ])
+        .await;
+        let kubeconfig_text = std::fs::read_to_string(&cluster.kubeconfig)
+            .unwrap()
+            .replace("https://127.0.0.1:", &format!("https://{switch_ip}:"));
+        let kubeconfig = cluster.home.path().join("kubeconfig-nodes");
+        std::fs::write(&kubeconfig, kubeconfig_text).unwrap();
+        let registry = Registry::start(&["1.36"]);
+        let tar = cluster.home.path().join("tools.tar");
+        let out = Command::new("skopeo")
+            .arg("copy")
+            .arg(format!("oci:{}:1.36", registry.layout.display()))
+            .arg(format!("docker-archive:{}:offline/tools:7", tar.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let mut agents = Vec::new();
+        for (i, ns) in fabric.nodes.iter().enumerate() {
+            let n = i + 1;
+            let subnet = first_subnet + n as u8;
+            let agent = Agent::start_in(
+                ns,
+                &kubeconfig,
+                &format!("node-{n}"),
+                subnet,
+                &format!("{prefix}.{n}"),
+                &format!("10.{subnet}.77.0/24"),
+                &[&["--port", "0"], agent_extra].concat(),
+            );
+            let out = Command::new(common::skiff_bin())
+                .args(["images", "import"])
+                .arg(&tar)
+                .arg("--root-dir")
+                .arg(&agent.root)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            agents.push(agent);
+        }
+        Nodes {
+            agents,
+            kubeconfig,
+            cluster,
+            _registry: registry,
+            fabric,
+        }
+    }
+}
+
 /// The agents' log tails, for a failure.
 fn logs(agents: &[Agent]) -> String {
     agents
@@ -189,55 +267,13 @@ fn pod(name: &str, node: &str, command: &str, restart: &str) -> Pod {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_reach_pods_on_another_node_through_host_gw_routes() {
-    let fabric = Fabric::build("a", SWITCH_PREFIX, 2);
-    let switch_ip = format!("{SWITCH_PREFIX}.254");
-    let cluster = Cluster::api_only(&[
-        "--bind-address",
-        "0.0.0.0",
-        "--advertise-address",
-        &switch_ip,
-    ])
-    .await;
-    // The nodes reach the API server at the switch's address.
-    let kubeconfig = std::fs::read_to_string(&cluster.kubeconfig)
-        .unwrap()
-        .replace("https://127.0.0.1:", &format!("https://{switch_ip}:"));
-    let node_kubeconfig = cluster.home.path().join("kubeconfig-nodes");
-    std::fs::write(&node_kubeconfig, kubeconfig).unwrap();
-
-    // The image, imported on each node (the nodes cannot reach this machine's registry).
-    let registry = Registry::start(&["1.36"]);
-    let tar = cluster.home.path().join("tools.tar");
-    let out = Command::new("skopeo")
-        .arg("copy")
-        .arg(format!("oci:{}:1.36", registry.layout.display()))
-        .arg(format!("docker-archive:{}:offline/tools:7", tar.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-
-    let mut agents = Vec::new();
-    for (i, ns) in fabric.nodes.iter().enumerate() {
-        let n = i + 1;
-        let agent = Agent::start_in(
-            ns,
-            &node_kubeconfig,
-            &format!("node-{n}"),
-            88 + n as u8,
-            &format!("{SWITCH_PREFIX}.{n}"),
-            &format!("10.{}.77.0/24", 88 + n),
-            &["--port", "0"],
-        );
-        let out = Command::new(common::skiff_bin())
-            .args(["images", "import"])
-            .arg(&tar)
-            .arg("--root-dir")
-            .arg(&agent.root)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        agents.push(agent);
-    }
+    let Nodes {
+        agents,
+        cluster,
+        fabric,
+        ..
+    } = Nodes::start("a", SWITCH_PREFIX, 2, 88, &[]).await;
+    let mut agents = agents;
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     poll_until(
         "both nodes Ready",
@@ -391,21 +427,6 @@ impl Drop for InNode {
     }
 }
 
-/// A DNS stub for the upstream side: answers every query with an A record 192.0.2.44.
-const STUB_RESOLVER: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-while True:
-    q, a = s.recvfrom(512)
-    end = 12
-    while q[end] != 0:
-        end += q[end] + 1
-    question = q[12:end + 5]
-    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([192, 0, 2, 44])
-    s.sendto(q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer, a)
-"#;
-
 /// The lines of `log` between the marker lines `from` and `to`.
 fn section<'a>(log: &'a str, from: &str, to: &str) -> Vec<&'a str> {
     log.lines()
@@ -423,57 +444,19 @@ fn section<'a>(log: &'a str, from: &str, to: &str) -> Vec<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_answer_across_nodes_by_cluster_ip_node_port_and_name() {
     let prefix = SERVICES_SWITCH_PREFIX;
-    let fabric = Fabric::build("b", prefix, 2);
-    let switch_ip = format!("{prefix}.254");
-    let mut cluster = Cluster::api_only(&[
-        "--bind-address",
-        "0.0.0.0",
-        "--advertise-address",
-        &switch_ip,
-    ])
-    .await;
+    // Pod subnets 10.85.77.0/24 and 10.86.77.0/24; node 1's bridge address serves DNS.
+    let dns_ip = "10.85.77.1";
+    let Nodes {
+        agents,
+        kubeconfig: node_kubeconfig,
+        mut cluster,
+        fabric,
+        ..
+    } = Nodes::start("b", prefix, 2, 84, &["--cluster-dns", dns_ip]).await;
     cluster.start_scheduler();
     cluster.start_manager(&["--controllers", "deployment,replicaset,endpointslice"]);
     let home = cluster.home.path().to_path_buf();
-    let kubeconfig = std::fs::read_to_string(&cluster.kubeconfig)
-        .unwrap()
-        .replace("https://127.0.0.1:", &format!("https://{switch_ip}:"));
-    let node_kubeconfig = home.join("kubeconfig-nodes");
-    std::fs::write(&node_kubeconfig, kubeconfig).unwrap();
     let node_kc = node_kubeconfig.to_string_lossy().to_string();
-    let registry = Registry::start(&["1.36"]);
-    let tar = home.join("tools.tar");
-    let out = Command::new("skopeo")
-        .arg("copy")
-        .arg(format!("oci:{}:1.36", registry.layout.display()))
-        .arg(format!("docker-archive:{}:offline/tools:7", tar.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    // Pod subnets 10.85.77.0/24 and 10.86.77.0/24; node 1's bridge address serves DNS.
-    let dns_ip = "10.85.77.1";
-    let mut agents = Vec::new();
-    for (i, ns) in fabric.nodes.iter().enumerate() {
-        let n = i + 1;
-        let agent = Agent::start_in(
-            ns,
-            &node_kubeconfig,
-            &format!("node-{n}"),
-            84 + n as u8,
-            &format!("{prefix}.{n}"),
-            &format!("10.{}.77.0/24", 84 + n),
-            &["--port", "0", "--cluster-dns", dns_ip],
-        );
-        let out = Command::new(common::skiff_bin())
-            .args(["images", "import"])
-            .arg(&tar)
-            .arg("--root-dir")
-            .arg(&agent.root)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        agents.push(agent);
-    }
     let _proxies: Vec<InNode> = fabric
         .nodes
         .iter()
@@ -678,48 +661,12 @@ fn last_lines(agent: &Agent, pod: &Pod, n: usize) -> Option<Vec<String>> {
 async fn network_policies_block_and_allow_pod_traffic() {
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     let prefix = "10.87.0";
-    let fabric = Fabric::build("c", prefix, 1);
-    let switch_ip = format!("{prefix}.254");
-    let cluster = Cluster::api_only(&[
-        "--bind-address",
-        "0.0.0.0",
-        "--advertise-address",
-        &switch_ip,
-    ])
-    .await;
-    let home = cluster.home.path().to_path_buf();
-    let kubeconfig = std::fs::read_to_string(&cluster.kubeconfig)
-        .unwrap()
-        .replace("https://127.0.0.1:", &format!("https://{switch_ip}:"));
-    let node_kubeconfig = home.join("kubeconfig-nodes");
-    std::fs::write(&node_kubeconfig, kubeconfig).unwrap();
-    let registry = Registry::start(&["1.36"]);
-    let tar = home.join("tools.tar");
-    let out = Command::new("skopeo")
-        .arg("copy")
-        .arg(format!("oci:{}:1.36", registry.layout.display()))
-        .arg(format!("docker-archive:{}:offline/tools:7", tar.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let agent = Agent::start_in(
-        &fabric.nodes[0],
-        &node_kubeconfig,
-        "node-1",
-        83,
-        &format!("{prefix}.1"),
-        "10.83.77.0/24",
-        &["--port", "0"],
-    );
-    let out = Command::new(common::skiff_bin())
-        .args(["images", "import"])
-        .arg(&tar)
-        .arg("--root-dir")
-        .arg(&agent.root)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let agents = [agent];
+    let Nodes {
+        agents,
+        cluster,
+        fabric,
+        ..
+    } = Nodes::start("c", prefix, 1, 82, &[]).await;
 
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
     let mut server = pod(

@@ -27,7 +27,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use node_agent::{Agent, Registry};
+use node_agent::{Agent, ChildGuard, Registry, STUB_RESOLVER};
 
 /// A pod from its JSON manifest.
 fn pod_from(json: &str) -> Pod {
@@ -1154,31 +1154,6 @@ impl Drop for ProxyRules {
             .args(["route", "del"])
             .args(&self.route)
             .output();
-    }
-}
-
-/// A DNS stub for the upstream side: answers every query with an A record 192.0.2.44.
-const STUB_RESOLVER: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-while True:
-    q, a = s.recvfrom(512)
-    end = 12
-    while q[end] != 0:
-        end += q[end] + 1
-    question = q[12:end + 5]
-    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([192, 0, 2, 44])
-    s.sendto(q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer, a)
-"#;
-
-/// A child process killed (by its PID) when the test ends.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

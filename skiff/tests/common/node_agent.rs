@@ -360,6 +360,7 @@ impl Drop for Agent {
                     .unwrap_or_default();
                 let _ = Command::new("ip")
                     .args(["netns", "del", &format!("skiff-{name}")])
+                    .stderr(Stdio::null())
                     .status();
             }
         }
@@ -435,4 +436,30 @@ fn remove_cgroup_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// A DNS stub for the upstream side of cluster DNS tests: answers every query with an A
+/// record 192.0.2.44 (`python3 <script> <port>`, on 127.0.0.1 of wherever it runs).
+pub const STUB_RESOLVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+while True:
+    q, a = s.recvfrom(512)
+    end = 12
+    while q[end] != 0:
+        end += q[end] + 1
+    question = q[12:end + 5]
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([192, 0, 2, 44])
+    s.sendto(q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer, a)
+"#;
+
+/// A child process killed (by its PID) when the test ends.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
