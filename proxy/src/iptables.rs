@@ -77,7 +77,7 @@ pub const JUMPS: [(&str, &str, &str); 7] = [
 ];
 
 /// How traffic is masqueraded.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Masquerade {
     /// `--masquerade-all`: every packet to a ClusterIP.
     pub all: bool,
@@ -98,15 +98,47 @@ pub struct Batch {
     pub rewritten: usize,
 }
 
-/// The per-Service chains in the kernel, each with a hash of its rules (0: unknown).
+/// The per-Service chains in the kernel, each with a hash of its rules (0: unknown), and
+/// what each Service port rendered to, so an unchanged one is not rendered again.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Written(BTreeMap<String, u64>);
+pub struct Written {
+    chains: BTreeMap<String, u64>,
+    services: BTreeMap<String, ServiceWritten>,
+}
+
+/// One Service port's part of the last batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ServiceWritten {
+    /// A hash of the port's inputs (the `ServicePort` and the masquerade settings).
+    input: u64,
+    /// Its lines in the fixed chains (`KUBE-SERVICES`, `KUBE-NODEPORTS`) and in the filter
+    /// table.
+    fixed: Vec<String>,
+    filter: Vec<String>,
+    /// Its own chains.
+    chains: Vec<String>,
+}
 
 impl Written {
     /// Chains whose content is unknown (found in the kernel at start): rewritten next time.
     pub fn unknown(chains: &BTreeSet<String>) -> Written {
-        Written(chains.iter().map(|c| (c.clone(), 0)).collect())
+        Written {
+            chains: chains.iter().map(|c| (c.clone(), 0)).collect(),
+            services: BTreeMap::new(),
+        }
     }
+}
+
+fn input_hash(p: &ServicePort, masquerade: &Masquerade) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.hash(&mut h);
+    masquerade.hash(&mut h);
+    h.finish()
+}
+
+/// The chain a `-A <chain> …` line appends to.
+fn chain_of(line: &str) -> &str {
+    line.split_whitespace().nth(1).unwrap_or_default()
 }
 
 fn hash_lines(lines: &[String]) -> u64 {
@@ -184,6 +216,107 @@ fn spread(out: &mut String, chain: &str, p: &ServicePort, endpoints: &[&Endpoint
     }
 }
 
+/// One Service port's rules: its lines in the fixed chains and its own chains into `rules`,
+/// its REJECTs into `filter_rules`, its chain names into `chains`.
+fn render_port(
+    p: &ServicePort,
+    masquerade: &Masquerade,
+    rules: &mut String,
+    filter_rules: &mut String,
+    chains: &mut BTreeSet<String>,
+) {
+    let proto = &p.protocol;
+    let match_port = format!("-p {proto} -m {proto} --dport {}", p.port);
+    let cluster = p.cluster_endpoints();
+    if cluster.is_empty() {
+        let _ = writeln!(
+            filter_rules,
+            "-A KUBE-SERVICES -m comment --comment \"{} has no endpoints\" -d {}/32 {match_port} -j REJECT --reject-with icmp-port-unreachable",
+            p.name, p.cluster_ip
+        );
+    } else {
+        let svc = svc_chain(p);
+        let _ = writeln!(
+            rules,
+            "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -d {}/32 {match_port} -j {svc}",
+            p.name, p.cluster_ip
+        );
+        if masquerade.all {
+            let _ = writeln!(
+                rules,
+                "-A {svc} -m comment --comment \"{} cluster IP\" -d {}/32 {match_port} -j KUBE-MARK-MASQ",
+                p.name, p.cluster_ip
+            );
+        } else if let Some(cidr) = &masquerade.cluster_cidr {
+            let _ = writeln!(
+                rules,
+                "-A {svc} -m comment --comment \"{} cluster IP\" ! -s {cidr} -d {}/32 {match_port} -j KUBE-MARK-MASQ",
+                p.name, p.cluster_ip
+            );
+        }
+        spread(rules, &svc, p, &cluster);
+        chains.insert(svc);
+    }
+    if let Some(node_port) = p.node_port {
+        let external = p.external_endpoints();
+        let node_match = format!("-p {proto} -m {proto} --dport {node_port}");
+        if external.is_empty() {
+            let _ = writeln!(
+                filter_rules,
+                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{} has no endpoints\" -m addrtype --dst-type LOCAL {node_match} -j REJECT --reject-with icmp-port-unreachable",
+                p.name
+            );
+        } else {
+            let ext = ext_chain(p);
+            let _ = writeln!(
+                rules,
+                "-A KUBE-NODEPORTS -m comment --comment \"{}\" {node_match} -j {ext}",
+                p.name
+            );
+            if p.external_local {
+                // The client's address is kept; only the local endpoints serve.
+                let svl = svl_chain(p);
+                let _ = writeln!(rules, "-A {ext} -j {svl}");
+                spread(rules, &svl, p, &external);
+                chains.insert(svl);
+            } else {
+                let _ = writeln!(
+                    rules,
+                    "-A {ext} -m comment --comment \"masquerade traffic for {} external destinations\" -j KUBE-MARK-MASQ",
+                    p.name
+                );
+                if cluster.is_empty() {
+                    spread(rules, &ext, p, &external);
+                } else {
+                    let _ = writeln!(rules, "-A {ext} -j {}", svc_chain(p));
+                }
+            }
+            chains.insert(ext);
+        }
+    }
+    // Endpoint chains: hairpin masquerade, then the DNAT.
+    let mut seen = BTreeSet::new();
+    for e in cluster.iter().chain(p.external_endpoints().iter()) {
+        let sep = sep_chain(p, e);
+        if !seen.insert(sep.clone()) {
+            continue;
+        }
+        let comment = format!("-m comment --comment \"{}\"", p.name);
+        let _ = writeln!(rules, "-A {sep} {comment} -s {}/32 -j KUBE-MARK-MASQ", e.ip);
+        let recent = if p.affinity_seconds.is_some() {
+            format!(" -m recent --name {sep} --set")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            rules,
+            "-A {sep} {comment}{recent} -p {proto} -m {proto} -j DNAT --to-destination {}:{}",
+            e.ip, e.port
+        );
+        chains.insert(sep);
+    }
+}
+
 /// The full batch for `ports`: every chain written, the chains of `previous` it no longer
 /// writes deleted.
 pub fn render(
@@ -220,97 +353,63 @@ pub fn render_since(
     );
     let _ = writeln!(rules, "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}");
 
+    let mut services = BTreeMap::new();
+    let mut carried: BTreeMap<String, u64> = BTreeMap::new();
+    let mut rendered = Vec::new();
     for p in ports {
-        let proto = &p.protocol;
-        let match_port = format!("-p {proto} -m {proto} --dport {}", p.port);
-        let cluster = p.cluster_endpoints();
-        if cluster.is_empty() {
-            let _ = writeln!(
-                filter_rules,
-                "-A KUBE-SERVICES -m comment --comment \"{} has no endpoints\" -d {}/32 {match_port} -j REJECT --reject-with icmp-port-unreachable",
-                p.name, p.cluster_ip
-            );
-        } else {
-            let svc = svc_chain(p);
-            let _ = writeln!(
-                rules,
-                "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -d {}/32 {match_port} -j {svc}",
-                p.name, p.cluster_ip
-            );
-            if masquerade.all {
-                let _ = writeln!(
-                    rules,
-                    "-A {svc} -m comment --comment \"{} cluster IP\" -d {}/32 {match_port} -j KUBE-MARK-MASQ",
-                    p.name, p.cluster_ip
-                );
-            } else if let Some(cidr) = &masquerade.cluster_cidr {
-                let _ = writeln!(
-                    rules,
-                    "-A {svc} -m comment --comment \"{} cluster IP\" ! -s {cidr} -d {}/32 {match_port} -j KUBE-MARK-MASQ",
-                    p.name, p.cluster_ip
-                );
+        let key = format!("{}/{}", p.name, p.protocol);
+        let input = input_hash(p, masquerade);
+        // Unchanged since the last batch (and its chains as that batch left them): its lines
+        // in the fixed chains again, its own chains left alone.
+        if !full
+            && let Some(prev) = previous.services.get(&key)
+            && prev.input == input
+            && prev
+                .chains
+                .iter()
+                .all(|c| previous.chains.get(c).is_some_and(|h| *h != 0))
+        {
+            for line in prev.fixed.iter() {
+                rules.push_str(line);
+                rules.push('\n');
             }
-            spread(&mut rules, &svc, p, &cluster);
-            chains.insert(svc);
-        }
-        if let Some(node_port) = p.node_port {
-            let external = p.external_endpoints();
-            let node_match = format!("-p {proto} -m {proto} --dport {node_port}");
-            if external.is_empty() {
-                let _ = writeln!(
-                    filter_rules,
-                    "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{} has no endpoints\" -m addrtype --dst-type LOCAL {node_match} -j REJECT --reject-with icmp-port-unreachable",
-                    p.name
-                );
-            } else {
-                let ext = ext_chain(p);
-                let _ = writeln!(
-                    rules,
-                    "-A KUBE-NODEPORTS -m comment --comment \"{}\" {node_match} -j {ext}",
-                    p.name
-                );
-                if p.external_local {
-                    // The client's address is kept; only the local endpoints serve.
-                    let svl = svl_chain(p);
-                    let _ = writeln!(rules, "-A {ext} -j {svl}");
-                    spread(&mut rules, &svl, p, &external);
-                    chains.insert(svl);
-                } else {
-                    let _ = writeln!(
-                        rules,
-                        "-A {ext} -m comment --comment \"masquerade traffic for {} external destinations\" -j KUBE-MARK-MASQ",
-                        p.name
-                    );
-                    if cluster.is_empty() {
-                        spread(&mut rules, &ext, p, &external);
-                    } else {
-                        let _ = writeln!(rules, "-A {ext} -j {}", svc_chain(p));
-                    }
-                }
-                chains.insert(ext);
+            for line in prev.filter.iter() {
+                filter_rules.push_str(line);
+                filter_rules.push('\n');
             }
-        }
-        // Endpoint chains: hairpin masquerade, then the DNAT.
-        let mut seen = BTreeSet::new();
-        for e in cluster.iter().chain(p.external_endpoints().iter()) {
-            let sep = sep_chain(p, e);
-            if !seen.insert(sep.clone()) {
-                continue;
+            for chain in &prev.chains {
+                chains.insert(chain.clone());
+                carried.insert(chain.clone(), previous.chains[chain]);
             }
-            let comment = format!("-m comment --comment \"{}\"", p.name);
-            let _ = writeln!(rules, "-A {sep} {comment} -s {}/32 -j KUBE-MARK-MASQ", e.ip);
-            let recent = if p.affinity_seconds.is_some() {
-                format!(" -m recent --name {sep} --set")
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                rules,
-                "-A {sep} {comment}{recent} -p {proto} -m {proto} -j DNAT --to-destination {}:{}",
-                e.ip, e.port
-            );
-            chains.insert(sep);
+            services.insert(key, prev.clone());
+            continue;
         }
+        let (mut port_rules, mut port_filter, mut port_chains) =
+            (String::new(), String::new(), BTreeSet::new());
+        render_port(
+            p,
+            masquerade,
+            &mut port_rules,
+            &mut port_filter,
+            &mut port_chains,
+        );
+        let fixed: Vec<String> = port_rules
+            .lines()
+            .filter(|l| !port_chains.contains(chain_of(l)))
+            .map(str::to_string)
+            .collect();
+        rules.push_str(&port_rules);
+        filter_rules.push_str(&port_filter);
+        chains.extend(port_chains.iter().cloned());
+        rendered.push((
+            key,
+            ServiceWritten {
+                input,
+                fixed,
+                filter: port_filter.lines().map(str::to_string).collect(),
+                chains: port_chains.into_iter().collect(),
+            },
+        ));
     }
     let _ = writeln!(
         rules,
@@ -333,7 +432,7 @@ pub fn render_since(
     let mut by_chain: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut fixed = String::new();
     for line in rules.lines() {
-        let chain = line.split_whitespace().nth(1).unwrap_or_default();
+        let chain = chain_of(line);
         if chains.contains(chain) {
             by_chain
                 .entry(chain.to_string())
@@ -347,14 +446,23 @@ pub fn render_since(
     let mut written = BTreeMap::new();
     let mut changed: Vec<&String> = Vec::new();
     for chain in &chains {
+        if let Some(hash) = carried.get(chain) {
+            written.insert(chain.clone(), *hash);
+            continue;
+        }
         let lines = by_chain.get(chain).map(Vec::as_slice).unwrap_or(&[]);
         let hash = hash_lines(lines);
-        if full || previous.0.get(chain) != Some(&hash) {
+        if full || previous.chains.get(chain) != Some(&hash) {
             changed.push(chain);
         }
         written.insert(chain.clone(), hash);
     }
-    let stale: Vec<&String> = previous.0.keys().filter(|c| !chains.contains(*c)).collect();
+    services.extend(rendered);
+    let stale: Vec<&String> = previous
+        .chains
+        .keys()
+        .filter(|c| !chains.contains(*c))
+        .collect();
     let mut text = String::from("*nat\n");
     for chain in NAT_BASE_CHAINS.iter().map(|c| c.to_string()) {
         let _ = writeln!(text, ":{chain} - [0:0]");
@@ -382,7 +490,10 @@ pub fn render_since(
         text,
         rewritten: changed.len(),
         chains,
-        written: Written(written),
+        written: Written {
+            chains: written,
+            services,
+        },
     }
 }
 

@@ -12,7 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// One endpoint of a Service port.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
     pub ip: String,
     pub port: i32,
@@ -24,7 +24,7 @@ pub struct Endpoint {
 }
 
 /// One port of one Service, as the rules see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ServicePort {
     /// `namespace/name:port-name` (kube-proxy's `ServicePortName`).
     pub name: String,
