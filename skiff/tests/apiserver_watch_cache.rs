@@ -154,11 +154,20 @@ fn thousand_watchers_share_one_store_watch_per_resource() {
             .await
             .expect("list")
             .metadata;
-        pods_b.list(&ListParams::default()).await.expect("list");
-        let from: i64 = from
-            .resource_version
-            .and_then(|v| v.parse().ok())
-            .expect("a list resourceVersion");
+        let from_b = pods_b
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .metadata;
+        // The later of the two lists: each replica's cache window starts at or before it
+        // (the API servers write to the store in between — their `kubernetes` Endpoints
+        // leases — so the two lists may be at different revisions).
+        let list_rv = |m: kube::api::ListMeta| {
+            m.resource_version
+                .and_then(|v| v.parse::<i64>().ok())
+                .expect("a list resourceVersion")
+        };
+        let from: i64 = list_rv(from).max(list_rv(from_b));
         let baseline = store_watchers(&cluster);
         eprintln!("store watchers before the client watches: {baseline}");
 
